@@ -1,0 +1,19 @@
+"""Printing results: one JSON object per line with ``--json``, a readable line otherwise."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from photo_escape.secrets import redact
+
+
+def emit(record: dict[str, Any], as_json: bool, text: str | None = None) -> None:
+    """Print one result: JSON when asked, else ``text`` (or a compact key=value line)."""
+    if as_json:
+        line = json.dumps(record, default=str)
+    else:
+        line = text if text is not None else "  ".join(f"{k}={v}" for k, v in record.items() if v is not None)
+    sys.stdout.write(redact(line) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,138 @@
+"""Sources and destinations, registered by ``kind``.
+
+Adding a source is adding a file: a module in ``tasks/sources/`` (or
+``tasks/destinations/``) defines a pydantic ``Config`` with ``kind: Literal[...]`` and a
+subclass of :class:`Source` (or :class:`Destination`) naming it. The job spec finds
+the class by the ``kind`` the user wrote. Modules here must not import Prefect at
+import time: the command line and the plain code stay Prefect-free.
+
+Both kinds are built *inside* a task from their config, so they travel to a worker
+process as plain config and open their own connections there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import pkgutil
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+from pydantic import BaseModel, ConfigDict
+
+_SOURCES: dict[str, type["Source"]] = {}
+_DESTINATIONS: dict[str, type["Destination"]] = {}
+
+
+class KindConfig(BaseModel):
+    """Base of every source/destination config: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str
+
+
+class Source:
+    """Lists items page by page and fetches them to local files.
+
+    ``list_pages()`` yields lists of items (hundreds per page), so a million-item
+    listing streams into the ledger. ``fetch(items)`` returns one outcome per item
+    (stage ``fetch``) carrying the updated item under ``"item"`` with ``local_path``,
+    ``sha256`` and ``bytes`` set when it worked.
+    """
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[KindConfig]]
+    #: stages this source's fetch writes; a local source fetches nothing.
+    downloads: ClassVar[bool] = True
+
+    def __init__(self, config: KindConfig, *, workdir: Path, options: Any = None) -> None:
+        self.config = config
+        self.workdir = Path(workdir)
+        self.options = options
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if getattr(cls, "kind", None):
+            _SOURCES[cls.kind] = cls
+
+    def list_pages(self) -> Iterator[list[dict]]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def fetch(self, items: list[dict]) -> list[dict]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def report_facts(self) -> dict[str, Any]:
+        """Facts the report shows for this source (e.g. ``expected_count``)."""
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class Destination:
+    """Delivers fetched items; one outcome per item (stage ``deliver``).
+
+    ``settings_key()`` names where things go: a rerun redoes an item only when its
+    content (sha256) or this key changed. ``deliver(items, dry_run)`` must be
+    idempotent per content: delivering the same sha256 to the same place twice is
+    an ``ok`` with reason ``already_present``, never a second copy.
+    """
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[KindConfig]]
+
+    def __init__(self, config: KindConfig, *, workdir: Path, options: Any = None) -> None:
+        self.config = config
+        self.workdir = Path(workdir)
+        self.options = options
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if getattr(cls, "kind", None):
+            _DESTINATIONS[cls.kind] = cls
+
+    def settings_key(self) -> str:
+        return settings_key(self.config)
+
+    def deliver(self, items: list[dict], dry_run: bool = False) -> list[dict]:  # pragma: no cover
+        raise NotImplementedError
+
+    def protected_prefixes(self) -> list[str]:
+        """Places the source must never list (our own output): avoids recursion."""
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def settings_key(config: BaseModel, **extra: Any) -> str:
+    """A short stable hash of a config (secret references included, never values)."""
+    blob = json.dumps([config.model_dump(mode="json"), extra], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _load_all() -> None:
+    for pkg_name in ("tasks.sources", "tasks.destinations"):
+        pkg = importlib.import_module(pkg_name)
+        for mod in pkgutil.iter_modules(pkg.__path__):
+            if not mod.name.startswith("_"):
+                importlib.import_module(f"{pkg_name}.{mod.name}")
+
+
+def source_kinds() -> dict[str, type[Source]]:
+    _load_all()
+    return dict(_SOURCES)
+
+
+def destination_kinds() -> dict[str, type[Destination]]:
+    _load_all()
+    return dict(_DESTINATIONS)
+
+
+def make_source(config: KindConfig, **kw: Any) -> Source:
+    return source_kinds()[config.kind](config, **kw)
+
+
+def make_destination(config: KindConfig, **kw: Any) -> Destination:
+    return destination_kinds()[config.kind](config, **kw)

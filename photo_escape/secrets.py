@@ -1,0 +1,110 @@
+"""Secrets come from the environment or a Prefect Secret block, never from job files.
+
+A job file names where a secret lives (``{env: KODAK_PASSWORD}`` or
+``{block: kodak-password}``); :func:`resolve` reads it at the moment it is needed,
+inside the task, and registers the value so :func:`redact` can scrub it from any
+text that is about to be logged, stored in the ledger or written to a report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+_KNOWN: set[str] = set()
+_LOCK = threading.Lock()
+MASK = "***"
+
+
+class SecretRef(BaseModel):
+    """Where a secret lives: exactly one of ``env`` (a variable) or ``block``."""
+
+    model_config = ConfigDict(extra="forbid")
+    env: str | None = None
+    block: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "SecretRef":
+        if bool(self.env) == bool(self.block):
+            raise ValueError(
+                "a secret is given as {env: VARIABLE_NAME} or {block: prefect-secret-block-name}, "
+                "never as the value itself"
+            )
+        return self
+
+    def describe(self) -> str:
+        return f"env:{self.env}" if self.env else f"block:{self.block}"
+
+
+class SecretMissing(Exception):
+    reason = "secret_missing"
+
+
+def resolve(ref: SecretRef | dict[str, Any]) -> str:
+    """The secret's value; raises :class:`SecretMissing` (with no value in the message)."""
+    if isinstance(ref, dict):
+        ref = SecretRef.model_validate(ref)
+    if ref.env:
+        value = os.environ.get(ref.env)
+        if value is None:
+            raise SecretMissing(f"environment variable {ref.env} is not set")
+    else:
+        try:
+            from prefect.blocks.system import Secret
+
+            value = Secret.load(ref.block).get()
+        except Exception as exc:  # the block API raises ValueError and friends
+            raise SecretMissing(f"Prefect Secret block {ref.block!r} could not be loaded: {type(exc).__name__}") from None
+        value = str(value)
+    remember(value)
+    return value
+
+
+def remember(value: str) -> None:
+    """Register a value so :func:`redact` hides it."""
+    if value and len(value) >= 3:
+        with _LOCK:
+            _KNOWN.add(value)
+        _install_log_filter()
+
+
+def redact(text: Any) -> Any:
+    """``text`` with every known secret replaced by ``***`` (non-strings pass through)."""
+    if not isinstance(text, str) or not _KNOWN:
+        return text
+    for value in sorted(_KNOWN, key=len, reverse=True):
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
+class _RedactFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:
+            return True
+        clean = redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, ()
+        return True
+
+
+_FILTER_INSTALLED = False
+
+
+def _install_log_filter() -> None:
+    global _FILTER_INSTALLED
+    if _FILTER_INSTALLED:
+        return
+    _FILTER_INSTALLED = True
+    f = _RedactFilter()
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.addFilter(f)
+    for name in ("prefect", "urllib3", "requests", "botocore", "flickrapi"):
+        logging.getLogger(name).addFilter(f)

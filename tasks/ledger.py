@@ -1,0 +1,501 @@
+"""The ledger: an append-only DuckDB record of every stage of every item.
+
+PREMIS-style events (``run_id, item_id, stage, outcome, reason, detail, bytes,
+duration_ms, attempt, tool_version, at``) around which sit ``runs``, ``items``,
+``assets`` (content by sha256), ``capture_times`` and ``matches``. Views give the
+latest state per item and stage and a reconciliation per run and per job in which
+``listed = done + skipped + failed + pending`` holds exactly, because every listed
+item has exactly one status:
+
+* ``done``    its latest event is a final ``ok`` (the last stage succeeded);
+* ``skipped`` its latest event is ``skipped`` (404, dry run, no larger version...);
+* ``failed``  its latest event is ``failed``;
+* ``pending`` anything else (not reached yet, interrupted, or ``needs_review``).
+
+The flow process is the only writer: tasks return outcome records and the flow
+appends them here, one INSERT per batch. Plain code, no Prefect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import duckdb
+import pyarrow as pa
+
+from photo_escape import TOOL_VERSION
+from photo_escape.secrets import redact
+
+SCHEMA_VERSION = 1
+
+# Each migration moves the schema from version n-1 to n. Append, never edit.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE runs (
+                run_id VARCHAR PRIMARY KEY, job VARCHAR NOT NULL, flow VARCHAR,
+                flow_run_id VARCHAR, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
+                status VARCHAR, dry_run BOOLEAN, only_failed BOOLEAN, settings VARCHAR,
+                spec JSON, summary JSON, tool_version VARCHAR, host VARCHAR, pid INTEGER)""",
+            """CREATE TABLE items (
+                job VARCHAR NOT NULL, item_id VARCHAR NOT NULL, source_ref VARCHAR,
+                name VARCHAR, detail JSON, first_run VARCHAR, first_seen TIMESTAMPTZ,
+                PRIMARY KEY (job, item_id))""",
+            "CREATE SEQUENCE event_seq",
+            """CREATE TABLE events (
+                seq BIGINT NOT NULL, job VARCHAR NOT NULL, run_id VARCHAR NOT NULL,
+                item_id VARCHAR NOT NULL, stage VARCHAR NOT NULL,
+                outcome VARCHAR NOT NULL CHECK (outcome IN ('ok','skipped','failed','needs_review')),
+                reason VARCHAR, detail JSON, bytes BIGINT, duration_ms DOUBLE,
+                attempt INTEGER, tool_version VARCHAR, at TIMESTAMPTZ NOT NULL,
+                sha256 VARCHAR, settings VARCHAR, fingerprint VARCHAR, final BOOLEAN NOT NULL)""",
+            """CREATE TABLE assets (
+                sha256 VARCHAR PRIMARY KEY, bytes BIGINT, width INTEGER, height INTEGER,
+                format VARCHAR, phash UBIGINT, dhash UBIGINT, phash_mirror UBIGINT,
+                dhash_mirror UBIGINT, thumb BLOB, hash_version VARCHAR, detail JSON,
+                hashed_at TIMESTAMPTZ)""",
+            """CREATE TABLE capture_times (
+                job VARCHAR, run_id VARCHAR, item_id VARCHAR, sha256 VARCHAR,
+                local TIMESTAMP, utc TIMESTAMPTZ, offset_minutes INTEGER, tz VARCHAR,
+                provenance VARCHAR, conflicts JSON, at TIMESTAMPTZ)""",
+            """CREATE TABLE matches (
+                job VARCHAR, run_id VARCHAR, query VARCHAR, candidate VARCHAR,
+                distance DOUBLE, rank INTEGER, chosen BOOLEAN, method VARCHAR,
+                detail JSON, at TIMESTAMPTZ)""",
+            # latest event per item and stage
+            """CREATE VIEW item_stage_latest AS
+                SELECT * EXCLUDE (rn) FROM (
+                    SELECT e.*, row_number() OVER (PARTITION BY job, item_id, stage ORDER BY seq DESC) AS rn
+                    FROM events e) WHERE rn = 1""",
+            # one row per item and run that did work on it: its last word in that run
+            """CREATE VIEW item_run_last AS
+                SELECT job, run_id, item_id, max(seq) AS seq,
+                       arg_max(stage, seq) AS stage, arg_max(outcome, seq) AS outcome,
+                       arg_max(reason, seq) AS reason, arg_max(final, seq) AS final,
+                       arg_max(settings, seq) AS settings, arg_max(fingerprint, seq) AS fingerprint,
+                       arg_max(sha256, seq) AS sha256
+                FROM events WHERE stage <> 'list' GROUP BY ALL""",
+            # the status of every item of a job now
+            """CREATE VIEW item_status AS
+                WITH last AS (
+                    SELECT job, item_id, max(seq) AS seq, arg_max(stage, seq) AS stage,
+                           arg_max(outcome, seq) AS outcome, arg_max(reason, seq) AS reason,
+                           arg_max(final, seq) AS final, arg_max(settings, seq) AS settings,
+                           arg_max(fingerprint, seq) AS fingerprint, arg_max(sha256, seq) AS sha256,
+                           arg_max(run_id, seq) AS run_id
+                    FROM events WHERE stage <> 'list' GROUP BY ALL)
+                SELECT i.job, i.item_id, i.source_ref, i.name, l.run_id, l.stage, l.outcome,
+                       l.reason, l.settings, l.fingerprint, l.sha256,
+                       CASE WHEN l.outcome = 'failed' THEN 'failed'
+                            WHEN l.outcome = 'skipped' THEN 'skipped'
+                            WHEN l.outcome = 'ok' AND l.final THEN 'done'
+                            ELSE 'pending' END AS status
+                FROM items i LEFT JOIN last l USING (job, item_id)""",
+            # the status of every item a run listed, as that run left it
+            """CREATE VIEW run_item_status AS
+                WITH listed AS (
+                    SELECT job, run_id, item_id, min(seq) AS list_seq
+                    FROM events WHERE stage = 'list' GROUP BY ALL),
+                joined AS (
+                    SELECT l.job, l.run_id, l.item_id,
+                           coalesce(w.stage, p.stage) AS stage,
+                           coalesce(w.outcome, p.outcome) AS outcome,
+                           coalesce(w.reason, p.reason) AS reason,
+                           coalesce(w.final, p.final) AS final,
+                           w.seq IS NULL AND p.seq IS NOT NULL AS carried
+                    FROM listed l
+                    LEFT JOIN item_run_last w
+                        ON w.job = l.job AND w.run_id = l.run_id AND w.item_id = l.item_id
+                    ASOF LEFT JOIN item_run_last p
+                        ON p.job = l.job AND p.item_id = l.item_id AND l.list_seq > p.seq)
+                SELECT *, CASE WHEN outcome = 'failed' THEN 'failed'
+                               WHEN outcome = 'skipped' THEN 'skipped'
+                               WHEN outcome = 'ok' AND final THEN 'done'
+                               ELSE 'pending' END AS status
+                FROM joined""",
+            """CREATE VIEW reconciliation_run AS
+                SELECT job, run_id, count(*) AS listed,
+                       count(*) FILTER (WHERE status = 'done') AS done,
+                       count(*) FILTER (WHERE status = 'skipped') AS skipped,
+                       count(*) FILTER (WHERE status = 'failed') AS failed,
+                       count(*) FILTER (WHERE status = 'pending') AS pending,
+                       count(*) FILTER (WHERE outcome = 'needs_review') AS needs_review,
+                       count(*) FILTER (WHERE carried) AS carried_from_earlier_runs
+                FROM run_item_status GROUP BY ALL""",
+            """CREATE VIEW reconciliation_job AS
+                SELECT job, count(*) AS listed,
+                       count(*) FILTER (WHERE status = 'done') AS done,
+                       count(*) FILTER (WHERE status = 'skipped') AS skipped,
+                       count(*) FILTER (WHERE status = 'failed') AS failed,
+                       count(*) FILTER (WHERE status = 'pending') AS pending,
+                       count(*) FILTER (WHERE outcome = 'needs_review') AS needs_review
+                FROM item_status GROUP BY ALL""",
+        ],
+    ),
+]
+
+EVENT_COLUMNS = [
+    "seq", "job", "run_id", "item_id", "stage", "outcome", "reason", "detail", "bytes",
+    "duration_ms", "attempt", "tool_version", "at", "sha256", "settings", "fingerprint", "final",
+]
+
+
+class LedgerBusy(Exception):
+    """Another process holds the ledger (DuckDB allows one writer per file)."""
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def _json(value: Any) -> str | None:
+    if value is None:
+        return None
+    return redact(json.dumps(value, default=str, sort_keys=True))
+
+
+class Ledger:
+    """One DuckDB file. Open it with ``Ledger(path)``; the schema is created or migrated."""
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.exists():
+            raise FileNotFoundError(f"no ledger at {self.path}")
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise LedgerBusy(
+                    f"the ledger {self.path} is in use by another photo-escape run "
+                    "(one run at a time per ledger); wait for it to finish or use another ledger"
+                ) from None
+            raise
+        if not read_only:
+            self.migrate()
+
+    # -- schema -------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        exists = self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'"
+        ).fetchone()[0]
+        if not exists:
+            return 0
+        row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def migrate(self) -> None:
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"ledger {self.path} has schema version {current}, newer than this photo-escape ({SCHEMA_VERSION})"
+            )
+        if current == SCHEMA_VERSION:
+            return
+        self.con.execute("BEGIN")
+        try:
+            self.con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+            for version, statements in MIGRATIONS:
+                if version <= current:
+                    continue
+                for sql in statements:
+                    self.con.execute(sql)
+                self.con.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(version)]
+                )
+            self.con.execute("COMMIT")
+        except Exception:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.con.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    # -- runs ---------------------------------------------------------------------------
+    def start_run(self, run_id: str, job: str, *, flow: str, settings: str, spec: dict | None = None,
+                  dry_run: bool = False, only_failed: bool = False, flow_run_id: str | None = None) -> None:
+        self.con.execute(
+            "INSERT INTO runs (run_id, job, flow, flow_run_id, started_at, status, dry_run, only_failed,"
+            " settings, spec, tool_version, host, pid) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+            [run_id, job, flow, flow_run_id, now(), dry_run, only_failed, settings, _json(spec),
+             TOOL_VERSION, os.uname().nodename, os.getpid()],
+        )
+
+    def finish_run(self, run_id: str, status: str, summary: dict) -> None:
+        self.con.execute(
+            "UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE run_id = ?",
+            [now(), status, _json(summary), run_id],
+        )
+
+    def run(self, run_id: str) -> dict | None:
+        rows = self.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        return rows[0] if rows else None
+
+    def last_run(self, job: str | None = None) -> dict | None:
+        where, params = ("WHERE job = ?", [job]) if job else ("", [])
+        rows = self.query(f"SELECT * FROM runs {where} ORDER BY started_at DESC LIMIT 1", params)
+        return rows[0] if rows else None
+
+    # -- items and events ---------------------------------------------------------------
+    def add_items(self, job: str, run_id: str, items: list[dict]) -> None:
+        """Record listed items (new ones are inserted; known ones kept) and a ``list`` event each."""
+        if not items:
+            return
+        at = now()
+        table = pa.table({
+            "job": [job] * len(items),
+            "item_id": [i["item_id"] for i in items],
+            "source_ref": [redact(str(i.get("source_ref", i["item_id"]))) for i in items],
+            "name": [i.get("name") for i in items],
+            "detail": [_json({k: v for k, v in i.items() if k not in ("item_id", "source_ref", "name")})
+                       for i in items],
+            "first_run": [run_id] * len(items),
+            "first_seen": pa.array([at] * len(items), pa.timestamp("us", tz="UTC")),
+        })
+        with self.transaction():
+            self.con.register("_new_items", table)
+            self.con.execute(
+                "INSERT INTO items SELECT * FROM _new_items ON CONFLICT (job, item_id) DO UPDATE SET"
+                " source_ref = excluded.source_ref, name = excluded.name, detail = excluded.detail"
+            )
+            self.con.unregister("_new_items")
+            self._append(job, run_id, [
+                {"item_id": i["item_id"], "stage": "list", "outcome": "ok", "reason": None,
+                 "detail": None, "fingerprint": i.get("fingerprint")}
+                for i in items
+            ], settings=None, at=at)
+
+    def append_events(self, job: str, run_id: str, outcomes: Iterable[dict], *, settings: str | None = None) -> int:
+        """Append outcome records (see :func:`photo_escape.outcomes.outcome`) in one insert."""
+        rows = list(outcomes)
+        if rows:
+            with self.transaction():
+                self._append(job, run_id, rows, settings=settings, at=now())
+        return len(rows)
+
+    def _append(self, job: str, run_id: str, rows: list[dict], *, settings: str | None, at: datetime) -> None:
+        n = len(rows)
+        first = self.con.execute(
+            "SELECT nextval('event_seq') FROM range(?)", [n]
+        ).fetchall()
+        seqs = [r[0] for r in first]
+
+        def col(key: str, default: Any = None) -> list:
+            return [r.get(key, default) for r in rows]
+
+        items = [r.get("item") or {} for r in rows]
+        table = pa.table({
+            "seq": pa.array(seqs, pa.int64()),
+            "job": [job] * n,
+            "run_id": [run_id] * n,
+            "item_id": col("item_id"),
+            "stage": col("stage"),
+            "outcome": col("outcome"),
+            "reason": col("reason"),
+            "detail": [_json(d) if d else None for d in col("detail")],
+            "bytes": pa.array(col("bytes"), pa.int64()),
+            "duration_ms": pa.array(col("duration_ms"), pa.float64()),
+            "attempt": pa.array([r.get("attempt") or 1 for r in rows], pa.int32()),
+            "tool_version": [TOOL_VERSION] * n,
+            "at": pa.array([at] * n, pa.timestamp("us", tz="UTC")),
+            "sha256": [r.get("sha256") or it.get("sha256") for r, it in zip(rows, items)],
+            "settings": [r.get("settings", settings) for r in rows],
+            "fingerprint": [r.get("fingerprint") or it.get("fingerprint") for r, it in zip(rows, items)],
+            "final": [bool(r.get("final")) for r in rows],
+        })
+        self.con.register("_new_events", table)
+        self.con.execute(f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT * FROM _new_events")
+        self.con.unregister("_new_events")
+
+    # -- planning a rerun ---------------------------------------------------------------
+    def completed(self, job: str, item_ids: list[str], settings: str) -> dict[str, str]:
+        """Which of these items need no more work with these settings: ``{item_id: fingerprint}``.
+
+        An item is complete when its latest event is a final ``ok``, or a ``skipped``
+        other than a dry run, recorded under the same settings.
+        """
+        if not item_ids:
+            return {}
+        self.con.register("_ask", pa.table({"item_id": item_ids}))
+        try:
+            rows = self.con.execute(
+                """SELECT s.item_id, s.fingerprint FROM item_status s JOIN _ask USING (item_id)
+                   WHERE s.job = ? AND s.settings = ?
+                     AND (s.status = 'done' OR (s.status = 'skipped' AND coalesce(s.reason, '') <> 'dry_run'))""",
+                [job, settings],
+            ).fetchall()
+        finally:
+            self.con.unregister("_ask")
+        return {r[0]: r[1] for r in rows}
+
+    def failed_items(self, job: str) -> list[dict]:
+        """Items whose latest outcome is ``failed``, rebuilt from what their listing recorded."""
+        rows = self.con.execute(
+            """SELECT i.item_id, i.source_ref, i.name, i.detail FROM item_status s
+               JOIN items i USING (job, item_id) WHERE s.job = ? AND s.status = 'failed'
+               ORDER BY i.item_id""",
+            [job],
+        ).fetchall()
+        out = []
+        for item_id, ref, name, detail in rows:
+            item = json.loads(detail) if detail else {}
+            item.update(item_id=item_id, source_ref=ref, name=name)
+            out.append(item)
+        return out
+
+    # -- assets and capture times -------------------------------------------------------
+    def known_assets(self, shas: list[str]) -> set[str]:
+        if not shas:
+            return set()
+        self.con.register("_ask", pa.table({"sha256": shas}))
+        try:
+            rows = self.con.execute("SELECT sha256 FROM assets JOIN _ask USING (sha256)").fetchall()
+        finally:
+            self.con.unregister("_ask")
+        return {r[0] for r in rows}
+
+    def asset(self, sha: str) -> dict | None:
+        rows = self.query("SELECT * EXCLUDE (thumb) FROM assets WHERE sha256 = ?", [sha])
+        return rows[0] if rows else None
+
+    def add_assets(self, assets: list[dict]) -> None:
+        """Insert hash records by sha256 (existing ones are left as they are)."""
+        assets = [a for a in assets if a.get("sha256")]
+        if not assets:
+            return
+        cols = ["sha256", "bytes", "width", "height", "format", "phash", "dhash", "phash_mirror",
+                "dhash_mirror", "thumb", "hash_version", "detail", "hashed_at"]
+
+        def hexint(v: Any) -> int | None:
+            if v is None:
+                return None
+            return int(v, 16) if isinstance(v, str) else int(v)
+
+        at = now()
+        table = pa.table({
+            "sha256": [a["sha256"] for a in assets],
+            "bytes": pa.array([a.get("bytes") for a in assets], pa.int64()),
+            "width": pa.array([a.get("width") for a in assets], pa.int32()),
+            "height": pa.array([a.get("height") for a in assets], pa.int32()),
+            "format": [a.get("format") for a in assets],
+            **{k: pa.array([hexint(a.get(k)) for a in assets], pa.uint64())
+               for k in ("phash", "dhash", "phash_mirror", "dhash_mirror")},
+            "thumb": pa.array([a.get("thumb") for a in assets], pa.binary()),
+            "hash_version": [a.get("hash_version") for a in assets],
+            "detail": [_json(a.get("detail")) for a in assets],
+            "hashed_at": pa.array([at] * len(assets), pa.timestamp("us", tz="UTC")),
+        })
+        with self.transaction():
+            self.con.register("_new_assets", table)
+            self.con.execute(
+                f"INSERT INTO assets ({', '.join(cols)}) SELECT * FROM _new_assets ON CONFLICT DO NOTHING"
+            )
+            self.con.unregister("_new_assets")
+
+    def add_capture_times(self, job: str, run_id: str, records: list[dict]) -> None:
+        """Insert capture-time records (``item_id, sha256, local, utc, offset_minutes, tz, provenance, conflicts``)."""
+        if not records:
+            return
+        at = now()
+
+        def ts(v: Any) -> datetime | None:
+            if v is None or isinstance(v, datetime):
+                return v
+            return datetime.fromisoformat(str(v))
+
+        def naive(v: Any) -> datetime | None:
+            d = ts(v)
+            return d.replace(tzinfo=None) if d is not None else None
+
+        def aware(v: Any) -> datetime | None:
+            d = ts(v)
+            if d is None:
+                return None
+            return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+
+        table = pa.table({
+            "job": [job] * len(records),
+            "run_id": [run_id] * len(records),
+            "item_id": [r.get("item_id") for r in records],
+            "sha256": [r.get("sha256") for r in records],
+            "local": pa.array([naive(r.get("local")) for r in records], pa.timestamp("us")),
+            "utc": pa.array([aware(r.get("utc")) for r in records], pa.timestamp("us", tz="UTC")),
+            "offset_minutes": pa.array([r.get("offset_minutes") for r in records], pa.int32()),
+            "tz": [r.get("tz") for r in records],
+            "provenance": [r.get("provenance") for r in records],
+            "conflicts": [_json(r.get("conflicts") or []) for r in records],
+            "at": pa.array([at] * len(records), pa.timestamp("us", tz="UTC")),
+        })
+        with self.transaction():
+            self.con.register("_new_ct", table)
+            self.con.execute("INSERT INTO capture_times SELECT * FROM _new_ct")
+            self.con.unregister("_new_ct")
+
+    def add_matches(self, job: str, run_id: str, records: list[dict]) -> None:
+        """Insert match records (``query, candidate, distance, rank, chosen, method, detail``)."""
+        if not records:
+            return
+        at = now()
+        table = pa.table({
+            "job": [job] * len(records),
+            "run_id": [run_id] * len(records),
+            "query": [r.get("query") for r in records],
+            "candidate": [r.get("candidate") for r in records],
+            "distance": pa.array([r.get("distance") for r in records], pa.float64()),
+            "rank": pa.array([r.get("rank") for r in records], pa.int32()),
+            "chosen": pa.array([bool(r.get("chosen")) for r in records], pa.bool_()),
+            "method": [r.get("method") for r in records],
+            "detail": [_json(r.get("detail")) for r in records],
+            "at": pa.array([at] * len(records), pa.timestamp("us", tz="UTC")),
+        })
+        with self.transaction():
+            self.con.register("_new_m", table)
+            self.con.execute("INSERT INTO matches SELECT * FROM _new_m")
+            self.con.unregister("_new_m")
+
+    # -- reading ------------------------------------------------------------------------
+    def query(self, sql: str, params: list | None = None) -> list[dict]:
+        cur = self.con.execute(sql, params or [])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def reconciliation(self, *, run_id: str | None = None, job: str | None = None) -> dict:
+        """``{listed, done, skipped, failed, pending, needs_review}`` for a run or a whole job."""
+        if run_id:
+            rows = self.query("SELECT * FROM reconciliation_run WHERE run_id = ?", [run_id])
+        else:
+            rows = self.query("SELECT * FROM reconciliation_job WHERE job = ?", [job])
+        keys = ("listed", "done", "skipped", "failed", "pending", "needs_review")
+        if not rows:
+            return {k: 0 for k in keys}
+        return {k: int(rows[0][k]) for k in keys}

@@ -1,0 +1,422 @@
+"""Perceptual hashes of photographs, decoded once at reduced size.
+
+Plain code (no Prefect): the escape flow's hash stage, ``photo-escape hash``, the
+album resolver and find-similar all call :func:`hash_file` / :func:`hash_files`.
+
+What one photo gets (a *hash record*, a plain dict that pickles and serialises):
+
+    path, status ("ok" | "error"), error (reason code or None), message,
+    sha256 (hex of the file's bytes; set whenever the file could be read, even if it
+    does not decode), bytes,
+    phash, dhash            64-bit perceptual / difference hash of the upright picture,
+                            16 hex digits as ``str(imagehash.ImageHash)`` prints them
+    phash_mirror, dhash_mirror   the same for the picture flipped left-right
+    width, height           of the upright picture (after EXIF orientation)
+    format                  JPEG, PNG, TIFF, ...
+    thumb                   THUMB_SIZE x THUMB_SIZE grayscale (luma) uint8 pixels of
+                            the whole upright picture squashed to a square, row-major
+                            bytes (1,024 bytes); the resolver and find-similar normalise
+                            it (zero mean, unit variance) when they compare
+    hash_version            names this algorithm, so cached hashes from another
+                            version are never mixed with these
+
+Reason codes: ``empty`` (zero bytes), ``truncated`` (the data stops early),
+``corrupt`` (an image format whose data does not decode), ``not_an_image`` (no image
+format recognised: text, HTML...), ``too_large`` (more pixels than ``max_pixels`` or
+more bytes than ``max_bytes``: decompression bombs and hostile headers end here before
+any pixel is decoded), ``unreadable`` (missing, a directory, no permission).
+
+Why it is fast: a JPEG is decoded with Pillow's *draft* mode, which lets libjpeg
+scale by 1/2, 1/4 or 1/8 in the DCT domain and decode only the luma channel; other
+formats are reduced with a box filter (``Image.reduce``) right after loading. Only
+then is the picture turned upright and resized (Lanczos) to the 32x32 of phash and the
+9x8 of dhash, as imagehash does. The phash DCT is two small matrix products.
+How close this stays to imagehash on the full-size image is measured in
+``tests/test_hashing.py`` (mean Hamming distance over real photographs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor, TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+HASH_VERSION = "pe-hash-1 (draft>=256, lanczos, phash 32/8, dhash 9x8, thumb 32 L)"
+THUMB_SIZE = 32          # side of the grayscale thumbnail kept for reranking
+DECODE_MIN_SIDE = 256    # decode at reduced size, but never smaller than this
+REASONS = ("empty", "truncated", "corrupt", "not_an_image", "too_large", "unreadable")
+
+RECORD_KEYS = ("path", "status", "error", "message", "sha256", "bytes", "phash", "dhash",
+               "phash_mirror", "dhash_mirror", "width", "height", "format", "thumb", "hash_version")
+
+# magic numbers of image formats: a file starting with one of these that does not
+# decode is "corrupt", anything else that does not decode is "not_an_image"
+_IMAGE_MAGIC = (
+    b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*",
+    b"BM", b"RIFF", b"\x00\x00\x00\x0cjP  ", b"8BPS", b"II\xbc\x01", b"FUJIFILMCCD-RAW",
+)
+
+
+# -- the DCT of phash --------------------------------------------------------------------
+def _dct_rows(n: int = 32, keep: int = 8) -> np.ndarray:
+    """The first ``keep`` rows of the (unnormalised) DCT-II matrix of size ``n``.
+
+    ``scipy.fftpack.dct(x)`` is ``2 * sum(x[i] cos(pi k (2i+1) / 2n))``; the factor 2
+    does not change which coefficients lie above the median, so it is left out."""
+    k = np.arange(keep)[:, None]
+    i = np.arange(n)[None, :]
+    return np.cos(np.pi * k * (2 * i + 1) / (2 * n))
+
+
+_DCT8 = _dct_rows()
+
+
+def _bits_to_hex(bits: np.ndarray) -> str:
+    """64 booleans (row-major, first is the most significant bit) as 16 hex digits,
+    exactly as ``str(imagehash.ImageHash)`` prints them."""
+    value = 0
+    for b in bits.ravel():
+        value = (value << 1) | int(b)
+    return f"{value:016x}"
+
+
+def phash_bits(gray32: np.ndarray) -> np.ndarray:
+    """imagehash's phash of a 32x32 grayscale array: the 8x8 lowest DCT
+    frequencies compared with their median."""
+    low = _DCT8 @ gray32.astype(np.float64) @ _DCT8.T
+    return low > np.median(low)
+
+
+def dhash_bits(gray9x8: np.ndarray) -> np.ndarray:
+    """imagehash's dhash of a 8-row, 9-column grayscale array: is each pixel
+    brighter than its left neighbour?"""
+    return gray9x8[:, 1:] > gray9x8[:, :-1]
+
+
+# -- decoding ------------------------------------------------------------------------------
+@contextmanager
+def _pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Let Pillow's own decompression-bomb check use our limit while we decode."""
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max(int(max_pixels), 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def _scaled_upright_gray(img: Image.Image) -> tuple[Image.Image, int]:
+    """Decode ``img`` at reduced size (never below DECODE_MIN_SIDE), as luma, upright;
+    also return the EXIF orientation that was applied."""
+    orientation = 1
+    try:
+        orientation = int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a broken EXIF block must not lose the picture
+        orientation = 1
+    if img.format == "JPEG":
+        img.draft("L", (DECODE_MIN_SIDE, DECODE_MIN_SIDE))
+    img.load()
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)
+    w, h = img.size
+    factor = min(w, h) // DECODE_MIN_SIDE
+    if factor >= 2:
+        img = img.reduce(factor)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img.convert("I"), dtype=np.float64)
+        hi = arr.max() or 1.0
+        img = Image.fromarray((arr * (255.0 / (65535.0 if hi > 255 else 255.0))).clip(0, 255).astype(np.uint8))
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img)
+    gray = img.convert("L")
+    if orientation in range(2, 9):
+        gray = _orient(gray, orientation)
+    return gray, orientation
+
+
+_ORIENT_OPS = {
+    2: [Image.Transpose.FLIP_LEFT_RIGHT],
+    3: [Image.Transpose.ROTATE_180],
+    4: [Image.Transpose.FLIP_TOP_BOTTOM],
+    5: [Image.Transpose.TRANSPOSE],
+    6: [Image.Transpose.ROTATE_270],
+    7: [Image.Transpose.TRANSVERSE],
+    8: [Image.Transpose.ROTATE_90],
+}
+
+
+def _orient(img: Image.Image, orientation: int) -> Image.Image:
+    """Turn stored pixels upright as a viewer does for EXIF Orientation 2..8
+    (the same operations as ``ImageOps.exif_transpose``)."""
+    for op in _ORIENT_OPS.get(orientation, []):
+        img = img.transpose(op)
+    return img
+
+
+def hashes_of_gray(gray: Image.Image) -> dict[str, Any]:
+    """phash, dhash, their mirrored twins and the thumbnail of an upright luma picture."""
+    g32 = np.asarray(gray.resize((32, 32), Image.Resampling.LANCZOS))
+    g98 = np.asarray(gray.resize((9, 8), Image.Resampling.LANCZOS)).astype(np.int16)
+    mirror98 = np.asarray(gray.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((9, 8), Image.Resampling.LANCZOS)).astype(np.int16)
+    if THUMB_SIZE == 32:
+        thumb = g32
+    else:
+        thumb = np.asarray(gray.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS))
+    return {
+        "phash": _bits_to_hex(phash_bits(g32)),
+        "dhash": _bits_to_hex(dhash_bits(g98)),
+        "phash_mirror": _bits_to_hex(phash_bits(g32[:, ::-1])),
+        "dhash_mirror": _bits_to_hex(dhash_bits(mirror98)),
+        "thumb": np.ascontiguousarray(thumb, dtype=np.uint8).tobytes(),
+    }
+
+
+def hash_image(img: Image.Image) -> dict[str, Any]:
+    """Hashes and thumbnail of an already opened PIL image (EXIF orientation
+    applied); no size checks, so only for images you made yourself."""
+    gray, _ = _scaled_upright_gray(img)
+    return hashes_of_gray(gray)
+
+
+# -- one file --------------------------------------------------------------------------------
+def _empty_record(path: str) -> dict[str, Any]:
+    rec: dict[str, Any] = {k: None for k in RECORD_KEYS}
+    rec.update(path=path, status="error", hash_version=HASH_VERSION)
+    return rec
+
+
+def _sha256_of(path: Path) -> tuple[str, int, bytes]:
+    """sha256 and size of a file, streamed; also its first bytes (for the magic)."""
+    h = hashlib.sha256()
+    size = 0
+    head = b""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            if not head:
+                head = chunk[:32]
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size, head
+
+
+def _fail(rec: dict, code: str, message: str) -> dict:
+    rec.update(status="error", error=code, message=message)
+    for k in ("phash", "dhash", "phash_mirror", "dhash_mirror", "thumb"):
+        rec[k] = None
+    return rec
+
+
+def hash_file(path: str | os.PathLike, *, max_pixels: int = 250_000_000,
+              max_bytes: int = 2_000_000_000, thumb: bool = True) -> dict[str, Any]:
+    """The hash record of one image file (see the module docstring). Never raises.
+
+    The file is read once for its sha256 (streamed) and decoded once, at reduced size.
+    Pixel and byte limits are checked from the header before any pixel is decoded.
+    """
+    path_s = str(path)
+    rec = _empty_record(path_s)
+    p = Path(path_s)
+    try:
+        if not p.is_file():
+            return _fail(rec, "unreadable", f"{path_s} is not a readable file")
+        size = p.stat().st_size
+        rec["bytes"] = size
+        if size > max_bytes:
+            return _fail(rec, "too_large", f"{size} bytes is more than the limit of {max_bytes}")
+        rec["sha256"], rec["bytes"], head = _sha256_of(p)
+        if rec["bytes"] == 0:
+            return _fail(rec, "empty", "the file has zero bytes")
+    except OSError as exc:
+        return _fail(rec, "unreadable", f"cannot read the file: {exc.strerror or exc}")
+    try:
+        with _pixel_limit(max_pixels), Image.open(p) as img:
+            rec["format"] = img.format
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                return _fail(rec, "corrupt", f"the header gives an impossible size {w}x{h}")
+            if w * h > max_pixels:
+                return _fail(rec, "too_large", f"{w}x{h} pixels is more than the limit of {max_pixels}")
+            gray, orientation = _scaled_upright_gray(img)
+            rec["width"], rec["height"] = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+            out = hashes_of_gray(gray)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return _fail(rec, "too_large", f"decompression bomb: {exc}")
+    except MemoryError:
+        return _fail(rec, "too_large", "not enough memory to decode this image")
+    except UnidentifiedImageError:
+        if any(head.startswith(m) for m in _IMAGE_MAGIC):
+            return _fail(rec, "corrupt", "the file starts like an image but its header does not decode")
+        return _fail(rec, "not_an_image", f"not an image (starts with {head[:12]!r})")
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a reason code
+        text = str(exc)
+        if "truncated" in text.lower() or isinstance(exc, EOFError):
+            return _fail(rec, "truncated", f"the image data stops early: {text or type(exc).__name__}")
+        return _fail(rec, "corrupt", f"the image does not decode: {type(exc).__name__}: {text}"[:300])
+    rec.update(out)
+    if not thumb:
+        rec["thumb"] = None
+    rec.update(status="ok", error=None, message=None)
+    return rec
+
+
+# -- many files ------------------------------------------------------------------------------
+def _hash_chunk(paths: list[str], kw: dict) -> list[dict]:
+    """Worker entry point: hash a few files (one IPC round trip for several)."""
+    return [hash_file(p, **kw) for p in paths]
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    import multiprocessing as mp
+
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool whose worker hangs or died (terminating its processes)."""
+    for proc in list(getattr(pool, "_processes", {}).values()):
+        try:
+            proc.terminate()
+        except Exception:
+            pass
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _crashed(path: str, why: str) -> dict:
+    rec = _empty_record(path)
+    try:
+        rec["sha256"], rec["bytes"], _ = _sha256_of(Path(path))
+    except OSError:
+        pass
+    return _fail(rec, "corrupt", why)
+
+
+def hash_files(paths: Iterable[str | os.PathLike], *, processes: int = 0, chunk: int = 8,
+               timeout_s: float = 120.0, **kw: Any) -> list[dict]:
+    """Hash records of many files, in input order.
+
+    ``processes``: 0 = one worker process per core, 1 = in this process. A worker
+    that crashes (a decoder segfault, the OOM killer) or takes longer than
+    ``timeout_s`` per file does not lose the batch: its files are retried one by one
+    in a fresh worker, and the culprit ends as ``corrupt`` with a message saying so.
+    ``kw`` goes to :func:`hash_file` (``max_pixels``, ``max_bytes``, ``thumb``).
+    """
+    paths = [str(p) for p in paths]
+    if not paths:
+        return []
+    workers = processes or os.cpu_count() or 1
+    workers = min(workers, max(1, len(paths) // 2))
+    if workers <= 1:
+        return [hash_file(p, **kw) for p in paths]
+    chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
+    results: dict[int, list[dict]] = {}
+    retry: list[int] = []
+    pool = _pool(workers)
+    try:
+        try:  # a pool that cannot even start (odd __main__, no /dev/shm) hashes here instead
+            pool.submit(_hash_chunk, [], kw).result(timeout=120)
+        except Exception:  # noqa: BLE001
+            _kill(pool)
+            return [hash_file(p, **kw) for p in paths]
+        futures = [pool.submit(_hash_chunk, c, kw) for c in chunks]
+        for i, fut in enumerate(futures):
+            try:
+                results[i] = fut.result(timeout=timeout_s * len(chunks[i]) + 30)
+            except (BrokenProcessPool, FutureTimeout):
+                # the pool is dead or stuck: stop it, redo what is left one file at a time
+                for j in range(i + 1, len(chunks)):  # keep what finished before the trouble
+                    f = futures[j]
+                    if f.done() and not f.cancelled() and f.exception() is None:
+                        results[j] = f.result()
+                _kill(pool)
+                retry.extend(j for j in range(i, len(chunks)) if j not in results)
+                break
+            except Exception:  # noqa: BLE001 - hash_file never raises; pickling might
+                retry.append(i)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    for i in sorted(set(retry)):
+        results[i] = [_isolated(p, kw, timeout_s) for p in chunks[i]]
+    return [rec for i in range(len(chunks)) for rec in results[i]]
+
+
+def _isolated(path: str, kw: dict, timeout_s: float) -> dict:
+    """Hash one file in its own worker so a crash or hang is pinned on it alone."""
+    pool = _pool(1)
+    try:
+        return pool.submit(_hash_chunk, [path], kw).result(timeout=timeout_s)[0]
+    except FutureTimeout:
+        _kill(pool)
+        return _crashed(path, f"decoding took longer than {timeout_s:.0f} s")
+    except Exception as exc:  # noqa: BLE001
+        _kill(pool)
+        return _crashed(path, f"the decoder crashed ({type(exc).__name__})")
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+IMAGE_SUFFIXES = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".gif", ".bmp", ".webp",
+    ".heic", ".heif", ".avif", ".jp2", ".j2k", ".ppm", ".pgm", ".pbm", ".psd",
+})
+
+
+def image_files(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """Expand the command line's paths: a file is taken as it is (whatever its name);
+    a directory is walked recursively for files with an image suffix
+    (IMAGE_SUFFIXES, case-insensitive), skipping hidden files and folders, sorted."""
+    out: list[str] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = []
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found.extend(os.path.join(root, f) for f in files
+                             if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES)
+            out.extend(sorted(found))
+        else:
+            out.append(str(p))
+    return out
+
+
+# -- helpers for the resolver and the ledger ------------------------------------------------
+def hex_to_int(value: str | int | None) -> int | None:
+    """A 16-hex-digit hash (or an int from the ledger's UBIGINT column) as an int."""
+    if value is None:
+        return None
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+def int_to_hex(value: int | None) -> str | None:
+    return None if value is None else f"{int(value):016x}"
+
+
+def thumb_array(thumb: bytes | None) -> np.ndarray | None:
+    """The thumbnail bytes of a hash record as a THUMB_SIZE x THUMB_SIZE uint8 array."""
+    if thumb is None:
+        return None
+    return np.frombuffer(thumb, dtype=np.uint8).reshape(THUMB_SIZE, THUMB_SIZE)
+
+
+def public(rec: dict) -> dict:
+    """A hash record without the thumbnail bytes (for JSON output)."""
+    return {k: v for k, v in rec.items() if k != "thumb"}

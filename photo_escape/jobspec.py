@@ -75,6 +75,7 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="a short name: letters, digits, '-', '_' and '.'")
+    flow: Literal["escape"] = Field("escape", description="which flow runs this job")
     ledger: Path | None = Field(None, description="DuckDB ledger file; default <home>/ledgers/<name>.duckdb")
     work_dir: Path | None = Field(None, description="where downloads are staged; default <home>/work/<name>")
     reports_dir: Path = Field(Path("reports/out"), description="reports go to <reports_dir>/<name>/<run_id>/")

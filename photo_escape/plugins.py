@@ -50,6 +50,7 @@ class Source:
         self.config = config
         self.workdir = Path(workdir)
         self.options = options
+        self.protected_prefixes: list[str] = []
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -61,6 +62,11 @@ class Source:
 
     def fetch(self, items: list[dict]) -> list[dict]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def protect(self, prefixes: list[str]) -> None:
+        """Never list these places: they are the destination's own output (a folder
+        path, or ``s3://bucket/prefix``), so a job never processes what it wrote."""
+        self.protected_prefixes = list(prefixes)
 
     def report_facts(self) -> dict[str, Any]:
         """Facts the report shows for this source (e.g. ``expected_count``)."""

@@ -55,7 +55,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 item_id VARCHAR NOT NULL, stage VARCHAR NOT NULL,
                 outcome VARCHAR NOT NULL CHECK (outcome IN ('ok','skipped','failed','needs_review')),
                 reason VARCHAR, detail JSON, bytes BIGINT, duration_ms DOUBLE,
-                attempt INTEGER, tool_version VARCHAR, at TIMESTAMPTZ NOT NULL,
+                attempt INTEGER, tool_version VARCHAR, "at" TIMESTAMPTZ NOT NULL,
                 sha256 VARCHAR, settings VARCHAR, fingerprint VARCHAR, final BOOLEAN NOT NULL)""",
             """CREATE TABLE assets (
                 sha256 VARCHAR PRIMARY KEY, bytes BIGINT, width INTEGER, height INTEGER,
@@ -65,11 +65,11 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             """CREATE TABLE capture_times (
                 job VARCHAR, run_id VARCHAR, item_id VARCHAR, sha256 VARCHAR,
                 local TIMESTAMP, utc TIMESTAMPTZ, offset_minutes INTEGER, tz VARCHAR,
-                provenance VARCHAR, conflicts JSON, at TIMESTAMPTZ)""",
+                provenance VARCHAR, conflicts JSON, "at" TIMESTAMPTZ)""",
             """CREATE TABLE matches (
                 job VARCHAR, run_id VARCHAR, query VARCHAR, candidate VARCHAR,
                 distance DOUBLE, rank INTEGER, chosen BOOLEAN, method VARCHAR,
-                detail JSON, at TIMESTAMPTZ)""",
+                detail JSON, "at" TIMESTAMPTZ)""",
             # latest event per item and stage
             """CREATE VIEW item_stage_latest AS
                 SELECT * EXCLUDE (rn) FROM (
@@ -146,6 +146,9 @@ EVENT_COLUMNS = [
     "seq", "job", "run_id", "item_id", "stage", "outcome", "reason", "detail", "bytes",
     "duration_ms", "attempt", "tool_version", "at", "sha256", "settings", "fingerprint", "final",
 ]
+
+
+_QUOTED_EVENT_COLUMNS = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
 
 
 class LedgerBusy(Exception):
@@ -334,7 +337,7 @@ class Ledger:
             "final": [bool(r.get("final")) for r in rows],
         })
         self.con.register("_new_events", table)
-        self.con.execute(f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT * FROM _new_events")
+        self.con.execute(f"INSERT INTO events ({_QUOTED_EVENT_COLUMNS}) SELECT * FROM _new_events")
         self.con.unregister("_new_events")
 
     # -- planning a rerun ---------------------------------------------------------------

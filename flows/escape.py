@@ -1,0 +1,356 @@
+"""The escape flow: list a source, fetch, hash, restore capture times, deliver, record.
+
+It reads like the job it automates:
+
+1. open the job's ledger (one run at a time per ledger) and start a run;
+2. list the source page by page, recording every listed photo;
+3. leave out what an earlier run already finished with the same settings;
+4. for each batch: fetch -> hash -> capture time -> deliver, each a Prefect task over
+   hundreds of photos, with a few batches in flight at once;
+5. append every outcome to the ledger as each batch's stage completes (this flow is
+   the ledger's only writer), updating a progress artifact;
+6. reconcile (``listed = done + skipped + failed + pending``), write the report and
+   return the summary.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterator
+
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from photo_escape.jobspec import JobSpec, load_job, parse_job
+from photo_escape.outcomes import outcome
+from photo_escape.plugins import make_destination, make_source
+from tasks.ledger import Ledger, new_run_id
+from tasks.stages import capture_time_batch, deliver_batch, fetch_batch, hash_batch
+
+STAGES = ("fetch", "hash", "capture_time", "deliver")
+BATCHES_IN_FLIGHT = 3
+
+
+def job_spec(job: JobSpec | dict | str | Path) -> JobSpec:
+    """A validated job spec from a spec, a dict or a YAML file path."""
+    if isinstance(job, JobSpec):
+        return job
+    if isinstance(job, dict):
+        return parse_job(job)
+    return load_job(job)
+
+
+def _batches(pages: Iterator[list[dict]], size: int) -> Iterator[list[dict]]:
+    """Re-cut a source's pages into batches of ``size`` items."""
+    buf: list[dict] = []
+    for page in pages:
+        buf.extend(page)
+        while len(buf) >= size:
+            yield buf[:size]
+            buf = buf[size:]
+    if buf:
+        yield buf
+
+
+def _paged(items: list[dict], size: int) -> Iterator[list[dict]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+class _Progress:
+    """The run's progress: a Prefect progress artifact and, on a terminal, a bar."""
+
+    def __init__(self, job: str, run_id: str) -> None:
+        self.listed = 0
+        self.finished = 0
+        self.artifact_id = None
+        self.bar = None
+        try:
+            from prefect.artifacts import create_progress_artifact
+
+            self.artifact_id = create_progress_artifact(
+                0.0, key=_artifact_key(job, "progress"), description=f"{job}: photos finished in run {run_id}"
+            )
+        except Exception:  # no API (plain call outside Prefect): the bar alone
+            self.artifact_id = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=0, unit="photo", desc=job, file=sys.stderr, dynamic_ncols=True)
+
+    def add_listed(self, n: int) -> None:
+        self.listed += n
+        if self.bar is not None:
+            self.bar.total = self.listed
+            self.bar.refresh()
+
+    def add_finished(self, n: int) -> None:
+        self.finished += n
+        if self.bar is not None:
+            self.bar.update(n)
+        if self.artifact_id is not None and self.listed:
+            try:
+                from prefect.artifacts import update_progress_artifact
+
+                update_progress_artifact(self.artifact_id, min(100.0, 100.0 * self.finished / self.listed))
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _artifact_key(job: str, what: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9-]+", "-", f"{job}-{what}".lower()).strip("-")
+
+
+class _Batch:
+    """One batch on its way through the stages."""
+
+    def __init__(self, items: list[dict]) -> None:
+        self.items = items
+        self.stage = -1
+
+
+@flow(name="escape", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
+def escape(
+    job: dict | str,
+    dry_run: bool = False,
+    only_failed: bool = False,
+    run_id: str | None = None,
+    fail_on_failed_items: bool = False,
+) -> dict:
+    """Move a photo collection from the job's source to its destination, recording everything.
+
+    ``job`` is a job spec (a dict, or the path of a YAML file). ``dry_run`` plans
+    without delivering; ``only_failed`` redoes just the photos whose last outcome
+    was a failure. Returns the run's summary. With ``fail_on_failed_items`` the flow
+    run ends Failed (after recording and reporting) when photos failed, so it can be
+    retried from the Prefect UI; the retry skips what is already done.
+    """
+    spec = job_spec(job)
+    return EscapeRun(spec, dry_run=dry_run, only_failed=only_failed, run_id=run_id,
+                     fail_on_failed_items=fail_on_failed_items).run()
+
+
+class EscapeRun:
+    """The orchestration of one run; no HTTP or SQL of its own (sources, tasks and the ledger do that)."""
+
+    def __init__(self, spec: JobSpec, *, dry_run: bool, only_failed: bool, run_id: str | None,
+                 fail_on_failed_items: bool) -> None:
+        self.spec = spec
+        self.opts = spec.options
+        self.dry_run = dry_run
+        self.only_failed = only_failed
+        self.run_id = run_id or new_run_id()
+        self.fail_on_failed_items = fail_on_failed_items
+        self.workdir = str(spec.work_path / self.run_id)
+        self.log = get_run_logger()
+
+    # -- the story ------------------------------------------------------------------------
+    def run(self) -> dict:
+        spec = self.spec
+        Path(self.workdir).mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger(spec.ledger_path)
+        try:
+            destination = make_destination(spec.destination, workdir=Path(self.workdir), options=self.opts)
+            self.settings = destination.settings_key()
+            if hasattr(destination, "clear_staging") and not self.dry_run:
+                destination.clear_staging()
+            source = make_source(spec.source, workdir=Path(self.workdir), options=self.opts)
+            source.protect(destination.protected_prefixes())
+            self.ledger.start_run(self.run_id, spec.name, flow="escape", settings=self.settings,
+                                  spec=spec.dump(), dry_run=self.dry_run, only_failed=self.only_failed,
+                                  flow_run_id=_flow_run_id())
+            self.progress = _Progress(spec.name, self.run_id)
+            self.log.info("run %s of job %s: %s -> %s%s", self.run_id, spec.name, spec.source.kind,
+                          spec.destination.kind, " (dry run)" if self.dry_run else "")
+            try:
+                self._work(source)
+                status = "finished"
+            except BaseException:
+                self._finish(source, status="crashed")
+                raise
+            finally:
+                self.progress.close()
+                source.close()
+                destination.close()
+            return self._finish(source, status=status)
+        finally:
+            self.ledger.close()
+
+    def _listing(self, source) -> Iterator[list[dict]]:
+        size = self.opts.batch_size
+        if self.only_failed:
+            return _paged(self.ledger.failed_items(self.spec.name), size)
+        return _batches(source.list_pages(), size)
+
+    def _work(self, source) -> None:
+        batches = self._listing(source)
+        in_flight: dict[Any, _Batch] = {}
+        exhausted = False
+        while True:
+            while not exhausted and len(in_flight) < BATCHES_IN_FLIGHT:
+                items = next(batches, None)
+                if items is None:
+                    exhausted = True
+                    break
+                batch = self._admit(items)
+                if batch is not None:
+                    in_flight[self._advance(batch)] = batch
+            if not in_flight:
+                break
+            future = next(as_completed(list(in_flight)))
+            batch = in_flight.pop(future)
+            nxt = self._record(batch, future.result())
+            if nxt is not None:
+                in_flight[nxt] = batch
+
+    def _admit(self, items: list[dict]) -> _Batch | None:
+        """Record a listed batch; keep the photos that still need work."""
+        self.ledger.add_items(self.spec.name, self.run_id, items)
+        self.progress.add_listed(len(items))
+        done = self.ledger.completed(self.spec.name, [i["item_id"] for i in items], self.settings)
+        todo = [i for i in items if i["item_id"] not in done
+                or (i.get("fingerprint") and done[i["item_id"]] and i["fingerprint"] != done[i["item_id"]])]
+        self.progress.add_finished(len(items) - len(todo))
+        return _Batch(todo) if todo else None
+
+    def _advance(self, batch: _Batch):
+        """Submit the batch's next stage; returns its future."""
+        batch.stage += 1
+        stage = STAGES[batch.stage]
+        items = batch.items
+        if stage == "fetch":
+            return fetch_batch.submit(self.spec.source, items, self.workdir, self.opts)
+        if stage == "hash":
+            return hash_batch.submit([{"path": i["local_path"]} for i in items],
+                                     self._processes(), self.opts.max_pixels, self.opts.max_bytes)
+        if stage == "capture_time":
+            entries = [{"path": i["local_path"], "item_id": i["item_id"], "name": i.get("name"),
+                        "folder": _folder(i)} for i in items]
+            return capture_time_batch.submit(entries, list(self.spec.time_zones), self.spec.default_tz)
+        return deliver_batch.submit(self.spec.destination, items, self.workdir, self.opts, self.dry_run)
+
+    def _processes(self) -> int:
+        if self.opts.task_runner == "dask":
+            return 1
+        return self.opts.processes
+
+    def _record(self, batch: _Batch, results: list[dict]):
+        """Append a finished stage's outcomes; return the next stage's future (or None)."""
+        stage = STAGES[batch.stage]
+        job, run = self.spec.name, self.run_id
+        if stage in ("fetch", "deliver"):
+            outcomes = results
+        elif stage == "hash":
+            outcomes = self._hash_outcomes(batch.items, results)
+        else:
+            outcomes = self._capture_outcomes(batch.items, results)
+        self.ledger.append_events(job, run, outcomes, settings=self.settings)
+        going_on = [o["item"] for o in outcomes if o["outcome"] == "ok" and not o.get("final") and "item" in o]
+        finished = len(batch.items) - len(going_on)
+        if stage == "deliver":
+            going_on, finished = [], len(batch.items)
+        self.progress.add_finished(finished)
+        batch.items = going_on
+        if not going_on or batch.stage + 1 >= len(STAGES):
+            return None
+        return self._advance(batch)
+
+    def _hash_outcomes(self, items: list[dict], records: list[dict]) -> list[dict]:
+        self.ledger.add_assets([r for r in records if r.get("status") == "ok"])
+        out = []
+        for item, rec in zip(items, records):
+            if rec.get("status") == "ok":
+                asset = {k: rec.get(k) for k in ("width", "height", "format", "phash", "dhash")}
+                out.append(outcome(item["item_id"], "hash", "ok", None, detail=asset,
+                                   sha256=item.get("sha256")) | {"item": dict(item, asset=asset)})
+            else:
+                out.append(outcome(item["item_id"], "hash", "failed", rec.get("error") or "unreadable",
+                                   detail={"message": rec.get("message")}, sha256=item.get("sha256"))
+                           | {"item": item})
+        return out
+
+    def _capture_outcomes(self, items: list[dict], records: list[dict]) -> list[dict]:
+        rows, out = [], []
+        for item, rec in zip(items, records):
+            capture = {k: rec.get(k) for k in ("local", "utc", "offset_minutes", "tz", "provenance", "conflicts")}
+            rows.append(dict(capture, item_id=item["item_id"], sha256=item.get("sha256")))
+            reason = rec.get("provenance") or rec.get("error") or "unknown"
+            out.append(outcome(item["item_id"], "capture_time", "ok", reason, detail=capture,
+                               sha256=item.get("sha256")) | {"item": dict(item, capture=capture)})
+        self.ledger.add_capture_times(self.spec.name, self.run_id, rows)
+        return out
+
+    def _finish(self, source, *, status: str) -> dict:
+        counts = self.ledger.reconciliation(run_id=self.run_id)
+        summary: dict[str, Any] = {
+            "run_id": self.run_id,
+            "job": self.spec.name,
+            "ledger": str(self.spec.ledger_path.resolve()),
+            "report": None,
+            **counts,
+            "dry_run": self.dry_run,
+            "only_failed": self.only_failed,
+            "status": status,
+        }
+        facts = source.report_facts() or {}
+        if "expected_count" in facts and facts["expected_count"] is not None:
+            summary["expected_count"] = facts["expected_count"]
+            summary["expected_count_met"] = counts["done"] + counts["skipped"] >= facts["expected_count"] \
+                and counts["listed"] == facts["expected_count"]
+        summary.update({k: v for k, v in facts.items() if k not in summary})
+        self.ledger.finish_run(self.run_id, status, summary)
+        summary["report"] = self._report(summary)
+        if summary["report"]:
+            self.ledger.finish_run(self.run_id, status, summary)
+        if status == "finished" and self.fail_on_failed_items and counts["failed"]:
+            raise ItemsFailed(f"{counts['failed']} of {counts['listed']} photos failed; see {summary['report']}")
+        return summary
+
+    def _report(self, summary: dict) -> str | None:
+        """Write the run's report; a report problem never loses the run's record."""
+        try:
+            from reports.build import write_reports
+        except ImportError:
+            return None
+        try:
+            out_dir = self.spec.reports_dir / self.spec.name / self.run_id
+            result = write_reports(self.ledger, run_id=self.run_id, out_dir=out_dir)
+        except Exception as exc:  # noqa: BLE001 - the run's outcomes are already safe in the ledger
+            self.log.error("report could not be written: %s", exc)
+            return None
+        try:
+            from reports.artifacts import publish
+
+            publish(result, key_prefix=_artifact_key(self.spec.name, "report"))
+        except Exception as exc:  # noqa: BLE001
+            self.log.warning("report artifacts not published: %s", exc)
+        return str(Path(result["report_html"]).resolve())
+
+
+class ItemsFailed(Exception):
+    """Raised at the end of a recorded run when photos failed and the caller asked to fail."""
+
+
+def _folder(item: dict) -> str:
+    rel = item.get("relpath") or item.get("source_ref") or ""
+    return rel.rsplit("/", 1)[0] if "/" in rel else ""
+
+
+def _flow_run_id() -> str | None:
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.id) if flow_run.id else None
+    except Exception:
+        return None

@@ -1,0 +1,74 @@
+"""The job spec: valid specs load; bad ones are rejected with messages naming the field."""
+
+import pytest
+
+from photo_escape.jobspec import JobSpecError, load_job, parse_job
+
+
+def _spec(tmp_path, **over):
+    (tmp_path / "in").mkdir(exist_ok=True)
+    spec = {
+        "name": "family",
+        "source": {"kind": "local", "path": str(tmp_path / "in"), "pattern": "*.jpg"},
+        "destination": {"kind": "local", "path": str(tmp_path / "out")},
+    }
+    spec.update(over)
+    return spec
+
+
+def test_a_valid_spec_loads_with_defaults(tmp_path):
+    spec = parse_job(_spec(tmp_path))
+    assert spec.source.kind == "local" and spec.destination.kind == "local"
+    assert spec.options.batch_size == 200
+    assert spec.ledger_path.name == "family.duckdb"
+    assert spec.destination.layout == "{taken:%Y/%m/%d}/{name}"
+
+
+def test_yaml_file(tmp_path):
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        f"name: nas\nsource: {{kind: local, path: {tmp_path / 'in'}, recursive: false}}\n"
+        f"destination: {{kind: local, path: {tmp_path / 'out'}, layout: '{{name}}'}}\n"
+        "options: {batch_size: 50, concurrency: 2}\n"
+    )
+    spec = load_job(path)
+    assert spec.options.batch_size == 50 and spec.source.recursive is False
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"name": "bad name/with slash"}, "name: use letters"),
+        ({"source": {"kind": "ftp"}}, "kind 'ftp' is not known; expected one of:"),
+        ({"source": {"kind": "local"}}, "source.path: is required but missing"),
+        ({"destination": {"kind": "local", "path": "/tmp/x", "layot": "{name}"}}, "destination.layot: is not a known field"),
+        ({"destination": {"kind": "local", "path": "/tmp/x", "layout": "{nmae}"}}, "unknown field 'nmae'"),
+        ({"options": {"batch_size": 0}}, "options.batch_size: Input should be greater than or equal to 1"),
+        ({"default_tz": "Mars/Olympus"}, "'Mars/Olympus' is not an IANA time zone name"),
+        ({"colour": "blue"}, "colour: is not a known field"),
+    ],
+)
+def test_bad_specs_name_the_field(tmp_path, change, expected):
+    with pytest.raises(JobSpecError) as err:
+        parse_job(_spec(tmp_path, **change))
+    assert expected in str(err.value), str(err.value)
+
+
+def test_a_source_folder_that_does_not_exist(tmp_path):
+    with pytest.raises(JobSpecError) as err:
+        parse_job(_spec(tmp_path, source={"kind": "local", "path": str(tmp_path / "nope")}))
+    assert "source.path" in str(err.value) and "is not a folder that exists" in str(err.value)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(JobSpecError, match="is not valid YAML"):
+        load_job(bad)
+    with pytest.raises(JobSpecError, match="cannot read job file"):
+        load_job(tmp_path / "missing.yaml")
+    notmap = tmp_path / "list.yaml"
+    notmap.write_text("- a\n- b\n")
+    with pytest.raises(JobSpecError, match="expected a mapping"):
+        load_job(notmap)

@@ -1,0 +1,141 @@
+"""The ledger: schema, bulk appends, exact reconciliation per run and per job, reruns."""
+
+import subprocess
+import sys
+import textwrap
+
+import duckdb
+import pytest
+
+from photo_escape.outcomes import outcome
+from tasks.ledger import SCHEMA_VERSION, Ledger, LedgerBusy
+
+
+def _items(n, prefix="p"):
+    return [{"item_id": f"{prefix}{i}", "source_ref": f"/src/{prefix}{i}.jpg", "name": f"{prefix}{i}.jpg",
+             "fingerprint": f"{i}:1"} for i in range(n)]
+
+
+def test_schema_is_created_and_versioned(tmp_path):
+    path = tmp_path / "l.duckdb"
+    with Ledger(path) as led:
+        assert led.schema_version() == SCHEMA_VERSION
+        tables = {r["table_name"] for r in led.query("SELECT table_name FROM information_schema.tables")}
+    assert {"runs", "items", "events", "assets", "capture_times", "matches", "meta",
+            "item_status", "reconciliation_run", "reconciliation_job", "item_stage_latest"} <= tables
+    cols = {r[0] for r in duckdb.connect(str(path)).execute("DESCRIBE events").fetchall()}
+    assert {"run_id", "item_id", "stage", "outcome", "reason", "detail", "bytes", "duration_ms",
+            "attempt", "tool_version", "at"} <= cols
+    # opening again migrates nothing and keeps data
+    with Ledger(path) as led:
+        assert led.schema_version() == SCHEMA_VERSION
+
+
+def test_outcome_must_be_known(tmp_path):
+    with pytest.raises(ValueError):
+        outcome("a", "fetch", "maybe")
+    with Ledger(tmp_path / "l.duckdb") as led:
+        led.start_run("r1", "job", flow="escape", settings="s")
+        with pytest.raises(duckdb.ConstraintException):
+            led.append_events("job", "r1", [{"item_id": "a", "stage": "fetch", "outcome": "maybe"}])
+
+
+def _run(led, run_id, items, results, settings="s1"):
+    """Record a run: list ``items``, then one final outcome per item from ``results``."""
+    led.start_run(run_id, "job", flow="escape", settings=settings)
+    led.add_items("job", run_id, items)
+    evs = []
+    for it in items:
+        r = results.get(it["item_id"])
+        if r is None:
+            continue
+        evs.append(outcome(it["item_id"], "fetch", "ok"))
+        if r == "done":
+            evs.append(outcome(it["item_id"], "deliver", "ok", "delivered", final=True))
+        elif r == "dry":
+            evs.append(outcome(it["item_id"], "deliver", "skipped", "dry_run"))
+        elif r == "review":
+            evs.append(outcome(it["item_id"], "match", "needs_review", "ambiguous"))
+        else:
+            evs.append(outcome(it["item_id"], "deliver", r, "because"))
+    led.append_events("job", run_id, evs, settings=settings)
+
+
+def test_reconciliation_is_exact_per_run_and_per_job(tmp_path):
+    items = _items(10)
+    with Ledger(tmp_path / "l.duckdb") as led:
+        first = {"p0": "done", "p1": "done", "p2": "failed", "p3": "skipped", "p4": "review", "p5": "failed"}
+        _run(led, "r1", items, first)
+        r1 = led.reconciliation(run_id="r1")
+        assert r1 == {"listed": 10, "done": 2, "skipped": 1, "failed": 2, "pending": 5, "needs_review": 1}
+        # the rerun works only on what was not complete; completed items are carried as done
+        done = led.completed("job", [i["item_id"] for i in items], "s1")
+        assert set(done) == {"p0", "p1", "p3"}
+        second = {i["item_id"]: "done" for i in items if i["item_id"] not in done}
+        second["p5"] = "failed"
+        _run(led, "r2", items, second)
+        r2 = led.reconciliation(run_id="r2")
+        assert r2["listed"] == 10 and r2["done"] == 8 and r2["skipped"] == 1 and r2["failed"] == 1
+        assert r2["listed"] == r2["done"] + r2["skipped"] + r2["failed"] + r2["pending"]
+        carried = led.query("SELECT count(*) AS n FROM run_item_status WHERE run_id = 'r2' AND carried")[0]["n"]
+        assert carried == 3
+        # the earlier run's figures do not change after a later run
+        assert led.reconciliation(run_id="r1") == r1
+        job = led.reconciliation(job="job")
+        assert job["listed"] == 10 and job["done"] == 8 and job["failed"] == 1 and job["skipped"] == 1
+        # failed items can be rebuilt for --only-failed
+        failed = led.failed_items("job")
+        assert [f["item_id"] for f in failed] == ["p5"] and failed[0]["fingerprint"] == "5:1"
+
+
+def test_dry_runs_and_other_settings_do_not_count_as_complete(tmp_path):
+    items = _items(3)
+    with Ledger(tmp_path / "l.duckdb") as led:
+        _run(led, "r1", items, {"p0": "dry", "p1": "done", "p2": "done"})
+        assert set(led.completed("job", ["p0", "p1", "p2"], "s1")) == {"p1", "p2"}
+        assert led.completed("job", ["p0", "p1", "p2"], "another-destination") == {}
+
+
+def test_bulk_append_is_one_statement_per_batch(tmp_path):
+    with Ledger(tmp_path / "l.duckdb") as led:
+        led.start_run("r1", "job", flow="escape", settings="s")
+        items = _items(5000)
+        led.add_items("job", "r1", items)
+        n = led.append_events("job", "r1", [outcome(i["item_id"], "fetch", "ok") for i in items])
+        assert n == 5000
+        assert led.query("SELECT count(*) AS n FROM events")[0]["n"] == 10000
+        seqs = led.query("SELECT count(DISTINCT seq) AS n FROM events")[0]["n"]
+        assert seqs == 10000
+
+
+def test_assets_are_kept_by_sha256(tmp_path):
+    with Ledger(tmp_path / "l.duckdb") as led:
+        rec = {"sha256": "ab" * 32, "bytes": 10, "width": 4, "height": 3, "format": "JPEG",
+               "phash": "ffffffffffffffff", "dhash": "0000000000000001"}
+        led.add_assets([rec])
+        led.add_assets([dict(rec, width=99)])  # a second time changes nothing
+        assert led.known_assets(["ab" * 32, "cd" * 32]) == {"ab" * 32}
+        got = led.asset("ab" * 32)
+        assert got["width"] == 4 and got["phash"] == 2**64 - 1
+
+
+def test_a_second_writer_fails_fast_with_a_clear_message(tmp_path):
+    path = tmp_path / "l.duckdb"
+    Ledger(path).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, duckdb
+            con = duckdb.connect({str(path)!r})
+            print("ready", flush=True)
+            sys.stdin.read()
+        """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(LedgerBusy, match="in use by another photo-escape run"):
+            Ledger(path)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    Ledger(path).close()  # free again once the other run ends

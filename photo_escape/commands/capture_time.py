@@ -1,0 +1,77 @@
+"""``photo-escape capture-time PATH...``: the true capture time (UTC) of photos, with its provenance.
+
+One line per file, in the order given (folders are walked for image files):
+``{path, status, error, local, utc, offset_minutes, tz, provenance, conflicts}``.
+A broken file gets ``status: error`` and a reason; none stops or hangs the command.
+No Prefect is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from photo_escape.output import emit
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".tif", ".tiff", ".heic", ".heif", ".hif", ".png", ".webp",
+                  ".dng", ".nef", ".nrw", ".cr2", ".cr3", ".crw", ".arw", ".srf", ".sr2", ".orf", ".rw2",
+                  ".raf", ".pef", ".srw", ".x3f", ".3fr", ".erf", ".kdc", ".mrw", ".avif", ".jxl"}
+FIELDS = ("path", "status", "error", "local", "utc", "offset_minutes", "tz", "provenance", "conflicts")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="photo files or folders")
+    parser.add_argument("--default-tz", metavar="ZONE",
+                        help="zone for photos with no zone of their own nor a previous one "
+                             "(IANA name like Europe/Paris, or an offset like +05:30)")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="time limit for reading one file's metadata (default 10)")
+    parser.add_argument("--no-previous", action="store_true",
+                        help="do not borrow the zone of the previous photo in the same folder")
+
+
+def expand(paths: list[str]) -> list[str]:
+    """Files as given; folders replaced by their image files (sorted, recursively)."""
+    out: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = [str(f) for f in sorted(Path(p).rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+            out.extend(found or [p])  # an empty folder still gets its line
+        else:
+            out.append(p)
+    return out
+
+
+def _text(rec: dict) -> str:
+    if rec["status"] != "ok":
+        return f"{rec['path']}  error: {rec['error']}"
+    when = rec["utc"] or "utc unknown"
+    local = rec["local"] or "no capture time"
+    tz = f" {rec['tz']}" if rec.get("tz") else ""
+    extra = f"  conflicts: {len(rec['conflicts'])}" if rec["conflicts"] else ""
+    return f"{rec['path']}  {local}{tz}  ->  {when}  [{rec['provenance']}]{extra}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from tasks.capture_time import capture_times, zone_spec
+
+    try:
+        zone_spec(args.default_tz)
+    except ValueError as exc:
+        emit({"status": "error", "error": "bad_default_tz", "message": str(exc)}, args.json, f"error: {exc}")
+        return 2
+    entries = []
+    for k, path in enumerate(expand(args.paths)):
+        entry = {"path": path}
+        if args.no_previous:
+            entry["folder"] = f"#{k}"  # every photo its own sequence
+        entries.append(entry)
+    failed = 0
+    for rec in capture_times(entries, default_tz=args.default_tz, timeout=args.timeout):
+        record = {k: rec.get(k) for k in FIELDS}
+        if rec.get("source"):
+            record["source"] = rec["source"]
+        failed += rec["status"] != "ok"
+        emit(record, args.json, _text(rec))
+    return 1 if failed and failed == len(entries) else 0

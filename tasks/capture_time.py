@@ -1,0 +1,891 @@
+"""The true capture time of a photo: local wall clock, UTC instant, and where the zone came from.
+
+EXIF times are local wall-clock times with no zone. To upload a photo at the right
+moment we need an absolute UTC time, and to let a person review it we must say where
+the zone came from. The evidence, best first (the *provenance* codes):
+
+1. ``exif:offset``   DateTimeOriginal (+ SubSecTimeOriginal) with OffsetTimeOriginal, else OffsetTime
+2. ``xmp:offset``    an offset carried by XMP DateCreated (its wall time must agree with EXIF's)
+3. ``gps:time``      GPSDateStamp + GPSTimeStamp are UTC: offset = local - GPS, rounded to 15 minutes,
+                     accepted when the leftover is <= 5 minutes and the offset is in -12:00..+14:00
+                     (a GPS date one day off, a known camera bug, is corrected and noted in ``conflicts``)
+4. ``gps:position``  latitude/longitude looked up offline to an IANA zone (timezonefinder), applied
+                     with that zone's DST rules; ambiguous and non-existent local times are flagged
+5. ``gps:utc``       no DateTimeOriginal but a GPS date and time: that UTC time, local from the position
+6. ``rule``          a user rule (folder, file pattern, date range; first match wins)
+7. ``previous``      the zone of the previous photo of the same folder sequence that had one of its own
+8. ``default``       the job's ``default_tz``
+9. ``unknown``       the local time is kept, ``utc`` is null. File times are never used.
+
+``none`` means the file carries no capture time at all.
+
+Reading metadata from real camera files is the risky part (exifread has known loops on
+broken files), so every file is read in a worker *process* with a time limit; a hang
+kills that worker, the file gets ``status: error, error: timeout`` and the next file
+goes on in a fresh worker. Deciding the zone is plain, fast code in the caller.
+
+No Prefect here: the task wrapper lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import logging
+import math
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path, PurePath
+from typing import Any, Iterable
+from zoneinfo import ZoneInfo
+
+PROVENANCES = (
+    "exif:offset", "xmp:offset", "gps:time", "gps:position", "gps:utc",
+    "rule", "previous", "default", "unknown", "none",
+)
+#: provenances that come from the photo itself, so a later photo may borrow its zone
+OWN_EVIDENCE = ("exif:offset", "xmp:offset", "gps:time", "gps:position", "gps:utc")
+
+MIN_OFFSET, MAX_OFFSET = -12 * 60, 14 * 60  # minutes; the world's civil offsets
+GPS_STEP, GPS_SLACK = 15, 5  # minutes: offsets are multiples of 15; camera vs GPS clock slack
+CONFLICT_MINUTES = 15  # sources disagreeing by more than this are reported
+XMP_SCAN_BYTES = 4 * 1024 * 1024  # XMP packets sit near the start of camera files
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------------------
+# reading tags (runs inside a worker process)
+# ----------------------------------------------------------------------------------------
+
+def sniff_format(head: bytes) -> str | None:
+    """The image container a file's first bytes announce, or None when it is no image."""
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"IIRO", b"IIU\x00", b"MMOR"):
+        return "tiff"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"):
+            return "heif"
+        if brand in (b"avif", b"avis"):
+            return "avif"
+        if brand == b"crx ":
+            return "cr3"
+        return "isobmff"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:15] == b"FUJIFILMCCD-RAW":
+        return "raf"
+    if head[:2] == b"\xff\x0a" or head[:12] == b"\x00\x00\x00\x0cJXL \r\n\x87\n":
+        return "jxl"
+    if head[:4] in (b"GIF8",) or head[:2] == b"BM":
+        return "gif" if head[:3] == b"GIF" else "bmp"
+    return None
+
+
+def _text(v: Any) -> str | None:
+    """A tag value as clean text (NULs and blanks stripped), or None."""
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        v = v.decode("ascii", "replace")
+    if isinstance(v, (list, tuple)):
+        v = v[0] if len(v) == 1 else " ".join(str(x) for x in v)
+    s = str(v).replace("\x00", "").strip()
+    return s or None
+
+
+def _floats(v: Any) -> list[float] | None:
+    """A rational triple (degrees/minutes/seconds or h/m/s) as floats, or None."""
+    if v is None:
+        return None
+    if not isinstance(v, (list, tuple)):
+        v = [v]
+    out = []
+    for x in v:
+        try:
+            f = float(x)
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        if math.isnan(f) or math.isinf(f):
+            return None
+        out.append(f)
+    return out or None
+
+
+def _coordinate(dms: Any, ref: Any) -> float | None:
+    """Signed decimal degrees from an EXIF (deg, min, sec) triple and its N/S/E/W ref."""
+    parts = _floats(dms)
+    if not parts:
+        return None
+    parts = (parts + [0.0, 0.0])[:3]
+    deg = parts[0] + parts[1] / 60 + parts[2] / 3600
+    r = (_text(ref) or "").upper()[:1]
+    return -deg if r in ("S", "W") else deg
+
+
+def _tags_from_exifread(path: str) -> dict[str, Any]:
+    """The capture-time tags as exifread reads them (maker notes skipped: faster, fewer loops)."""
+    import exifread
+
+    logging.getLogger("exifread").setLevel(logging.CRITICAL)
+    with open(path, "rb") as fh:
+        raw = exifread.process_file(fh, details=False, extract_thumbnail=False)
+    if not raw:
+        return {}
+
+    def v(name: str) -> Any:
+        tag = raw.get(name)
+        return getattr(tag, "values", tag) if tag is not None else None
+
+    return _normalise({
+        "dto": v("EXIF DateTimeOriginal"), "dtd": v("EXIF DateTimeDigitized"), "dt": v("Image DateTime"),
+        "subsec_o": v("EXIF SubSecTimeOriginal"), "subsec_d": v("EXIF SubSecTimeDigitized"),
+        "subsec": v("EXIF SubSecTime"),
+        "off_o": v("EXIF OffsetTimeOriginal"), "off_d": v("EXIF OffsetTimeDigitized"), "off": v("EXIF OffsetTime"),
+        "gps_date": v("GPS GPSDate"), "gps_time": v("GPS GPSTimeStamp"),
+        "lat": v("GPS GPSLatitude"), "lat_ref": v("GPS GPSLatitudeRef"),
+        "lon": v("GPS GPSLongitude"), "lon_ref": v("GPS GPSLongitudeRef"),
+    })
+
+
+def _tags_from_pillow(path: str) -> dict[str, Any]:
+    """The same tags through Pillow (and pillow-heif for HEIC/HEIF): the second reader."""
+    from PIL import Image
+
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    except Exception:  # pragma: no cover - optional
+        pass
+    Image.MAX_IMAGE_PIXELS = None  # only the header is read, never the pixels
+    with Image.open(path) as im:
+        exif = im.getexif()
+        ifd = exif.get_ifd(0x8769)
+        gps = exif.get_ifd(0x8825)
+        return _normalise({
+            "dto": ifd.get(0x9003), "dtd": ifd.get(0x9004), "dt": exif.get(0x0132),
+            "subsec_o": ifd.get(0x9291), "subsec_d": ifd.get(0x9292), "subsec": ifd.get(0x9290),
+            "off_o": ifd.get(0x9011), "off_d": ifd.get(0x9012), "off": ifd.get(0x9010),
+            "gps_date": gps.get(0x001D), "gps_time": gps.get(0x0007),
+            "lat": gps.get(0x0002), "lat_ref": gps.get(0x0001),
+            "lon": gps.get(0x0004), "lon_ref": gps.get(0x0003),
+        })
+
+
+def _normalise(t: dict[str, Any]) -> dict[str, Any]:
+    """Plain, picklable values: texts, a GPS time triple and signed coordinates."""
+    out: dict[str, Any] = {}
+    for key in ("dto", "dtd", "dt", "subsec_o", "subsec_d", "subsec", "off_o", "off_d", "off", "gps_date"):
+        s = _text(t.get(key))
+        if s:
+            out[key] = s
+    gt = _floats(t.get("gps_time"))
+    if gt:
+        out["gps_time"] = (gt + [0.0, 0.0])[:3]
+    lat = _coordinate(t.get("lat"), t.get("lat_ref"))
+    lon = _coordinate(t.get("lon"), t.get("lon_ref"))
+    if lat is not None and lon is not None:
+        out["lat"], out["lon"] = lat, lon
+    return out
+
+
+_XMP_DATE = re.compile(
+    rb"(photoshop:DateCreated|exif:DateTimeOriginal|xmp:CreateDate)"
+    rb"""(?:\s*=\s*["']([^"'<>]{4,40})["']|\s*>\s*([^<]{4,40})<)"""
+)
+
+
+def _xmp_dates(path: str) -> dict[str, str]:
+    """Capture dates written in the file's XMP packet (ISO 8601 texts, offsets kept)."""
+    with open(path, "rb") as fh:
+        blob = fh.read(XMP_SCAN_BYTES)
+    start = blob.find(b"<x:xmpmeta")
+    if start < 0:
+        return {}
+    end = blob.find(b"</x:xmpmeta>", start)
+    packet = blob[start:end if end > 0 else start + 256 * 1024]
+    found: dict[str, str] = {}
+    for m in _XMP_DATE.finditer(packet):
+        name = m.group(1).decode().split(":", 1)[1]
+        value = (m.group(2) or m.group(3) or b"").decode("utf-8", "replace").strip()
+        if value:
+            found.setdefault(name, value)
+    return found
+
+
+def read_tags(path: str | os.PathLike) -> dict[str, Any]:
+    """Everything the decision needs from one file, as plain data.
+
+    ``{"format", "reader", "tags": {...}, "xmp": {...}}`` or ``{"error": reason}``
+    where reason is ``no_such_file``, ``unreadable``, ``empty``, ``not_an_image`` or
+    ``corrupt_metadata``. exifread first; Pillow (with pillow-heif) when exifread fails
+    or finds nothing.
+    """
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+    except FileNotFoundError:
+        return {"error": "no_such_file"}
+    except IsADirectoryError:
+        return {"error": "not_a_file"}
+    except OSError:
+        return {"error": "unreadable"}
+    if size == 0:
+        return {"error": "empty"}
+    fmt = sniff_format(head)
+    tags: dict[str, Any] = {}
+    reader = None
+    problems = []
+    for name, fn in (("exifread", _tags_from_exifread), ("pillow", _tags_from_pillow)):
+        try:
+            got = fn(path)
+        except Exception as exc:  # broken files raise anything; the next reader may cope
+            problems.append(f"{name}:{type(exc).__name__}")
+            continue
+        if got:
+            tags, reader = got, name
+            break
+        if reader is None:
+            reader = name
+    try:
+        xmp = _xmp_dates(path)
+    except Exception:
+        xmp = {}
+    if fmt is None and not tags and not xmp:
+        return {"error": "not_an_image"}
+    if not tags and not xmp and len(problems) == 2:
+        return {"error": "corrupt_metadata", "format": fmt, "problems": problems}
+    return {"format": fmt, "reader": reader, "tags": tags, "xmp": xmp, "problems": problems}
+
+
+# ----------------------------------------------------------------------------------------
+# time-limited reading in worker processes
+# ----------------------------------------------------------------------------------------
+
+def _serve(conn: Any) -> None:
+    """Worker loop: read paths from ``conn``, answer with :func:`read_tags`, stop on None."""
+    while True:
+        try:
+            path = conn.recv()
+        except (EOFError, OSError):
+            return
+        if path is None:
+            return
+        try:
+            answer = read_tags(path)
+        except BaseException as exc:  # never let one file end the worker silently
+            answer = {"error": "corrupt_metadata", "problems": [type(exc).__name__]}
+        try:
+            conn.send(answer)
+        except (OSError, ValueError):
+            return
+
+
+def _serve_fds(read_fd: int, write_fd: int) -> None:
+    """Worker entry: serve requests over two inherited pipe descriptors."""
+    from multiprocessing.connection import Connection
+
+    class _Duplex:
+        def __init__(self) -> None:
+            self.r, self.w = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+
+        def recv(self) -> Any:
+            return self.r.recv()
+
+        def send(self, obj: Any) -> None:
+            self.w.send(obj)
+
+    _serve(_Duplex())
+
+
+class _Worker:
+    """One reader subprocess and the pipes to it; restarted after a hang or a crash."""
+
+    def __init__(self) -> None:
+        self.proc: Any = None
+        self.send_conn: Any = None
+        self.recv_conn: Any = None
+
+    def _start(self) -> None:
+        """A fresh interpreter that imports only this module (about 0.1 s): no fork of a
+        threaded flow process, no re-import of the caller's main script."""
+        from multiprocessing.connection import Connection
+
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+                f"from tasks.capture_time import _serve_fds; _serve_fds({to_child_r}, {from_child_w})")
+        try:
+            proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(to_child_r, from_child_w),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, close_fds=True)
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        self.proc = proc
+        self.send_conn = Connection(to_child_w, readable=False)
+        self.recv_conn = Connection(from_child_r, writable=False)
+
+    def alive(self) -> bool:
+        if self.proc is None:
+            return False
+        return self.proc.poll() is None
+
+    def read(self, path: str, timeout: float) -> dict[str, Any]:
+        """The tags of one file, or ``{"error": "timeout"|"reader_crashed"}``."""
+        try:
+            if not self.alive():
+                self._start()
+            self.send_conn.send(path)
+            if self.recv_conn.poll(timeout):
+                return self.recv_conn.recv()
+            self.kill()
+            return {"error": "timeout"}
+        except (EOFError, OSError, BrokenPipeError, ValueError):
+            self.kill()
+            return {"error": "reader_crashed"}
+
+    def kill(self) -> None:
+        proc, self.proc = self.proc, None
+        for conn in {id(c): c for c in (self.send_conn, self.recv_conn) if c is not None}.values():
+            try:
+                conn.close()
+            except OSError:
+                pass
+        self.send_conn = self.recv_conn = None
+        if proc is None:
+            return
+        try:
+            proc.kill()
+            proc.wait(timeout=5)
+        except Exception:  # pragma: no cover - best effort
+            pass
+
+    def close(self) -> None:
+        """Ask the worker to stop, then make sure it did."""
+        if self.proc is not None and self.alive():
+            try:
+                self.send_conn.send(None)
+                self.proc.wait(timeout=2)
+            except Exception:
+                pass
+        self.kill()
+
+
+def read_all_tags(paths: list[str], *, timeout: float = 10.0, workers: int | None = None) -> list[dict[str, Any]]:
+    """:func:`read_tags` for many files, each in a worker process limited to ``timeout`` seconds."""
+    if not paths:
+        return []
+    n = workers or min(2, os.cpu_count() or 1)
+    n = max(1, min(n, len(paths)))
+    results: list[dict[str, Any] | None] = [None] * len(paths)
+    todo: queue.Queue[int] = queue.Queue()
+    for i in range(len(paths)):
+        todo.put(i)
+
+    def drive() -> None:
+        worker = _Worker()
+        try:
+            while True:
+                try:
+                    i = todo.get_nowait()
+                except queue.Empty:
+                    return
+                results[i] = worker.read(paths[i], timeout)
+        finally:
+            worker.close()
+
+    if n == 1:
+        drive()
+    else:
+        threads = [threading.Thread(target=drive, name=f"capture-time-{k}") for k in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return [r if r is not None else {"error": "reader_crashed"} for r in results]
+
+
+# ----------------------------------------------------------------------------------------
+# parsing values
+# ----------------------------------------------------------------------------------------
+
+_EXIF_DT = re.compile(r"^\s*(\d{4})[:\-/.](\d{1,2})[:\-/.](\d{1,2})[ T]+(\d{1,2}):(\d{1,2})(?::(\d{1,2})(?:[.,](\d+))?)?\s*"
+                      r"(Z|[+-]\d{2}:?\d{2})?")
+_OFFSET = re.compile(r"^\s*([+-])(\d{1,2}):?(\d{2})\s*$")
+
+
+def parse_offset(text: str | None) -> int | None:
+    """Minutes east of UTC from ``+05:30``, ``-0330`` or ``Z``; None when blank or out of range."""
+    if not text:
+        return None
+    if text.strip().upper() == "Z":
+        return 0
+    m = _OFFSET.match(text)
+    if not m:
+        return None
+    minutes = int(m.group(2)) * 60 + int(m.group(3))
+    if int(m.group(3)) >= 60:
+        return None
+    minutes = -minutes if m.group(1) == "-" else minutes
+    return minutes if MIN_OFFSET <= minutes <= MAX_OFFSET else None
+
+
+def format_offset(minutes: int) -> str:
+    """``+05:30`` style text for an offset in minutes."""
+    sign = "-" if minutes < 0 else "+"
+    h, m = divmod(abs(int(minutes)), 60)
+    return f"{sign}{h:02d}:{m:02d}"
+
+
+def _fraction(subsec: str | None) -> int:
+    """Microseconds from a SubSecTime text (``"12"`` means 0.12 s)."""
+    digits = re.sub(r"\D", "", subsec or "")[:6]
+    return int(digits.ljust(6, "0")) if digits else 0
+
+
+def parse_exif_datetime(text: str | None, subsec: str | None = None) -> tuple[datetime | None, int | None]:
+    """A naive wall-clock time (and an offset if the text carries one) from an EXIF or
+    ISO 8601 date-time text; ``(None, None)`` for blanks, zeros and impossible dates."""
+    if not text:
+        return None, None
+    m = _EXIF_DT.match(text)
+    if not m:
+        return None, None
+    y, mo, d, h, mi = (int(m.group(k)) for k in range(1, 6))
+    s = int(m.group(6) or 0)
+    micro = _fraction(m.group(7)) if m.group(7) else _fraction(subsec)
+    try:
+        if y < 1800:
+            return None, None
+        if h == 24 and mi == 0 and s == 0:  # some cameras write midnight as 24:00:00
+            when = datetime(y, mo, d) + timedelta(days=1)
+        else:
+            when = datetime(y, mo, d, h, mi, min(s, 59), micro)
+    except ValueError:
+        return None, None
+    return when, parse_offset(m.group(8)) if m.group(8) else None
+
+
+def parse_gps_datetime(date_text: str | None, hms: list[float] | None) -> tuple[date | None, float | None]:
+    """The GPS date (if valid) and the GPS time of day in seconds (if valid)."""
+    day = None
+    if date_text:
+        m = re.match(r"^\s*(\d{4})[:\-/](\d{1,2})[:\-/](\d{1,2})", date_text)
+        if m:
+            try:
+                day = date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+            except ValueError:
+                day = None
+            if day is not None and day.year < 1980:
+                day = None
+    seconds = None
+    if hms and len(hms) >= 1:
+        h, mi, s = (list(hms) + [0.0, 0.0])[:3]
+        if 0 <= h < 24 and 0 <= mi < 60 and 0 <= s < 61:
+            seconds = h * 3600 + mi * 60 + s
+    return day, seconds
+
+
+# ----------------------------------------------------------------------------------------
+# zones
+# ----------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _finder() -> Any:
+    from timezonefinder import TimezoneFinder
+
+    return TimezoneFinder()
+
+
+@functools.lru_cache(maxsize=4096)
+def zone_at(lat: float, lon: float) -> str | None:
+    """The IANA zone at a position (offline, timezonefinder), or None if not on the map."""
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180) or (lat == 0 and lon == 0):
+        return None  # (0, 0) is the "null island" of cameras with no fix
+    try:
+        return _finder().timezone_at(lng=lon, lat=lat)
+    except Exception:
+        return None
+
+
+def zone_spec(text: str | None) -> tuple[str, Any] | None:
+    """``("iana", "Asia/Kolkata")`` or ``("fixed", 330)`` from a zone name or a ``+05:30`` offset."""
+    if not text:
+        return None
+    minutes = parse_offset(text)
+    if minutes is not None:
+        return ("fixed", minutes)
+    if text.upper() in ("UTC", "GMT", "Z"):
+        return ("iana", "UTC")
+    try:
+        ZoneInfo(text)
+    except Exception:
+        raise ValueError(f"{text!r} is not an IANA time zone (e.g. Europe/Paris) or an offset like +05:30") from None
+    return ("iana", text)
+
+
+def in_zone(local: datetime, zone: tuple[str, Any]) -> tuple[datetime, int, str, list[dict]]:
+    """Apply a zone to a local wall-clock time: (UTC instant, offset minutes, tz text, flags).
+
+    For an IANA zone the DST rules apply; a wall time that happened twice (clocks set
+    back) is flagged ``ambiguous_local_time`` and taken as its first occurrence, one that
+    never happened (clocks set forward) is flagged ``nonexistent_local_time`` and read
+    with the offset in force just before the change.
+    """
+    kind, value = zone
+    if kind == "fixed":
+        off = int(value)
+        return local - timedelta(minutes=off), off, format_offset(off), []
+    z = ZoneInfo(value)
+    first = local.replace(tzinfo=z, fold=0)
+    second = local.replace(tzinfo=z, fold=1)
+    o1, o2 = first.utcoffset(), second.utcoffset()
+    off = int(round(o1.total_seconds() / 60))
+    utc = (local - o1).replace(tzinfo=None)
+    flags: list[dict] = []
+    if o1 != o2:
+        back = first.astimezone(timezone.utc).astimezone(z).replace(tzinfo=None)
+        alt = int(round(o2.total_seconds() / 60))
+        kind_flag = "nonexistent_local_time" if back != local else "ambiguous_local_time"
+        flags.append({
+            "kind": kind_flag, "tz": value, "local": local.isoformat(),
+            "chosen_offset": format_offset(off), "other_offset": format_offset(alt),
+            "other_utc": _utc_text(local - o2),
+        })
+    return utc, off, value, flags
+
+
+def _utc_text(naive_utc: datetime) -> str:
+    return naive_utc.replace(tzinfo=timezone.utc).isoformat()
+
+
+def _round_offset(diff_minutes: float, slack: float = GPS_SLACK) -> int | None:
+    """``diff`` rounded to the 15-minute grid if close enough to it and a real offset."""
+    off = int(round(diff_minutes / GPS_STEP)) * GPS_STEP
+    if abs(diff_minutes - off) <= slack and MIN_OFFSET <= off <= MAX_OFFSET:
+        return off
+    return None
+
+
+def offset_from_gps(local: datetime, gps_day: date | None, gps_seconds: float,
+                    hint: int | None = None) -> tuple[int | None, list[dict]]:
+    """The zone offset that turns ``local`` into the GPS UTC time, and the notes about it.
+
+    The GPS date is tried as written first; when that gives no valid offset, a day
+    either way (some cameras write the date of the wrong day while the time of day is
+    right). Without a GPS date the time of day decides, and between two valid offsets
+    a day apart (+13:00 or -11:00) the position's offset (``hint``) or the smaller wins.
+    """
+    notes: list[dict] = []
+    gps_day_used = gps_day or local.date()
+    gps_dt = datetime.combine(gps_day_used, time()) + timedelta(seconds=gps_seconds)
+    diff = (local - gps_dt).total_seconds() / 60
+    if gps_day is not None:
+        off = _round_offset(diff)
+        if off is not None:
+            return off, notes
+    candidates = [(k, o) for k in (0, -1, 1) if (o := _round_offset(diff + k * 1440)) is not None]
+    if gps_day is not None:
+        candidates = [(k, o) for k, o in candidates if k != 0]
+    if not candidates:
+        notes.append({"kind": "gps_time_unusable", "gps_utc": _utc_text(gps_dt) if gps_day else None,
+                      "gps_time": _seconds_text(gps_seconds),
+                      "minutes_from_grid": round(abs(diff - round(diff / GPS_STEP) * GPS_STEP) % 1440, 1)})
+        return None, notes
+    if len(candidates) > 1:
+        if hint is not None and any(o == hint for _, o in candidates):
+            k, off = next((k, o) for k, o in candidates if o == hint)
+        else:
+            k, off = min(candidates, key=lambda c: (abs(c[1]), c[0]))
+        notes.append({"kind": "gps_offset_ambiguous", "candidates": [format_offset(o) for _, o in candidates],
+                      "chosen_offset": format_offset(off)})
+    else:
+        k, off = candidates[0]
+    if gps_day is not None and k != 0:
+        # k days were added to the local-minus-GPS difference: the true GPS date is k days earlier
+        notes.append({"kind": "gps_date_off_by_day", "gps_date": gps_day.isoformat(),
+                      "corrected_gps_date": (gps_day - timedelta(days=k)).isoformat(),
+                      "offset": format_offset(off)})
+    return off, notes
+
+
+def _seconds_text(seconds: float) -> str:
+    h, rest = divmod(int(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h:02d}:{m:02d}:{s:02d}"
+
+
+# ----------------------------------------------------------------------------------------
+# deciding one photo from its own evidence (steps 1-5)
+# ----------------------------------------------------------------------------------------
+
+def _local_time(tags: dict[str, Any], xmp: dict[str, str]) -> tuple[datetime | None, str | None, int | None]:
+    """The local capture time, the tag it came from, and the offset that tag's own
+    OffsetTime field gives (OffsetTimeOriginal, else OffsetTime)."""
+    for key, tag, sub, off_key in (("dto", "DateTimeOriginal", "subsec_o", "off_o"),
+                                   ("dtd", "DateTimeDigitized", "subsec_d", "off_d")):
+        local, inline = parse_exif_datetime(tags.get(key), tags.get(sub))
+        if local is not None:
+            off = parse_offset(tags.get(off_key))
+            if off is None:
+                off = parse_offset(tags.get("off"))
+            return local, tag, off if off is not None else inline
+    return None, None, None
+
+
+def _xmp_time(xmp: dict[str, str]) -> tuple[datetime | None, int | None, str | None]:
+    """The XMP capture date (wall time, offset if written) with the property it came from."""
+    for name in ("DateCreated", "DateTimeOriginal", "CreateDate"):
+        local, off = parse_exif_datetime(xmp.get(name))
+        if local is not None and ("T" in xmp[name] or " " in xmp[name].strip()):
+            return local, off, name
+    return None, None, None
+
+
+def _blank(path: str, item_id: Any) -> dict[str, Any]:
+    return {"path": path, "item_id": item_id, "status": "ok", "error": None, "local": None, "utc": None,
+            "offset_minutes": None, "tz": None, "provenance": "none", "conflicts": []}
+
+
+def _set_time(rec: dict, local: datetime | None, utc: datetime | None, off: int | None, tz: str | None,
+              provenance: str) -> None:
+    rec["local"] = local.isoformat() if local is not None else None
+    rec["utc"] = _utc_text(utc) if utc is not None else None
+    rec["offset_minutes"] = off
+    rec["tz"] = tz
+    rec["provenance"] = provenance
+
+
+def decide_own(path: str, item_id: Any, read: dict[str, Any]) -> tuple[dict[str, Any], datetime | None, tuple | None]:
+    """Steps 1-5: the record from the photo's own metadata, its local time, and the zone
+    (``("iana", name)`` or ``("fixed", minutes)``) a later photo may borrow.
+
+    A record still needing a zone has ``provenance: "unknown"`` and a local time.
+    """
+    rec = _blank(path, item_id)
+    if "error" in read:
+        rec.update(status="error", error=read["error"])
+        return rec, None, None
+    tags, xmp = read.get("tags") or {}, read.get("xmp") or {}
+    rec["reader"] = read.get("reader")
+    local, local_tag, exif_off = _local_time(tags, xmp)
+    xmp_local, xmp_off, xmp_name = _xmp_time(xmp)
+    gps_day, gps_seconds = parse_gps_datetime(tags.get("gps_date"), tags.get("gps_time"))
+    lat, lon = tags.get("lat"), tags.get("lon")
+    pos_zone = zone_at(lat, lon) if lat is not None and lon is not None else None
+    conflicts: list[dict] = rec["conflicts"]
+
+    if local is None and gps_day is not None and gps_seconds is not None:
+        utc = datetime.combine(gps_day, time()) + timedelta(seconds=gps_seconds)
+        utc = utc.replace(microsecond=int(round((gps_seconds % 1) * 1e6)) % 1000000)
+        rec["source"] = {"tag": "GPSDateStamp+GPSTimeStamp"}
+        if pos_zone:
+            aware = utc.replace(tzinfo=timezone.utc).astimezone(ZoneInfo(pos_zone))
+            off = int(round(aware.utcoffset().total_seconds() / 60))
+            _set_time(rec, aware.replace(tzinfo=None), utc, off, pos_zone, "gps:utc")
+            return rec, None, ("iana", pos_zone)
+        _set_time(rec, None, utc, None, None, "gps:utc")
+        rec["needs_local"] = True
+        return rec, None, None
+    if local is None and xmp_local is not None:
+        local, local_tag, exif_off = xmp_local, f"XMP:{xmp_name}", None
+    if local is None:
+        local, inline = parse_exif_datetime(tags.get("dt"), tags.get("subsec"))
+        if local is not None:
+            local_tag = "DateTime"
+            exif_off = parse_offset(tags.get("off"))
+            exif_off = exif_off if exif_off is not None else inline
+    if local is None:
+        rec["provenance"] = "none"
+        return rec, None, None
+    rec["source"] = {"tag": local_tag}
+
+    # every piece of evidence, each giving an offset for this local time
+    evidence: list[tuple[str, int, str, list[dict]]] = []
+    if exif_off is not None:
+        evidence.append(("exif:offset", exif_off, format_offset(exif_off), []))
+    if xmp_off is not None and xmp_local is not None:
+        if abs((xmp_local - local).total_seconds()) <= 60:
+            evidence.append(("xmp:offset", xmp_off, format_offset(xmp_off), []))
+        elif not local_tag.startswith("XMP"):
+            conflicts.append({"kind": "xmp_time_differs", "xmp": xmp.get(xmp_name), "local": local.isoformat()})
+    pos: tuple[int, str, list[dict]] | None = None
+    if pos_zone:
+        _, p_off, _, flags = in_zone(local, ("iana", pos_zone))
+        pos = (p_off, pos_zone, flags)
+    if gps_seconds is not None:
+        g_off, notes = offset_from_gps(local, gps_day, gps_seconds, hint=pos[0] if pos else None)
+        conflicts.extend(notes)
+        if g_off is not None:
+            tz = pos[1] if pos and pos[0] == g_off else format_offset(g_off)
+            evidence.append(("gps:time", g_off, tz, []))
+    if pos:
+        evidence.append(("gps:position", pos[0], pos[1], pos[2]))
+
+    if not evidence:
+        rec["provenance"] = "unknown"
+        rec["local"] = local.isoformat()
+        return rec, local, None
+    provenance, off, tz, flags = evidence[0]
+    conflicts.extend(flags)
+    _set_time(rec, local, local - timedelta(minutes=off), off, tz, provenance)
+    for other, o_off, o_tz, _ in evidence[1:]:
+        if abs(o_off - off) > CONFLICT_MINUTES:
+            conflicts.append({"kind": "disagree", "source": other, "offset": format_offset(o_off), "tz": o_tz,
+                              "utc": _utc_text(local - timedelta(minutes=o_off)), "minutes": o_off - off})
+    carry = ("iana", tz) if "/" in tz or tz == "UTC" else ("fixed", off)
+    return rec, local, carry
+
+
+# ----------------------------------------------------------------------------------------
+# rules, previous photo, default (steps 6-9) over a whole list
+# ----------------------------------------------------------------------------------------
+
+def _rule_fields(rule: Any) -> dict[str, Any]:
+    """A rule as a dict (TimeZoneRule objects and plain dicts alike), dates parsed."""
+    d = rule.model_dump() if hasattr(rule, "model_dump") else dict(rule)
+    for k in ("start", "end"):
+        v = d.get(k)
+        if isinstance(v, str):
+            d[k] = date.fromisoformat(v)
+        elif isinstance(v, datetime):
+            d[k] = v.date()
+    return d
+
+
+def _folder_matches(rule_folder: str, folder: str, path: str) -> bool:
+    """A rule's folder names this photo's folder: the same, a parent, a trailing part, or a glob."""
+    rf = rule_folder.replace("\\", "/").rstrip("/")
+    for f in {folder.replace("\\", "/").rstrip("/"), Path(path).parent.as_posix()}:
+        if not f:
+            continue
+        if f == rf or f.startswith(rf + "/") or f.endswith("/" + rf) or f"/{rf}/" in f + "/" \
+                or fnmatch.fnmatchcase(f, rf) or fnmatch.fnmatchcase(f, "*/" + rf):
+            return True
+    return False
+
+
+def rule_matches(rule: dict[str, Any], *, path: str, name: str, folder: str, local: datetime | None) -> bool:
+    """Whether every condition the rule states (folder, pattern, start/end date) holds."""
+    if rule.get("folder") and not _folder_matches(rule["folder"], folder, path):
+        return False
+    pattern = rule.get("pattern")
+    if pattern:
+        target = Path(path).as_posix() if "/" in pattern else name
+        if not fnmatch.fnmatch(target.lower(), pattern.lower()):
+            return False
+    if rule.get("start") or rule.get("end"):
+        if local is None:
+            return False
+        if rule.get("start") and local.date() < rule["start"]:
+            return False
+        if rule.get("end") and local.date() > rule["end"]:
+            return False
+    return True
+
+
+def _apply_zone(rec: dict, local: datetime | None, zone: tuple, provenance: str) -> None:
+    """Fill a record from a borrowed zone (rule, previous photo, default)."""
+    if local is None and rec.get("needs_local") and rec.get("utc"):  # gps:utc with no position
+        utc = datetime.fromisoformat(rec["utc"])
+        if zone[0] == "iana":
+            aware = utc.astimezone(ZoneInfo(zone[1]))
+            off, tz = int(round(aware.utcoffset().total_seconds() / 60)), zone[1]
+        else:
+            off, tz = zone[1], format_offset(zone[1])
+            aware = utc + timedelta(minutes=off)
+        rec["local"] = aware.replace(tzinfo=None).isoformat()
+        rec["offset_minutes"], rec["tz"] = off, tz
+        rec.setdefault("source", {})["local_zone_from"] = provenance
+        return
+    utc, off, tz, flags = in_zone(local, zone)
+    _set_time(rec, local, utc, off, tz, provenance)
+    rec["conflicts"].extend(flags)
+
+
+def capture_times(entries: Iterable[dict[str, Any] | str | os.PathLike], *, rules: Iterable[Any] = (),
+                  default_tz: str | None = None, timeout: float = 10.0,
+                  workers: int | None = None) -> list[dict[str, Any]]:
+    """Capture-time records for photos, in the order given.
+
+    ``entries`` are dicts with ``path`` and optionally ``item_id``, ``name`` and
+    ``folder`` (the sequence a "previous photo" belongs to; the file's folder by
+    default), or plain paths. ``rules`` are :class:`photo_escape.jobspec.TimeZoneRule`
+    objects or dicts (tz, folder, pattern, start, end; first match wins). Each record:
+    ``{path, item_id, status, error, local, utc, offset_minutes, tz, provenance, conflicts}``
+    plus ``source`` (which tag or rule) and ``reader``.
+    """
+    items = [e if isinstance(e, dict) else {"path": os.fspath(e)} for e in entries]
+    paths = [os.fspath(e["path"]) for e in items]
+    default = zone_spec(default_tz) if default_tz else None
+    rule_list = [_rule_fields(r) for r in rules]
+    reads = read_all_tags(paths, timeout=timeout, workers=workers)
+
+    decided = []
+    for e, path, read in zip(items, paths, reads):
+        try:
+            rec, local, carry = decide_own(path, e.get("item_id"), read)
+        except Exception as exc:  # a value no parser foresaw: this photo fails, the rest go on
+            rec, local, carry = _blank(path, e.get("item_id")), None, None
+            rec.update(status="error", error="unparsable_metadata",
+                       conflicts=[{"kind": "exception", "type": type(exc).__name__}])
+        name = e.get("name") or PurePath(path).name
+        folder = os.fspath(e.get("folder")) if e.get("folder") is not None else Path(path).parent.as_posix()
+        decided.append((rec, local, carry, name, folder))
+
+    # the sequence within each folder: by local time, then name
+    order = sorted(range(len(decided)), key=lambda i: (decided[i][4], decided[i][1] is None,
+                                                       decided[i][1] or datetime.min, decided[i][3]))
+    last_zone: dict[str, tuple[tuple, str]] = {}
+    for i in order:
+        rec, local, carry, name, folder = decided[i]
+        if rec["status"] != "ok":
+            continue
+        if carry is not None and rec["provenance"] in OWN_EVIDENCE:
+            last_zone[folder] = (carry, name)
+            continue
+        if local is None and not rec.get("needs_local"):
+            continue
+        _fill_borrowed(rec, local, name, folder, rule_list, last_zone, default)
+    for rec, *_ in decided:
+        rec.pop("needs_local", None)
+    return [d[0] for d in decided]
+
+
+def _fill_borrowed(rec: dict, local: datetime | None, name: str, folder: str, rules: list[dict],
+                   last_zone: dict, default: tuple | None) -> None:
+    """Steps 6-9 for one photo with a local time but no zone of its own."""
+    for k, rule in enumerate(rules):
+        if rule_matches(rule, path=rec["path"], name=name, folder=folder, local=local):
+            _apply_zone(rec, local, zone_spec(rule["tz"]), "rule" if local is not None else rec["provenance"])
+            rec.setdefault("source", {})["rule"] = k
+            return
+    if folder in last_zone:
+        zone, prev = last_zone[folder]
+        _apply_zone(rec, local, zone, "previous" if local is not None else rec["provenance"])
+        rec.setdefault("source", {})["previous"] = prev
+        return
+    if default is not None:
+        _apply_zone(rec, local, default, "default" if local is not None else rec["provenance"])
+        return
+    if local is not None:
+        rec["provenance"] = "unknown"
+
+
+def capture_time(path: str | os.PathLike, **kw: Any) -> dict[str, Any]:
+    """The capture-time record of one file (see :func:`capture_times`)."""
+    return capture_times([{"path": os.fspath(path)}], **kw)[0]

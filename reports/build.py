@@ -1,0 +1,360 @@
+"""Stakeholder reports made from the ledger: report.md, report.html, outcomes.csv/.parquet.
+
+:func:`write_reports` is what the escape flow calls at the end of each run (with its
+open :class:`~tasks.ledger.Ledger`, through which it only reads) and what
+``photo-escape report`` calls on a ledger file (opened read-only). Numbers come from
+DuckDB aggregates (:mod:`reports.queries`); text goes through
+:func:`photo_escape.secrets.redact` before it is written. Plain code, no Prefect.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from photo_escape import TOOL_VERSION
+from photo_escape.secrets import MASK, redact
+from reports import queries as q
+
+TEMPLATES = Path(__file__).parent / "templates"
+SECRET_KEYS = re.compile(r"(pass(word)?|secret|token|api_?key|credential|auth)", re.I)
+
+
+def write_reports(ledger: Any, *, run_id: str | None = None, job: str | None = None,
+                  since: datetime | str | None = None, out_dir: str | Path | None = None,
+                  dry_run_plan: Any = None) -> dict:
+    """Write the reports for a run (``run_id``) or a whole job (``job``, ``since``).
+
+    ``ledger`` is an open ``tasks.ledger.Ledger`` or the path of a ledger file.
+    Returns ``{"dir", "report_html", "report_md", "outcomes_csv", "outcomes_parquet",
+    "summary": {listed, done, skipped, failed, pending, needs_review, reconciles, ...}}``.
+    """
+    own, con = _connect(ledger)
+    try:
+        since_dt = _parse_since(since)
+        scope = q.resolve_scope(con, run_id=run_id, job=job, since=since_dt)
+        q.prepare(con, scope)
+        try:
+            facts = gather(con, scope)
+            facts["plan_given"] = dry_run_plan
+            decorate(con, facts)
+            out = Path(out_dir) if out_dir else default_out_dir(scope)
+            out.mkdir(parents=True, exist_ok=True)
+            paths = write_outcomes(con, facts, out)
+        finally:
+            q.release(con)
+    finally:
+        if own is not None:
+            own.close()
+    paths.update(render(facts, out))
+    return {"dir": str(out), **paths, "summary": facts["summary"]}
+
+
+def default_out_dir(scope: q.Scope) -> Path:
+    """``reports/out/<job>/<run_id>/`` for a run, ``reports/out/<job>/all/`` for a job."""
+    return Path("reports/out") / _safe(scope.job) / (_safe(scope.run_id) if scope.run_id else "all")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "_"
+
+
+def _connect(ledger: Any):
+    """(owned Ledger or None, DuckDB connection) for a Ledger object or a path."""
+    if hasattr(ledger, "con"):
+        return None, ledger.con
+    from tasks.ledger import Ledger
+
+    own = Ledger(ledger, read_only=True)
+    return own, own.con
+
+
+def _parse_since(since: datetime | str | None) -> datetime | None:
+    if since is None or isinstance(since, datetime):
+        return since.replace(tzinfo=since.tzinfo or timezone.utc) if since else None
+    d = datetime.fromisoformat(str(since))
+    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+
+
+# -- gathering the facts ------------------------------------------------------------------
+def gather(con, scope: q.Scope) -> dict:
+    """Everything the templates show, as plain data."""
+    rec = q.reconciliation(con)
+    q.stage_latest(con, scope)
+    stage_names = q.stages(con)
+    by_stage = {r["stage"]: r for r in q.stage_outcomes(con)}
+    stage_rows = [by_stage[s] for s in stage_names if s in by_stage]
+    attention_total, attention = q.attention(con)
+    run = scope.runs[-1] if scope.runs else {}
+    spec = _json(run.get("spec")) or {}
+    run_summary = _json(run.get("summary")) or {}
+    activity = q.activity(con, scope)
+    reconciles = rec["listed"] == rec["done"] + rec["skipped"] + rec["failed"] + rec["pending"]
+    summary = {
+        "job": scope.job, "run_id": scope.run_id, "scope": scope.label,
+        "listed": rec["listed"], "done": rec["done"], "skipped": rec["skipped"],
+        "failed": rec["failed"], "pending": rec["pending"], "needs_review": rec["needs_review"],
+        "carried_from_earlier_runs": rec["carried"], "reconciles": reconciles,
+        "needs_attention": attention_total, "dry_run": bool(run.get("dry_run")) if scope.run_id else None,
+        "runs": len(scope.runs), "events": int(activity["events"] or 0),
+    }
+    return {
+        "scope": scope, "summary": summary, "spec": spec, "run_summary": run_summary,
+        "asked": describe_spec(spec, scope.job), "runs": [_run_row(r) for r in scope.runs],
+        "stages": stage_names, "stage_rows": stage_rows, "reasons": q.reasons(con),
+        "final_reasons": q.final_reasons(con), "attention": attention,
+        "attention_total": attention_total, "activity": activity,
+        "generated_at": datetime.now(timezone.utc), "tool_version": TOOL_VERSION,
+    }
+
+
+def decorate(con, facts: dict) -> None:
+    """Add what the HTML needs beyond numbers: sentences, charts, thumbnails, story sections."""
+    from reports import charts, stories, thumbs
+
+    s = facts["summary"]
+    facts["headline"] = headline(s, facts["final_reasons"])
+    facts["attention_words"] = attention_words(facts["final_reasons"], s)
+    act = facts["activity"]
+    minutes = bucket_minutes(act.get("first_at"), act.get("last_at"))
+    rows = q.throughput(con, facts["scope"], minutes)
+    facts["charts"] = {"stages": charts.stage_bars(facts["stage_rows"]),
+                       "throughput": charts.throughput(rows, minutes) if rows else None}
+    peak = max((r["done"] + r["skipped"] + r["failed"] for r in rows), default=0) * 60 / minutes
+    facts["throughput_caption"] = (
+        f"Items finishing per hour ({minutes}-minute buckets; peak {peak:,.0f} per hour), "
+        "from the ledger's event timestamps.")
+    facts["attention_thumbs"] = False
+    matches = q.best_matches(con, [a["item_id"] for a in facts["attention"]])
+    assets = q.asset_thumbs(con, [a["sha256"] for a in facts["attention"] if a.get("sha256")])
+    for a in facts["attention"]:
+        a["link"] = thumbs.link(a.get("source_ref"))
+        a["thumbs"] = attention_thumbs(con, a, matches.get(a["item_id"], []), assets)
+        facts["attention_thumbs"] |= any(t["src"] for t in a["thumbs"])
+    facts["stories"], facts["story_lines"] = stories.sections(con, facts)
+
+
+def attention_thumbs(con, item: dict, ranked: list[dict], assets: dict) -> list[dict]:
+    """[source, chosen candidate, runner-up] thumbnails with captions (distances)."""
+    from reports import thumbs
+
+    detail = item.get("detail") if isinstance(item.get("detail"), dict) else {}
+    src = asset_src(assets.get(item.get("sha256"))) or thumbs.from_file(
+        detail.get("local_path") or detail.get("path"))
+    out = [{"src": src, "caption": "source"}]
+    for label, m in zip(("chosen", "runner-up"), (ranked + [None, None])[:2]):
+        if m is None:
+            out.append({"src": None, "caption": f"no {label}"})
+            continue
+        out.append({"src": candidate_src(con, m),
+                    "caption": f"{label}: {m['candidate']} · distance {m['distance']:g}"
+                    if m.get("distance") is not None else f"{label}: {m['candidate']}"})
+    return out
+
+
+def asset_src(asset: dict | None) -> str | None:
+    """Data URI of an asset's stored thumbnail."""
+    from reports import thumbs
+
+    if not asset or not asset.get("thumb"):
+        return None
+    d = _json(asset.get("detail")) or {}
+    shape = d.get("thumb_size") if isinstance(d, dict) else None
+    return thumbs.from_blob(asset["thumb"], tuple(shape) if shape else None)
+
+
+def candidate_src(con, match: dict) -> str | None:
+    """Thumbnail of a match candidate: its asset (by sha256 or item), else its file on disk."""
+    from reports import thumbs
+
+    d = _json(match.get("detail")) or {}
+    d = d if isinstance(d, dict) else {}
+    sha = d.get("sha256") or d.get("candidate_sha256")
+    if not sha:
+        sha = q.sha_of(con, match.get("candidate"))
+    src = asset_src(q.asset_thumbs(con, [sha]).get(sha)) if sha else None
+    return src or thumbs.from_file(d.get("path") or d.get("local_path") or match.get("candidate"))
+
+
+def bucket_minutes(first: Any, last: Any) -> int:
+    """A bucket width giving a readable number of bars for the run's time span."""
+    if not first or not last:
+        return 60
+    span = (last - first).total_seconds() / 60
+    for minutes, fits in ((1, 120), (5, 600), (15, 1800), (60, 4 * 24 * 60), (360, 30 * 24 * 60)):
+        if span <= fits:
+            return minutes
+    return 24 * 60
+
+
+def headline(s: dict, final: list[dict]) -> str:
+    """One sentence a manager reads: what happened to the listed items."""
+    if not s["listed"]:
+        return "Nothing was listed: the source returned no items."
+    skip = _top(final, "skipped")
+    fail = _top(final, "failed")
+    parts = [f"{s['listed']:,} items were listed", f"{s['done']:,} delivered ({_pct(s['done'], s['listed'])})"]
+    if s["skipped"]:
+        parts.append(f"{s['skipped']:,} skipped" + (f" ({skip})" if skip else ""))
+    if s["failed"]:
+        parts.append(f"{s['failed']:,} failed" + (f" ({fail})" if fail else ""))
+    if s["pending"]:
+        parts.append(f"{s['pending']:,} still pending")
+    text = ", ".join(parts[:-1]) + " and " + parts[-1] + "." if len(parts) > 1 else parts[0] + "."
+    if s.get("dry_run"):
+        text += " This was a dry run: nothing was delivered."
+    return text
+
+
+def attention_words(final: list[dict], s: dict) -> str:
+    """What the items needing a person are, in a few words."""
+    parts = []
+    if s["failed"]:
+        parts.append(f"{s['failed']:,} failed (" + _top(final, "failed", 3) + ")")
+    if s["needs_review"]:
+        parts.append(f"{s['needs_review']:,} need review")
+    return "; ".join(parts) or "see the table"
+
+
+def _top(final: list[dict], status: str, n: int = 2) -> str:
+    """The most common reasons for a status, as 'reason × count' phrases."""
+    rows = [r for r in final if r["status"] == status and r["reason"]][:n]
+    return ", ".join(f"{r['reason']} × {r['count']:,}" for r in rows)
+
+
+def _json(value: Any) -> Any:
+    if value is None or not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return None
+
+
+def _run_row(run: dict) -> dict:
+    """What the report shows of one run."""
+    return {k: run.get(k) for k in ("run_id", "flow", "status", "started_at", "finished_at",
+                                    "dry_run", "only_failed", "tool_version")}
+
+
+def describe_spec(spec: dict, job: str) -> dict:
+    """What was asked: job name, source and destination as 'kind: field=value...' lines,
+    with secrets shown only as their references (env:NAME / block:NAME)."""
+    def side(cfg: Any) -> str:
+        if not isinstance(cfg, dict):
+            return "(not recorded)"
+        kind = cfg.get("kind", "?")
+        parts = [f"{k}={_show(k, v)}" for k, v in cfg.items() if k != "kind" and v not in (None, [], {})]
+        return f"{kind}: " + ", ".join(parts) if parts else str(kind)
+
+    return {"name": spec.get("name") or job, "source": side(spec.get("source")),
+            "destination": side(spec.get("destination"))}
+
+
+def _show(key: str, value: Any) -> str:
+    """A spec value for people: secret references as references, secret-looking strings masked."""
+    if isinstance(value, dict) and set(value) <= {"env", "block"} and (value.get("env") or value.get("block")):
+        return f"env:{value['env']}" if value.get("env") else f"block:{value['block']}"
+    if isinstance(value, str) and SECRET_KEYS.search(key):
+        return MASK
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+# -- outcomes.csv / .parquet -------------------------------------------------------------
+def write_outcomes(con, facts: dict, out: Path) -> dict:
+    """One row per item: status and the final outcome and reason of each stage."""
+    table = redact_table(q.outcomes_table(con, facts["stages"]))
+    csv_path, pq_path = out / "outcomes.csv", out / "outcomes.parquet"
+    pacsv.write_csv(table, csv_path)
+    pq.write_table(table, pq_path)
+    facts["outcomes_rows"] = table.num_rows
+    return {"outcomes_csv": str(csv_path), "outcomes_parquet": str(pq_path)}
+
+
+def redact_table(table: pa.Table) -> pa.Table:
+    """The table with every known secret masked in its string columns (vectorised)."""
+    from photo_escape import secrets
+
+    known = sorted(getattr(secrets, "_KNOWN", ()), key=len, reverse=True)
+    if not known:
+        return table
+    cols = []
+    for col in table.columns:
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            for value in known:
+                col = pc.replace_substring(col, pattern=value, replacement=MASK)
+        cols.append(col)
+    return pa.table(cols, names=table.column_names)
+
+
+# -- rendering ------------------------------------------------------------------------
+def environment() -> jinja2.Environment:
+    """Jinja2 with the report's filters (numbers, percentages, byte sizes)."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+                             autoescape=jinja2.select_autoescape(["html", "html.j2"], default_for_string=False),
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.filters.update(num=_num, pct=_pct, size=_size, when=_when, short=_short)
+    return env
+
+
+def render(facts: dict, out: Path) -> dict:
+    """Write report.md and report.html; text goes through ``redact`` first."""
+    env = environment()
+    md = redact(env.get_template("report.md.j2").render(**facts))
+    html = redact(env.get_template("report.html.j2").render(**facts))
+    md_path, html_path = out / "report.md", out / "report.html"
+    md_path.write_text(md, encoding="utf-8")
+    html_path.write_text(html, encoding="utf-8")
+    return {"report_md": str(md_path), "report_html": str(html_path)}
+
+
+def _num(n: Any) -> str:
+    return "—" if n is None else f"{int(n):,}"
+
+
+def _pct(part: Any, whole: Any) -> str:
+    if not whole:
+        return "—"
+    return f"{100.0 * float(part or 0) / float(whole):.1f}%"
+
+
+def _size(n: Any) -> str:
+    n = float(n or 0)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _when(d: Any) -> str:
+    if not d:
+        return "—"
+    if isinstance(d, datetime):
+        d = d.astimezone(timezone.utc) if d.tzinfo else d
+        return d.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if d.tzinfo else "")
+    return str(d)
+
+
+def _short(value: Any, width: int = 160) -> str:
+    """A compact one-line rendering of a detail value."""
+    if value in (None, "", {}, []):
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _isfinite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

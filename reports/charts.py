@@ -1,0 +1,124 @@
+"""Charts for the report, drawn with matplotlib (Agg) and embedded as SVG data URIs.
+
+Each function takes already-aggregated rows (a few dozen values, never raw events)
+and returns a ``data:image/svg+xml;base64,...`` string the HTML embeds, so the report
+stays one self-contained file that prints sharply.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any, Sequence
+
+COLOURS = {"ok": "#1a7f37", "done": "#1a7f37", "skipped": "#8c959f", "failed": "#b42318",
+           "needs_review": "#bf8700", "pending": "#bf8700", "other": "#0969da"}
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (no display, no network)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
+                         "axes.spines.right": False, "font.family": "DejaVu Sans"})
+    return plt
+
+
+def _data_uri(fig) -> str:
+    """The figure as an SVG data URI (fonts left as text, so it stays small and crisp)."""
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def stage_bars(rows: Sequence[dict]) -> str | None:
+    """Horizontal stacked bars: per stage, items ok / skipped / failed / needing review."""
+    if not rows:
+        return None
+    plt = _pyplot()
+    stages = [r["stage"] for r in rows][::-1]
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(stages) + 0.9))
+    left = [0] * len(stages)
+    for key in ("ok", "skipped", "failed", "needs_review"):
+        values = [int(r[key] or 0) for r in rows][::-1]
+        ax.barh(stages, values, left=left, color=COLOURS[key], label=key.replace("_", " "))
+        left = [a + b for a, b in zip(left, values)]
+    ax.set_xlabel("items")
+    ax.legend(ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    return _data_uri(fig)
+
+
+def throughput(rows: Sequence[dict], bucket_minutes: int) -> str | None:
+    """Items finished per hour over time, stacked done / skipped / failed, as the
+    library's stakeholder chart showed progress."""
+    if not rows:
+        return None
+    plt = _pyplot()
+    import matplotlib.dates as mdates
+
+    per_hour = 60.0 / bucket_minutes
+    times = [r["bucket"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7.5, 2.8))
+    width = bucket_minutes / (24 * 60) * 0.9
+    bottom = [0.0] * len(rows)
+    for key in ("done", "skipped", "failed"):
+        values = [float(r[key] or 0) * per_hour for r in rows]
+        ax.bar(times, values, width=width, bottom=bottom, color=COLOURS[key], label=key, align="edge")
+        bottom = [a + b for a, b in zip(bottom, values)]
+    ax.set_ylabel("items per hour")
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
+    ax.legend(ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    return _data_uri(fig)
+
+
+def distances(chosen: Sequence[float], others: Sequence[float], threshold: float | None,
+              *, xlabel: str = "distance", higher_is_closer: bool = False) -> str | None:
+    """Histogram of match distances (best candidates vs the rest) with the threshold marked."""
+    if not chosen and not others:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 2.8))
+    values = list(chosen) + list(others) + ([threshold] if threshold is not None else [])
+    lo, hi = min(values), max(values)
+    bins = _bins(lo, hi)
+    if others:
+        ax.hist(others, bins=bins, color="#8c959f", alpha=0.8, label="other candidates")
+    if chosen:
+        ax.hist(chosen, bins=bins, color=COLOURS["ok"], alpha=0.85, label="best candidate")
+    if threshold is not None:
+        ax.axvline(threshold, color=COLOURS["failed"], linestyle="--", linewidth=1.5)
+        ax.annotate(f"threshold {threshold:g}", xy=(threshold, 1), xycoords=("data", "axes fraction"),
+                    xytext=(4, -12), textcoords="offset points", color=COLOURS["failed"])
+    ax.set_xlabel(xlabel + (" (higher is closer)" if higher_is_closer else " (lower is closer)"))
+    ax.set_ylabel("count")
+    ax.legend(frameon=False)
+    return _data_uri(fig)
+
+
+def _bins(lo: float, hi: float) -> Any:
+    """Integer-width bins for hash distances, 30 even bins for anything else."""
+    if float(lo).is_integer() and float(hi).is_integer() and hi - lo <= 64:
+        return [x - 0.5 for x in range(int(lo), int(hi) + 2)]
+    if hi == lo:
+        return 10
+    return 30
+
+
+def counts(labels: Sequence[str], values: Sequence[int], *, title: str = "") -> str | None:
+    """Horizontal bars of counts (provenance, storage classes...)."""
+    if not labels:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 0.38 * len(labels) + 0.8))
+    ax.barh(list(labels)[::-1], list(values)[::-1], color=COLOURS["other"])
+    for y, v in enumerate(list(values)[::-1]):
+        ax.annotate(f"{v:,}", xy=(v, y), xytext=(3, 0), textcoords="offset points", va="center")
+    ax.set_xlabel("items")
+    if title:
+        ax.set_title(title, loc="left")
+    return _data_uri(fig)

@@ -1,0 +1,316 @@
+"""What a report says, asked of the ledger with DuckDB aggregates.
+
+Every function here takes a :class:`Scope` (one run, or a whole job optionally since
+a date) and a DuckDB connection, and returns plain rows. The work is done by DuckDB
+over the ``events`` table and the ledger's views, never by Python loops over events,
+so a million events summarise in well under a second.
+
+:func:`prepare` materialises the scope's items and their status once into a
+temporary table (``_rep_items``) that the other queries join; temporary tables
+live in the connection's memory, so this works on a read-only ledger and on the
+flow's own writing connection alike (the flow is the only writer; a report only
+reads). Call :func:`release` when done.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import duckdb
+
+# The order in which stages are shown; stages not named here follow, in order of appearance.
+STAGE_ORDER = (
+    "list", "fetch", "hash", "capture_time", "match", "resolve", "master", "deliver",
+    "replace", "restore_date", "verify",
+)
+ATTENTION_LIMIT = 500  # items shown (with thumbnails) in the HTML; the CSV has them all
+
+
+@dataclass
+class Scope:
+    """What a report covers: one run of a job, or the job across its runs (since a date)."""
+
+    job: str
+    run_id: str | None = None
+    since: datetime | None = None
+    runs: list[dict] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        if self.run_id:
+            return f"run {self.run_id}"
+        return "all runs" + (f" since {self.since:%Y-%m-%d %H:%M}" if self.since else "")
+
+    def events_filter(self, alias: str = "e") -> tuple[str, list]:
+        """SQL condition (and parameters) selecting this scope's events."""
+        if self.run_id:
+            return f"{alias}.run_id = ?", [self.run_id]
+        if self.since:
+            return f"{alias}.job = ? AND {alias}.\"at\" >= ?", [self.job, self.since]
+        return f"{alias}.job = ?", [self.job]
+
+
+def rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:
+    """Run a query and return its rows as dicts."""
+    cur = con.execute(sql, params or [])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def resolve_scope(con, *, run_id: str | None, job: str | None, since: datetime | None) -> Scope:
+    """Which job and runs a report covers; the job of the latest run when none is named."""
+    if run_id:
+        found = rows(con, "SELECT * FROM runs WHERE run_id = ?", [run_id])
+        if not found:
+            raise LookupError(f"the ledger has no run {run_id!r}")
+        return Scope(job=found[0]["job"], run_id=run_id, runs=found)
+    if not job:
+        last = rows(con, "SELECT job FROM runs ORDER BY started_at DESC LIMIT 1")
+        if not last:
+            raise LookupError("the ledger has no runs yet")
+        job = last[0]["job"]
+    params: list = [job]
+    where = "job = ?"
+    if since:
+        where += " AND coalesce(finished_at, started_at) >= ?"
+        params.append(since)
+    runs = rows(con, f"SELECT * FROM runs WHERE {where} ORDER BY started_at", params)
+    known = con.execute("SELECT count(*) FROM items WHERE job = ?", [job]).fetchall()[0][0]
+    if not runs and not known:
+        raise LookupError(f"the ledger has no job {job!r}")
+    return Scope(job=job, since=since, runs=runs)
+
+
+def prepare(con, scope: Scope) -> None:
+    """Materialise the scope's items with their status into ``_rep_items``.
+
+    For a run: every item the run listed, as the run left it (``run_item_status``,
+    where items finished by an earlier run count as carried). For a job: every item
+    of the job (``item_status``), or with ``since`` those listed since then.
+    """
+    if scope.run_id:
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE _rep_items AS
+               SELECT s.job, s.item_id, i.name, i.source_ref, s.stage, s.outcome, s.reason,
+                      s.final, s.status, s.carried
+               FROM run_item_status s LEFT JOIN items i USING (job, item_id)
+               WHERE s.run_id = ? AND s.job = ?""",
+            [scope.run_id, scope.job],
+        )
+    else:
+        since_sql, params = "", [scope.job]
+        if scope.since:
+            since_sql = """AND s.item_id IN (SELECT item_id FROM events
+                           WHERE job = ? AND stage = 'list' AND "at" >= ?)"""
+            params += [scope.job, scope.since]
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _rep_items AS
+               SELECT s.job, s.item_id, s.name, s.source_ref, s.stage, s.outcome, s.reason,
+                      false AS final, s.status, false AS carried
+               FROM item_status s WHERE s.job = ? {since_sql}""",
+            params,
+        )
+
+
+def release(con) -> None:
+    """Drop the temporary tables :func:`prepare` made."""
+    con.execute("DROP TABLE IF EXISTS _rep_items")
+    con.execute("DROP TABLE IF EXISTS _rep_stage_latest")
+
+
+def reconciliation(con) -> dict[str, int]:
+    """``listed, done, skipped, failed, pending, needs_review, carried`` over the scope."""
+    r = rows(con, """SELECT count(*) AS listed,
+                  count(*) FILTER (WHERE status = 'done') AS done,
+                  count(*) FILTER (WHERE status = 'skipped') AS skipped,
+                  count(*) FILTER (WHERE status = 'failed') AS failed,
+                  count(*) FILTER (WHERE status = 'pending') AS pending,
+                  count(*) FILTER (WHERE outcome = 'needs_review') AS needs_review,
+                  count(*) FILTER (WHERE carried) AS carried
+           FROM _rep_items""")[0]
+    return {k: int(v or 0) for k, v in r.items()}
+
+
+def stage_latest(con, scope: Scope) -> None:
+    """Materialise ``_rep_stage_latest``: each scope item's latest event per stage.
+
+    For a run, "latest" means as the run left it (no event after the run's last one),
+    so a report regenerated later still shows that run.
+    """
+    cond, params = (("e.job = ?", [scope.job]))
+    if scope.run_id:
+        cond += " AND e.seq <= (SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?)"
+        params = params + [scope.run_id]
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _rep_stage_latest AS
+            SELECT e.item_id, e.stage, max(e.seq) AS seq, arg_max(e.outcome, e.seq) AS outcome,
+                   arg_max_null(e.reason, e.seq) AS reason, arg_max_null(e.detail, e.seq) AS detail,
+                   arg_max(e.sha256, e.seq) AS sha256, arg_max(e.run_id, e.seq) AS run_id,
+                   arg_max(e."at", e.seq) AS "at", arg_max_null(e.bytes, e.seq) AS bytes
+            FROM events e SEMI JOIN _rep_items i ON i.item_id = e.item_id
+            WHERE {cond} GROUP BY e.item_id, e.stage""",
+        params,
+    )
+    # The ledger's status views pick reasons with arg_max, which passes over NULLs and so
+    # can show an earlier event's reason; take the reason of the very event instead.
+    con.execute(
+        """UPDATE _rep_items SET reason = l.reason FROM _rep_stage_latest l
+           WHERE l.item_id = _rep_items.item_id AND l.stage = _rep_items.stage""")
+
+
+def stages(con) -> list[str]:
+    """The stages present in the scope, in pipeline order."""
+    present = [r[0] for r in con.execute(
+        "SELECT stage FROM _rep_stage_latest GROUP BY stage ORDER BY min(seq)").fetchall()]
+    known = [s for s in STAGE_ORDER if s in present]
+    return known + [s for s in present if s not in known]
+
+
+def stage_outcomes(con) -> list[dict]:
+    """Per stage: how many items ended that stage ok, skipped, failed or needing review."""
+    return rows(con, """SELECT stage,
+                  count(*) FILTER (WHERE outcome = 'ok') AS ok,
+                  count(*) FILTER (WHERE outcome = 'skipped') AS skipped,
+                  count(*) FILTER (WHERE outcome = 'failed') AS failed,
+                  count(*) FILTER (WHERE outcome = 'needs_review') AS needs_review,
+                  count(*) AS total
+           FROM _rep_stage_latest GROUP BY stage""")
+
+
+def reasons(con) -> list[dict]:
+    """Per stage, outcome and reason code: how many items (latest event per stage)."""
+    return rows(con, """SELECT stage, outcome, coalesce(reason, '') AS reason, count(*) AS count
+           FROM _rep_stage_latest WHERE reason IS NOT NULL OR outcome <> 'ok'
+           GROUP BY ALL ORDER BY count DESC, stage, reason""")
+
+
+def final_reasons(con) -> list[dict]:
+    """Why items ended where they did: status and reason of each item's last word."""
+    return rows(con, """SELECT status, coalesce(stage, '') AS stage, coalesce(reason, '') AS reason,
+                  count(*) AS count
+           FROM _rep_items GROUP BY ALL ORDER BY count DESC, status, reason""")
+
+
+def activity(con, scope: Scope) -> dict:
+    """Events, attempts, bytes and the time span of the scope's work."""
+    cond, params = scope.events_filter()
+    r = rows(con, f"""SELECT count(*) AS events, min("at") AS first_at, max("at") AS last_at,
+                   coalesce(sum(bytes) FILTER (WHERE outcome = 'ok'), 0) AS bytes,
+                   count(*) FILTER (WHERE attempt > 1) AS retried_events,
+                   coalesce(sum(duration_ms), 0) AS busy_ms
+            FROM events e WHERE {cond}""", params)[0]
+    return r
+
+
+def throughput(con, scope: Scope, bucket_minutes: int) -> list[dict]:
+    """Items finishing per time bucket (done, skipped, failed), from event timestamps."""
+    cond, params = scope.events_filter()
+    return rows(con, f"""SELECT time_bucket(INTERVAL '{int(bucket_minutes)} minutes', "at") AS bucket,
+                   count(*) FILTER (WHERE final AND outcome = 'ok') AS done,
+                   count(*) FILTER (WHERE outcome = 'skipped') AS skipped,
+                   count(*) FILTER (WHERE outcome = 'failed') AS failed,
+                   coalesce(sum(bytes) FILTER (WHERE final AND outcome = 'ok'), 0) AS bytes
+            FROM events e WHERE {cond} AND stage <> 'list'
+            GROUP BY bucket ORDER BY bucket""", params)
+
+
+def attention(con, limit: int = ATTENTION_LIMIT) -> tuple[int, list[dict]]:
+    """Items a person should look at (failed or needing review), with the last event's detail."""
+    total = con.execute(
+        "SELECT count(*) FROM _rep_items WHERE status = 'failed' OR outcome = 'needs_review'"
+    ).fetchall()[0][0]
+    found = rows(con, """SELECT i.item_id, i.name, i.source_ref, i.status, i.outcome, i.stage,
+                  i.reason, l.detail, l.run_id, l."at",
+                  (SELECT arg_max(sha256, seq) FROM _rep_stage_latest s
+                   WHERE s.item_id = i.item_id AND s.sha256 IS NOT NULL) AS sha256
+           FROM _rep_items i LEFT JOIN _rep_stage_latest l
+                ON l.item_id = i.item_id AND l.stage = i.stage
+           WHERE i.status = 'failed' OR i.outcome = 'needs_review'
+           ORDER BY i.status, i.stage, i.reason, i.item_id LIMIT ?""", [limit])
+    for r in found:
+        r["detail"] = _loads(r["detail"])
+    return int(total), found
+
+
+def outcomes_table(con, stage_names: list[str]):
+    """One row per item: its status and final word, then outcome and reason per stage (Arrow)."""
+    per_stage = []
+    for s in stage_names:
+        q = s.replace("'", "''")
+        col = _column(s)
+        per_stage.append(f"max(l.outcome) FILTER (WHERE l.stage = '{q}') AS \"{col}\"")
+        per_stage.append(f"max(l.reason) FILTER (WHERE l.stage = '{q}') AS \"{col}_reason\"")
+    extra = (",\n" + ",\n".join(per_stage)) if per_stage else ""
+    sql = f"""SELECT i.job, i.item_id, any_value(i.name) AS name, any_value(i.source_ref) AS source_ref,
+                    any_value(i.status) AS status, any_value(i.stage) AS last_stage,
+                    any_value(i.outcome) AS last_outcome, any_value(i.reason) AS last_reason,
+                    arg_max(l.sha256, l.seq) FILTER (WHERE l.sha256 IS NOT NULL) AS sha256{extra}
+             FROM _rep_items i LEFT JOIN _rep_stage_latest l ON l.item_id = i.item_id
+             GROUP BY i.job, i.item_id ORDER BY i.item_id"""
+    return con.sql(sql).to_arrow_table()
+
+
+def _column(stage: str) -> str:
+    """A stage name safe to use as a column name."""
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in stage)
+
+
+def _loads(text: Any) -> Any:
+    if text is None or not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def best_matches(con, query_ids: list[str], per_query: int = 2) -> dict[str, list[dict]]:
+    """The best ``per_query`` candidates of each query (latest run's matches), best first."""
+    if not query_ids:
+        return {}
+    import pyarrow as pa
+
+    con.register("_rep_q", pa.table({"query": query_ids}))
+    try:
+        found = rows(con, f"""WITH latest AS (
+                SELECT m.*, dense_rank() OVER (PARTITION BY m.query ORDER BY m."at" DESC) AS r
+                FROM matches m SEMI JOIN _rep_q USING (query))
+            SELECT query, candidate, distance, rank, chosen, method, detail FROM latest
+            WHERE r = 1 QUALIFY row_number() OVER (PARTITION BY query ORDER BY chosen DESC, rank, distance) <= {int(per_query)}
+            ORDER BY query, chosen DESC, rank, distance""")
+    finally:
+        con.unregister("_rep_q")
+    out: dict[str, list[dict]] = {}
+    for r in found:
+        out.setdefault(r["query"], []).append(r)
+    return out
+
+
+def asset_thumbs(con, shas: list[str]) -> dict[str, dict]:
+    """``{sha256: {thumb, width, height, detail}}`` for the assets that have a thumbnail."""
+    shas = [s for s in shas if s]
+    if not shas:
+        return {}
+    import pyarrow as pa
+
+    con.register("_rep_sha", pa.table({"sha256": shas}))
+    try:
+        found = rows(con, """SELECT sha256, thumb, width, height, detail FROM assets
+                             SEMI JOIN _rep_sha USING (sha256) WHERE thumb IS NOT NULL""")
+    finally:
+        con.unregister("_rep_sha")
+    return {r["sha256"]: r for r in found}
+
+
+def sha_of(con, item_or_sha: str | None) -> str | None:
+    """The content hash of an item id (its latest event with one), or the value itself if it is a sha256."""
+    if not item_or_sha:
+        return None
+    if len(item_or_sha) == 64 and all(c in "0123456789abcdef" for c in item_or_sha):
+        return item_or_sha
+    r = con.execute("SELECT arg_max(sha256, seq) FROM events WHERE item_id = ? AND sha256 IS NOT NULL",
+                    [item_or_sha]).fetchall()
+    return r[0][0] if r else None

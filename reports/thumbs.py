@@ -1,0 +1,90 @@
+"""Thumbnails for the report, embedded as data URIs so report.html stands alone.
+
+They come from the ledger's ``assets.thumb`` (small grayscale pictures the hashing
+stage keeps: raw 8-bit pixels, or an encoded PNG/JPEG) or, failing that, are made
+small from a file on disk named in an event's detail. Nothing is fetched over a
+network: a report must open anywhere, offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+THUMB_PX = 128
+
+
+def data_uri(png: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(png).decode("ascii")
+
+
+def from_blob(blob: bytes | None, shape: tuple[int, int] | None = None) -> str | None:
+    """A data URI for a stored thumbnail: PNG/JPEG bytes as they are, raw grayscale
+    pixels (a square, or ``shape`` = (width, height)) turned into a PNG."""
+    if not blob:
+        return None
+    blob = bytes(blob)
+    if blob[:8] == b"\x89PNG\r\n\x1a\n":
+        return data_uri(blob)
+    if blob[:3] == b"\xff\xd8\xff":
+        return data_uri(blob, "image/jpeg")
+    from PIL import Image
+
+    if shape is None:
+        side = math.isqrt(len(blob))
+        if side * side != len(blob):
+            return None
+        shape = (side, side)
+    w, h = shape
+    if w * h != len(blob):
+        return None
+    img = Image.frombytes("L", (w, h), blob)
+    if max(w, h) < THUMB_PX:  # tiny hash thumbnails: scale up so a person can see them
+        scale = max(1, THUMB_PX // max(w, h))
+        img = img.resize((w * scale, h * scale), Image.NEAREST)
+    return _png(img)
+
+
+def from_file(path: str | Path | None) -> str | None:
+    """A small JPEG data URI of an image file on disk, or None if it cannot be read."""
+    if not path:
+        return None
+    p = Path(str(path))
+    try:
+        if not p.is_file() or p.stat().st_size == 0 or p.stat().st_size > 300_000_000:
+            return None
+        from PIL import Image, ImageOps
+
+        with Image.open(p) as im:
+            im.draft("RGB", (THUMB_PX * 2, THUMB_PX * 2))
+            im = ImageOps.exif_transpose(im)
+            im.thumbnail((THUMB_PX, THUMB_PX))
+            im = im.convert("RGB")
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=80)
+        return data_uri(buf.getvalue(), "image/jpeg")
+    except Exception:  # a report never fails because one picture is broken
+        return None
+
+
+def _png(img) -> str:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", optimize=True)
+    return data_uri(buf.getvalue())
+
+
+def link(ref: Any) -> str | None:
+    """A link to an original: URLs as they are, absolute local paths as file:// URLs."""
+    if not ref or not isinstance(ref, str):
+        return None
+    if ref.startswith(("http://", "https://", "file://")):
+        return ref
+    if ref.startswith("local:"):
+        ref = ref[len("local:"):]
+    if ref.startswith("/"):
+        return "file://" + quote(ref)
+    return None

@@ -1,0 +1,153 @@
+"""The stakeholder reports, made from ledgers written through the Ledger API."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from photo_escape import secrets
+from reports.build import write_reports
+from tasks.ledger import Ledger
+from tests.fixtures.reports import counts
+
+KEYS = ("listed", "done", "skipped", "failed", "pending")
+
+
+def ledger_view(path: Path, sql: str, params: list) -> dict:
+    """One row of a ledger view, read with DuckDB directly (the report's reference)."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        cur = con.execute(sql, params)
+        names = [d[0] for d in cur.description]
+        return dict(zip(names, cur.fetchall()[0]))
+    finally:
+        con.close()
+
+
+def test_run_report_reconciles_with_the_ledger(story_ledger, tmp_path):
+    run1 = story_ledger.runs[0]
+    result = write_reports(story_ledger.path, run_id=run1, out_dir=tmp_path / "r1")
+    s = result["summary"]
+    expected = counts(story_ledger.status[0])
+    assert {k: s[k] for k in KEYS} == expected
+    view = ledger_view(story_ledger.path, "SELECT * FROM reconciliation_run WHERE run_id = ?", [run1])
+    assert {k: s[k] for k in KEYS} == {k: view[k] for k in KEYS}
+    assert s["listed"] == s["done"] + s["skipped"] + s["failed"] + s["pending"] and s["reconciles"]
+    assert s["needs_review"] == len(story_ledger.needs_review)
+    for key in ("report_html", "report_md", "outcomes_csv", "outcomes_parquet"):
+        assert Path(result[key]).is_file() and Path(result[key]).stat().st_size > 0
+    md = Path(result["report_md"]).read_text()
+    assert "✅" in md and f"{s['listed']} listed = {s['done']} done" in md
+
+
+def test_job_report_reconciles_across_runs(story_ledger, tmp_path):
+    result = write_reports(story_ledger.path, job=story_ledger.job, out_dir=tmp_path / "all")
+    s = result["summary"]
+    assert {k: s[k] for k in KEYS} == counts(story_ledger.status[-1])
+    view = ledger_view(story_ledger.path, "SELECT * FROM reconciliation_job WHERE job = ?", [story_ledger.job])
+    assert {k: s[k] for k in KEYS} == {k: view[k] for k in KEYS}
+    assert s["runs"] == len(story_ledger.runs)
+
+
+def test_rerun_report_counts_carried_items(story_ledger, tmp_path):
+    run2 = story_ledger.runs[1]
+    s = write_reports(story_ledger.path, run_id=run2, out_dir=tmp_path / "r2")["summary"]
+    assert {k: s[k] for k in KEYS} == counts(story_ledger.status[1])
+    # the rerun worked on one item; the others were left as earlier runs left them
+    assert s["carried_from_earlier_runs"] == s["listed"] - 1
+
+
+def test_every_failed_item_is_listed_with_its_reason(story_ledger, tmp_path):
+    result = write_reports(story_ledger.path, job=story_ledger.job, out_dir=tmp_path / "all")
+    md = Path(result["report_md"]).read_text()
+    html = Path(result["report_html"]).read_text()
+    with Ledger(story_ledger.path, read_only=True) as led:
+        names = {r["item_id"]: r["name"] for r in led.query("SELECT item_id, name FROM items")}
+    for item_id, reason in story_ledger.failed_reasons.items():
+        row = next(line for line in md.splitlines() if line.startswith(f"| {names[item_id]} |"))
+        assert f"| {reason} |" in row
+        assert names[item_id] in html and reason in html
+
+
+def test_outcomes_files_have_one_row_per_item_with_final_outcome_per_stage(story_ledger, tmp_path):
+    result = write_reports(story_ledger.path, job=story_ledger.job, out_dir=tmp_path / "all")
+    with open(result["outcomes_csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    table = pq.read_table(result["outcomes_parquet"]).to_pylist()
+    final = story_ledger.status[-1]
+    assert len(rows) == len(table) == len(final)
+    by_id = {r["item_id"]: r for r in rows}
+    assert {i: r["status"] for i, r in by_id.items()} == final
+    # IMG_0001 failed to fetch in run 1 (timeout) and was fetched in run 2: the latest wins
+    rescued = next(i for i in by_id if i.endswith("IMG_0001.JPG"))
+    assert by_id[rescued]["fetch"] == "ok" and by_id[rescued]["fetch_reason"] == ""
+    for item_id, reason in story_ledger.failed_reasons.items():
+        assert by_id[item_id]["last_reason"] == reason
+    assert {r["item_id"]: r["status"] for r in table} == final
+
+
+def test_a_done_item_shows_no_stale_reason(story_ledger, tmp_path):
+    """The ledger's status views pick a reason over NULLs; the report must not."""
+    result = write_reports(story_ledger.path, run_id=story_ledger.runs[0], out_dir=tmp_path / "r1")
+    with open(result["outcomes_csv"], newline="") as f:
+        done = [r for r in csv.DictReader(f) if r["status"] == "done"]
+    assert done and all(r["last_reason"] == "" for r in done)
+
+
+def test_no_secret_values_in_any_report_file(story_ledger, tmp_path, monkeypatch):
+    value = "hunter2-very-secret"
+    monkeypatch.setenv("ARCHIVE_PASSWORD", value)
+    assert secrets.resolve({"env": "ARCHIVE_PASSWORD"}) == value
+    # a careless source put the value in an event's detail; the report must still hide it
+    with Ledger(story_ledger.path) as led:
+        led.con.execute("UPDATE events SET detail = ? WHERE reason = 'not_found'",
+                        [json.dumps({"error": f"login failed with {value}"})])
+        led.con.execute("UPDATE items SET source_ref = source_ref || '?pw=' || ? WHERE name = 'IMG_0000.JPG'",
+                        [value])
+    result = write_reports(story_ledger.path, job=story_ledger.job, out_dir=tmp_path / "all")
+    for key in ("report_html", "report_md", "outcomes_csv"):
+        text = Path(result[key]).read_text()
+        assert value not in text
+    assert "***" in Path(result["report_md"]).read_text()
+    assert value not in str(pq.read_table(result["outcomes_parquet"]).to_pylist())
+    html = Path(result["report_html"]).read_text()
+    assert "env:ARCHIVE_PASSWORD" in html and "block:s3-secret" in html
+
+
+def test_report_through_an_open_ledger_and_default_dir(story_ledger, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with Ledger(story_ledger.path) as led:  # the flow's own writing connection
+        result = write_reports(led, run_id=story_ledger.runs[0])
+        # the report only read: the flow can go on writing
+        led.append_events(story_ledger.job, story_ledger.runs[0], [])
+        assert led.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name LIKE '_rep%'"
+                               ).fetchall()[0][0] == 0
+    expected = Path("reports/out") / story_ledger.job / story_ledger.runs[0]
+    assert Path(result["dir"]) == expected and (expected / "report.html").is_file()
+
+
+def test_unknown_run_is_a_clear_error(story_ledger, tmp_path):
+    with pytest.raises(LookupError, match="no run"):
+        write_reports(story_ledger.path, run_id="nope", out_dir=tmp_path / "x")
+
+
+def test_command_line_report(story_ledger, tmp_path):
+    out = tmp_path / "cli"
+    proc = subprocess.run(
+        [sys.executable, "-m", "photo_escape.cli", "report", "--ledger", str(story_ledger.path),
+         "--job", story_ledger.job, "--out", str(out), "--json"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {k: record[k] for k in KEYS} == counts(story_ledger.status[-1])
+    assert Path(record["report"]).is_file() and record["reconciles"] is True
+    bad = subprocess.run([sys.executable, "-m", "photo_escape.cli", "report", "--ledger", str(tmp_path / "none.duckdb")],
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert bad.returncode == 2 and "no ledger" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,440 @@
+"""``destination.kind: s3``: the personal archive layout in a bucket.
+
+    destination:
+      kind: s3
+      bucket: my-photo-archive
+      region: eu-west-1
+      storage_class: STANDARD_IA          # originals; thumbnails stay STANDARD
+      # originals:  "originals/{taken:%Y/%m/%d}/{name}"          (the defaults)
+      # thumbnails: "thumbnails/{taken:%Y/%m/%d}/{name}.jpg"
+
+An original lands as ``originals/2006/10/04/IMG_00001.NEF`` (``taken`` is the photo's
+local wall-clock capture time; photos with none go under ``undated`` in its place),
+its JPEG thumbnail (a RAW's embedded preview) as
+``thumbnails/2006/10/04/IMG_00001.NEF.jpg`` and, with ``sidecar: true``, the recorded
+metadata as ``originals/2006/10/04/IMG_00001.NEF.json``.
+
+Integrity: every original carries its sha256 in its object metadata
+(``x-amz-meta-sha256``); files above ``multipart_threshold_mb`` go up in parts
+(boto3's TransferConfig), and a failed multipart upload is aborted, so no partial
+object is ever visible. After each upload the object is verified (``verify: head``:
+size and sha256 metadata; ``full``: downloaded again and hashed; ``sample``: full for
+a ``verify_sample`` share chosen by content hash, head for the rest) and the result
+is recorded as a ``fixity`` event. An object already there with the same sha256 is
+``already_present``; different content under the same key is never overwritten
+(``key_conflict``, or with ``on_conflict: suffix`` a ``~sha8`` suffixed key).
+
+Credentials: the standard AWS chain or ``credentials: {env|block: ...}`` naming a
+secret with JSON keys (see :mod:`tasks.s3util`); never in the job file.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+from urllib.parse import quote, unquote, urlsplit
+
+from pydantic import Field, field_validator
+
+from photo_escape.layout import check_template, render, with_suffix
+from photo_escape.outcomes import PermanentError, Stopwatch, TransientError, outcome
+from photo_escape.plugins import Destination, KindConfig, settings_key
+from photo_escape.secrets import redact
+from tasks.s3util import S3Connection, classify, error_code, make_client, s3_uri, sha256_stream
+
+MiB = 1 << 20
+STORAGE_CLASSES = (
+    "STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "GLACIER",
+    "DEEP_ARCHIVE", "REDUCED_REDUNDANCY", "EXPRESS_ONEZONE",
+)
+#: classes whose objects cannot be read back without a restore: HEAD-only fixity
+ARCHIVED = {"GLACIER", "DEEP_ARCHIVE"}
+RAW_TYPES = {".nef": "image/x-nikon-nef", ".cr2": "image/x-canon-cr2", ".arw": "image/x-sony-arw",
+             ".dng": "image/x-adobe-dng", ".heic": "image/heic", ".heif": "image/heif"}
+
+
+class S3DestinationConfig(S3Connection, KindConfig):
+    kind: Literal["s3"]
+    originals: str = Field("originals/{taken:%Y/%m/%d}/{name}", description="key template for originals")
+    thumbnails: str | None = Field("thumbnails/{taken:%Y/%m/%d}/{name}.jpg",
+                                   description="key template for thumbnail JPEGs; empty: no thumbnails")
+    thumbnail_size: int = Field(512, ge=16, le=4096, description="longest side of a thumbnail, pixels")
+    undated: str = Field("undated", description="replaces {taken:...} for photos with no capture time")
+    storage_class: str = Field("STANDARD_IA", description="storage class of originals (thumbnails: STANDARD)")
+    sidecar: bool = Field(False, description="also store the recorded metadata as <original key>.json")
+    on_conflict: Literal["fail", "suffix"] = Field(
+        "fail", description="different content under an existing key: fail (key_conflict) or add ~sha8"
+    )
+    verify: Literal["head", "full", "sample"] = Field(
+        "head", description="after upload: HEAD (size + sha256 metadata), full re-download and hash, or a sample"
+    )
+    verify_sample: float = Field(0.1, ge=0, le=1, description="share of objects fully verified with verify: sample")
+    multipart_threshold_mb: float = Field(64, ge=5, description="files larger than this go up in parts")
+    multipart_chunk_mb: float = Field(16, ge=5, description="part size for multipart uploads")
+    transfer_concurrency: int = Field(4, ge=1, le=32, description="parallel parts per multipart upload")
+    fixity_events: bool = Field(True, description="record a separate 'fixity' event per verified object")
+
+    @field_validator("originals", "thumbnails")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        return check_template(v) if v else None
+
+    @field_validator("storage_class")
+    @classmethod
+    def _storage_class(cls, v: str) -> str:
+        v = v.upper()
+        if v not in STORAGE_CLASSES:
+            raise ValueError(f"{v!r} is not an S3 storage class; expected one of: {', '.join(STORAGE_CLASSES)}")
+        return v
+
+
+def _literal_prefix(template: str) -> str:
+    """The fixed start of a key template (what every key it makes begins with)."""
+    return template.split("{", 1)[0]
+
+
+def sampled(sha256: str, share: float) -> bool:
+    """Whether content ``sha256`` is in the fully verified sample (stable across reruns)."""
+    return share > 0 and int(sha256[:8], 16) / 0xFFFFFFFF < share
+
+
+class S3Destination(Destination):
+    kind = "s3"
+    Config = S3DestinationConfig
+
+    def __init__(self, config: S3DestinationConfig, **kw: Any) -> None:
+        super().__init__(config, **kw)
+        self._client = None
+        self._lock = threading.Lock()
+        self._requests: dict[str, int] = {}
+
+    # -- plumbing ----------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        """The boto3 client, made on first use (inside the task, on the worker)."""
+        if self._client is None:
+            conc = getattr(self.options, "concurrency", 8)
+            self._client = make_client(self.config, pool=conc * self.config.transfer_concurrency + 4)
+            for op in ("PutObject", "UploadPart"):
+                self._client.meta.events.register(f"before-send.s3.{op}", self._count_request)
+        return self._client
+
+    def _count_request(self, request: Any = None, **_: Any) -> None:
+        """Count upload requests per object path (a retried request counts twice)."""
+        path = unquote(urlsplit(request.url).path)
+        with self._lock:
+            self._requests[path] = self._requests.get(path, 0) + 1
+
+    def upload_requests(self, key: str) -> int:
+        with self._lock:
+            return sum(n for p, n in self._requests.items() if p.endswith("/" + key))
+
+    def _transfer(self) -> Any:
+        from boto3.s3.transfer import TransferConfig
+
+        c = self.config
+        return TransferConfig(multipart_threshold=int(c.multipart_threshold_mb * MiB),
+                              multipart_chunksize=int(c.multipart_chunk_mb * MiB),
+                              max_concurrency=c.transfer_concurrency, use_threads=True)
+
+    def protected_prefixes(self) -> list[str]:
+        """Our own output (``s3://bucket/originals/``...): an s3 source never lists it."""
+        c = self.config
+        out = [s3_uri(c.bucket, _literal_prefix(c.originals))]
+        if c.thumbnails:
+            out.append(s3_uri(c.bucket, _literal_prefix(c.thumbnails)))
+        return out
+
+    def settings_key(self) -> str:
+        c = self.config
+        return settings_key(c.model_copy(update={"verify": "head", "verify_sample": 0.0, "max_attempts": 1,
+                                                 "timeout_seconds": 1, "transfer_concurrency": 1}))
+
+    def close(self) -> None:
+        self._client = None
+
+    def _retries(self) -> tuple[int, float]:
+        return int(getattr(self.options, "retries", 3)), float(getattr(self.options, "backoff_seconds", 0.5))
+
+    # -- keys ---------------------------------------------------------------------------
+    def keys_for(self, item: dict, name: str | None = None) -> dict[str, str | None]:
+        """The original's, thumbnail's and sidecar's keys for ``item`` (``name`` overrides its name)."""
+        it = dict(item, name=name) if name else item
+        c = self.config
+        original = render(c.originals, it, undated=c.undated)
+        return {
+            "original": original,
+            "thumbnail": render(c.thumbnails, it, undated=c.undated) if c.thumbnails else None,
+            "sidecar": original + ".json" if c.sidecar else None,
+        }
+
+    # -- deliver --------------------------------------------------------------------------
+    def deliver(self, items: list[dict], dry_run: bool = False) -> list[dict]:
+        """Upload a batch with a bounded thread pool; outcomes keep the items' order."""
+        workers = max(1, min(int(getattr(self.options, "concurrency", 8)), len(items) or 1))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3-deliver") as pool:
+            per_item = list(pool.map(lambda it: self._deliver_safely(it, dry_run), items))
+        return [o for group in per_item for o in group]
+
+    def _deliver_safely(self, item: dict, dry_run: bool) -> list[dict]:
+        sw = Stopwatch()
+        try:
+            return self._deliver_one(item, dry_run, sw)
+        except Exception as exc:  # noqa: BLE001 - one photo's problem is its outcome, not the batch's
+            err = classify(exc)
+            return [outcome(item["item_id"], "deliver", "failed", getattr(err, "reason", "upload_failed"),
+                            detail={"message": redact(str(err))[:300]}, duration_ms=sw.ms,
+                            sha256=item.get("sha256")) | {"item": item}]
+
+    def _deliver_one(self, item: dict, dry_run: bool, sw: Stopwatch) -> list[dict]:
+        sha = item["sha256"]
+        path: Any = bytes.fromhex(item["local_path_hex"]) if item.get("local_path_hex") else item["local_path"]
+        size = os.stat(path).st_size
+        keys = self.keys_for(item)
+        state, head = self._existing(keys["original"], sha, size)
+        if state == "different" and self.config.on_conflict == "suffix":
+            name = with_suffix(keys["original"].rsplit("/", 1)[-1], f"~{sha[:8]}")
+            keys = self.keys_for(item, name=name)
+            state, head = self._existing(keys["original"], sha, size)
+        base = {"bucket": self.config.bucket, "key": keys["original"]}
+        if state == "different":
+            return [outcome(item["item_id"], "deliver", "failed", "key_conflict", sha256=sha, duration_ms=sw.ms,
+                            detail=dict(base, existing_sha256=head.get("Metadata", {}).get("sha256"),
+                                        existing_size=head.get("ContentLength"))) | {"item": item}]
+        if dry_run:
+            return [outcome(item["item_id"], "deliver", "skipped", "dry_run", sha256=sha, duration_ms=sw.ms,
+                            detail=dict(base, planned=keys, would="keep" if state == "same" else "upload"))
+                    | {"item": item}]
+        attempt = 1
+        if state == "same":
+            fixity = self._verify(keys["original"], sha, size, self._full(sha), head=head)
+            reason = "already_present"
+            if not fixity["ok"]:
+                return self._fixity_failed(item, keys, fixity, sw)
+        else:
+            fixity, attempt = self._upload_original(path, keys["original"], item, size)
+            reason = "uploaded"
+            if not fixity["ok"]:
+                return self._fixity_failed(item, keys, fixity, sw)
+        extras = self._derivatives(path, item, keys)
+        out = []
+        if self.config.fixity_events:
+            out.append(outcome(item["item_id"], "fixity", "ok", fixity["method"], detail=fixity, sha256=sha,
+                               bytes=size) | {"item": item})
+        detail = dict(base, storage_class=fixity.get("storage_class"), fixity=fixity, thumbnail=extras["thumbnail"],
+                      sidecar=extras["sidecar"], upload_requests=self.upload_requests(keys["original"]))
+        if extras.get("error"):
+            out.append(outcome(item["item_id"], "deliver", "failed", extras["error"], detail=detail, sha256=sha,
+                               bytes=size, attempt=attempt, duration_ms=sw.ms) | {"item": item})
+            return out
+        out.append(outcome(item["item_id"], "deliver", "ok", reason, detail=detail, sha256=sha, bytes=size,
+                           attempt=attempt, final=True, duration_ms=sw.ms)
+                   | {"item": dict(item, target=s3_uri(self.config.bucket, keys["original"]))})
+        return out
+
+    def _fixity_failed(self, item: dict, keys: dict, fixity: dict, sw: Stopwatch) -> list[dict]:
+        out = []
+        if self.config.fixity_events:
+            out.append(outcome(item["item_id"], "fixity", "failed", fixity["reason"], detail=fixity,
+                               sha256=item["sha256"]) | {"item": item})
+        out.append(outcome(item["item_id"], "deliver", "failed", fixity["reason"], sha256=item["sha256"],
+                           detail={"bucket": self.config.bucket, "key": keys["original"], "fixity": fixity},
+                           duration_ms=sw.ms) | {"item": item})
+        return out
+
+    def _full(self, sha: str) -> bool:
+        v = self.config.verify
+        return v == "full" or (v == "sample" and sampled(sha, self.config.verify_sample))
+
+    # -- the S3 conversation ---------------------------------------------------------------
+    def _head(self, key: str) -> dict | None:
+        """The object's HEAD response, or None when there is no such object."""
+        try:
+            return self.client.head_object(Bucket=self.config.bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise classify(exc) from None
+
+    def _existing(self, key: str, sha: str, size: int) -> tuple[str, dict]:
+        """'absent', 'same' (our content: sha256 metadata and size agree) or 'different'."""
+        head = self._head(key)
+        if head is None:
+            return "absent", {}
+        meta = head.get("Metadata") or {}
+        if meta.get("sha256") == sha and head.get("ContentLength") == size:
+            return "same", head
+        return "different", head
+
+    def _upload_original(self, path: Any, key: str, item: dict, size: int) -> tuple[dict, int]:
+        """Upload, verify, and on a failed transfer or verification try again; returns
+        (fixity record, attempts). A failed multipart upload is aborted by s3transfer
+        (and any stale one for this key is aborted first), so nothing partial shows."""
+        retries, backoff = self._retries()
+        sha = item["sha256"]
+        extra = {
+            "Metadata": self._metadata(item),
+            "StorageClass": self.config.storage_class,
+            "ContentType": self._content_type(item.get("name") or key),
+        }
+        last: Exception | None = None
+        fixity: dict = {}
+        for attempt in range(1, retries + 2):
+            try:
+                if size >= self.config.multipart_threshold_mb * MiB:
+                    self._abort_stale_uploads(key)
+                self._put_file(path, key, extra)
+                fixity = self._verify(key, sha, size, self._full(sha))
+                if fixity["ok"]:
+                    return fixity, attempt
+                self._delete_quietly(key)  # our own bad copy: never leave it looking verified
+                last = TransientError(fixity["reason"])
+            except Exception as exc:  # noqa: BLE001
+                last = classify(exc)
+                if isinstance(last, PermanentError):
+                    raise last from None
+            if attempt <= retries:
+                time.sleep(backoff * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5))
+        if fixity and not fixity["ok"]:
+            return fixity, retries + 1
+        raise last if last else TransientError("upload_failed")
+
+    def _put_file(self, path: Any, key: str, extra: dict) -> None:
+        if isinstance(path, bytes):  # a non-UTF-8 local name: hand boto3 an open file
+            with open(path, "rb") as fh:
+                self.client.upload_fileobj(fh, self.config.bucket, key, ExtraArgs=extra, Config=self._transfer())
+        else:
+            self.client.upload_file(path, self.config.bucket, key, ExtraArgs=extra, Config=self._transfer())
+
+    def _abort_stale_uploads(self, key: str) -> None:
+        """Abort multipart uploads for ``key`` that a killed run left open (invisible, but billed)."""
+        try:
+            resp = self.client.list_multipart_uploads(Bucket=self.config.bucket, Prefix=key)
+            for up in resp.get("Uploads", []):
+                if up.get("Key") == key:
+                    self.client.abort_multipart_upload(Bucket=self.config.bucket, Key=key, UploadId=up["UploadId"])
+        except Exception:  # noqa: BLE001 - some S3-compatible stores cannot list uploads
+            pass
+
+    def _delete_quietly(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.config.bucket, Key=key)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _verify(self, key: str, sha: str, size: int, full: bool, head: dict | None = None) -> dict:
+        """Fixity of one stored object: HEAD (size and sha256 metadata), and with ``full``
+        a re-download hashed as it streams. Archived classes (GLACIER, DEEP_ARCHIVE) cannot
+        be read back without a restore: HEAD only, said so in the record."""
+        head = head or self._head(key) or {}
+        storage_class = head.get("StorageClass") or "STANDARD"
+        rec: dict[str, Any] = {"key": key, "method": "head", "ok": True, "reason": None,
+                               "size": head.get("ContentLength"), "sha256": (head.get("Metadata") or {}).get("sha256"),
+                               "etag": (head.get("ETag") or "").strip('"'), "storage_class": storage_class}
+        if not head:
+            return dict(rec, ok=False, reason="missing_after_upload")
+        if rec["size"] != size:
+            return dict(rec, ok=False, reason="size_mismatch")
+        if rec["sha256"] != sha:
+            return dict(rec, ok=False, reason="sha256_mismatch")
+        if full:
+            if storage_class in ARCHIVED:
+                return dict(rec, note="archived class: not readable without a restore")
+            resp = self.client.get_object(Bucket=self.config.bucket, Key=key)
+            got, n = sha256_stream(resp["Body"].iter_chunks(MiB))
+            rec.update(method="full", downloaded_sha256=got, downloaded_bytes=n)
+            if n != size or got != sha:
+                return dict(rec, ok=False, reason="content_mismatch")
+        return rec
+
+    def _metadata(self, item: dict) -> dict[str, str]:
+        """Object metadata: the sha256 and the capture time (ASCII only, as S3 requires)."""
+        capture = item.get("capture") or {}
+        meta = {"sha256": item["sha256"]}
+        if capture.get("local"):
+            meta["taken"] = str(capture["local"])
+        if capture.get("utc"):
+            meta["taken-utc"] = str(capture["utc"])
+        if capture.get("provenance"):
+            meta["taken-provenance"] = str(capture["provenance"])[:64]
+        meta["source"] = quote(redact(str(item.get("source_ref") or item["item_id"])), safe="/:@")[:512]
+        return {k: v.encode("ascii", "replace").decode() for k, v in meta.items()}
+
+    @staticmethod
+    def _content_type(name: str) -> str:
+        ext = os.path.splitext(name)[1].lower()
+        return RAW_TYPES.get(ext) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+    # -- thumbnail and sidecar ---------------------------------------------------------------
+    def _derivatives(self, path: Any, item: dict, keys: dict) -> dict[str, Any]:
+        """Store the thumbnail and sidecar if missing (a rerun fills in what a crash left out)."""
+        out: dict[str, Any] = {"thumbnail": None, "sidecar": None}
+        try:
+            if keys["thumbnail"]:
+                out["thumbnail"] = self._thumbnail(path, item, keys["thumbnail"])
+            if keys["sidecar"]:
+                out["sidecar"] = self._sidecar(item, keys)
+        except Exception as exc:  # noqa: BLE001
+            err = classify(exc)
+            out["error"] = f"derivative_{getattr(err, 'reason', 'failed')}"
+        return out
+
+    def _thumbnail(self, path: Any, item: dict, key: str) -> dict[str, Any]:
+        from tasks.thumbnails import ThumbnailError, make_thumbnail
+
+        head = self._head(key)
+        meta = (head or {}).get("Metadata") or {}
+        if head and meta.get("original-sha256") == item["sha256"] and meta.get("size") == str(self.config.thumbnail_size):
+            return {"key": key, "result": "already_present", "bytes": head.get("ContentLength")}
+        try:
+            thumb = make_thumbnail(os.fsdecode(path), self.config.thumbnail_size)
+        except ThumbnailError as exc:
+            return {"key": None, "result": "none", "reason": exc.reason}
+        from hashlib import sha256
+
+        self._put_bytes(key, thumb.data, "image/jpeg", {
+            "original-sha256": item["sha256"], "sha256": sha256(thumb.data).hexdigest(),
+            "size": str(self.config.thumbnail_size), "method": thumb.method})
+        return {"key": key, "result": "uploaded", "bytes": len(thumb.data), "width": thumb.width,
+                "height": thumb.height, "method": thumb.method}
+
+    def sidecar_document(self, item: dict, keys: dict) -> dict[str, Any]:
+        """The metadata recorded for a photo, as stored beside its original (no timestamps,
+        so a rerun produces the same bytes and stores nothing new)."""
+        keep = {k: v for k, v in item.items()
+                if k not in ("local_path", "local_path_hex", "path", "path_hex", "capture", "asset", "item")
+                and isinstance(v, (str, int, float, bool, type(None)))}
+        return {
+            "original": {"bucket": self.config.bucket, "key": keys["original"]},
+            "thumbnail": keys["thumbnail"],
+            "sha256": item["sha256"],
+            "capture_time": item.get("capture"),
+            "asset": item.get("asset"),
+            "source": {k: redact(v) for k, v in keep.items()},
+        }
+
+    def _sidecar(self, item: dict, keys: dict) -> dict[str, Any]:
+        from hashlib import sha256
+
+        body = json.dumps(self.sidecar_document(item, keys), sort_keys=True, indent=1, default=str).encode()
+        digest = sha256(body).hexdigest()
+        head = self._head(keys["sidecar"])
+        if head and (head.get("Metadata") or {}).get("sha256") == digest:
+            return {"key": keys["sidecar"], "result": "already_present"}
+        self._put_bytes(keys["sidecar"], body, "application/json", {"sha256": digest, "original-sha256": item["sha256"]})
+        return {"key": keys["sidecar"], "result": "uploaded" if head is None else "updated"}
+
+    def _put_bytes(self, key: str, data: bytes, content_type: str, meta: dict[str, str]) -> None:
+        """A small object in STANDARD, with botocore's retries (a PUT is atomic)."""
+        import base64
+        import hashlib
+
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+        self.client.put_object(Bucket=self.config.bucket, Key=key, Body=data, ContentType=content_type,
+                               Metadata=meta, StorageClass="STANDARD", ContentMD5=md5)

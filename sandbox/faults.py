@@ -1,0 +1,244 @@
+"""Fault injection for the sandbox web services: the bad days of a real server, on request.
+
+Every sandbox web app (gallery site, its CDN, the numbered host) is wrapped in a
+:class:`FaultInjector` holding a :class:`FaultPlan`. A plan is a list of rules, each
+"the first N requests whose path matches X get fault F", so a test says exactly
+which request fails and how, and the outcome is deterministic even with many
+threads downloading at once (``per_path=True`` counts each path on its own).
+
+Faults (``kind``):
+
+``error``           an HTTP error status (``status``, default 500) with a short text body
+``rate_limit``      429 Too Many Requests with ``Retry-After: retry_after`` seconds
+``reset``           the TCP connection is reset (RST) before any byte of the answer
+``truncate``        the real answer, but only ``keep`` of its body while Content-Length
+                    promises all of it; then the connection closes
+``html``            status 200 with an HTML error page instead of the image
+``slow``            the real answer, after ``delay`` seconds of silence
+``expire_session``  the app sees ``environ["sandbox.expire_session"]`` and drops the
+                    visitor's session (the gallery then redirects to its login page)
+
+Control it from the test's own process (``server.faults.add(...)``) or over HTTP:
+``POST /_admin/faults`` with a JSON rule, ``DELETE /_admin/faults`` to clear,
+``GET /_admin/faults`` (rules with their hit counts), ``GET /_admin/requests``
+(what was asked for, with the fault served and whether cookies came along).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import struct
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+KINDS = ("error", "rate_limit", "reset", "truncate", "html", "slow", "expire_session")
+
+HTML_ERROR_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Service Unavailable</title></head>"
+    b"<body><h1>We'll be right back</h1><p>Our servers are busy. Please try again later.</p></body></html>\n"
+)
+
+
+@dataclass
+class Fault:
+    """One rule: which requests (``match``, ``skip``, ``times``, ``per_path``) get which fault."""
+
+    kind: str
+    match: str = ".*"  # regular expression searched in "path?query"
+    times: int | None = 1  # how many matching requests get the fault; None: all of them
+    skip: int = 0  # let this many matching requests through first
+    per_path: bool = False  # count skip/times for each distinct path separately
+    status: int = 500  # for "error"
+    retry_after: float = 1.0  # for "rate_limit" (seconds)
+    delay: float = 2.0  # for "slow" (seconds)
+    keep: float = 0.5  # for "truncate": fraction of the body actually sent
+    hits: int = 0
+    _seen: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"fault kind must be one of {KINDS}, not {self.kind!r}")
+        self._re = re.compile(self.match)
+
+    def claims(self, target: str, path: str) -> bool:
+        """Whether this request gets the fault (counts it; call under the plan's lock)."""
+        if not self._re.search(target):
+            return False
+        key = path if self.per_path else ""
+        n = self._seen.get(key, 0)
+        self._seen[key] = n + 1
+        if n < self.skip:
+            return False
+        if self.times is not None and n >= self.skip + self.times:
+            return False
+        self.hits += 1
+        return True
+
+    def public(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+
+
+class FaultPlan:
+    """The rules for one server, thread-safe, plus a log of the requests it saw."""
+
+    def __init__(self, rules: Iterable[dict[str, Any]] = ()) -> None:
+        self._lock = threading.Lock()
+        self.rules: list[Fault] = []
+        self.requests: list[dict[str, Any]] = []
+        for r in rules:
+            self.add(**r)
+
+    def add(self, kind: str, **kw: Any) -> Fault:
+        """Add a rule (see :class:`Fault`); rules are tried in the order they were added."""
+        fault = Fault(kind=kind, **kw)
+        with self._lock:
+            self.rules.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        """Drop every rule and forget the request log."""
+        with self._lock:
+            self.rules.clear()
+            self.requests.clear()
+
+    def pick(self, target: str, path: str) -> Fault | None:
+        """The fault this request gets, if any (the first rule that claims it)."""
+        with self._lock:
+            for rule in self.rules:
+                if rule.claims(target, path):
+                    return rule
+        return None
+
+    def record(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self.requests.append(entry)
+
+    def count(self, pattern: str = ".*", fault: str | None = None) -> int:
+        """How many logged requests matched ``pattern`` (and got ``fault``, if given)."""
+        rx = re.compile(pattern)
+        with self._lock:
+            return sum(1 for r in self.requests if rx.search(r["target"]) and (fault is None or r["fault"] == fault))
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"rules": [r.public() for r in self.rules], "requests": len(self.requests)}
+
+
+def _reset_connection(environ: dict[str, Any]) -> None:
+    """Abort the client's TCP connection with a RST.
+
+    The handler's socket has file objects attached, so ``close()`` would not really
+    close it. Instead the connection's descriptor is atomically replaced by an
+    socket whose peer is gone (``dup2``): the real connection is closed at once
+    with SO_LINGER 0, i.e. reset, and the server then reads end-of-file and stops.
+    """
+    sock: socket.socket = environ["werkzeug.socket"]
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    placeholder, peer = socket.socketpair()
+    peer.close()
+    try:
+        os.dup2(placeholder.fileno(), sock.fileno())
+    finally:
+        placeholder.close()
+
+
+class FaultInjector:
+    """WSGI middleware: serves the admin endpoints and applies the plan's faults."""
+
+    def __init__(self, app: Callable, plan: FaultPlan | None = None) -> None:
+        self.app = app
+        self.plan = plan or FaultPlan()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/_admin/"):
+            return self._admin(environ, start_response, path)
+        query = environ.get("QUERY_STRING", "")
+        target = f"{path}?{query}" if query else path
+        fault = self.plan.pick(target, path)
+        kind = fault.kind if fault else None
+        self.plan.record({"target": target, "fault": kind, "cookies": bool(environ.get("HTTP_COOKIE")),
+                          "at": time.time()})
+        if fault is None:
+            return self.app(environ, start_response)
+        return getattr(self, f"_{kind}")(fault, environ, start_response)
+
+    # -- the faults ---------------------------------------------------------------------
+    def _error(self, fault: Fault, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        body = f"sandbox fault: HTTP {fault.status}\n".encode()
+        start_response(f"{fault.status} Fault", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _rate_limit(self, fault: Fault, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        body = b"slow down\n"
+        ra = fault.retry_after
+        value = str(int(ra)) if float(ra).is_integer() else str(ra)
+        start_response("429 Too Many Requests", [("Content-Type", "text/plain"), ("Retry-After", value),
+                                                 ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _reset(self, fault: Fault, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        _reset_connection(environ)
+        raise ConnectionResetError("sandbox fault: connection reset")  # werkzeug drops it quietly
+
+    def _truncate(self, fault: Fault, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list, exc_info: Any = None) -> Callable:
+            captured["status"], captured["headers"] = status, headers
+            return lambda data: None
+
+        chunks = self.app(environ, capture)
+        try:
+            body = b"".join(chunks)
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()
+        headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
+        headers.append(("Content-Length", str(len(body))))
+        start_response(captured["status"], headers)
+        # the server closes every connection after the answer: the client sees fewer bytes
+        return [body[: int(len(body) * fault.keep)]]
+
+    def _html(self, fault: Fault, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                                  ("Content-Length", str(len(HTML_ERROR_PAGE)))])
+        return [HTML_ERROR_PAGE]
+
+    def _slow(self, fault: Fault, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        time.sleep(fault.delay)
+        return self.app(environ, start_response)
+
+    def _expire_session(self, fault: Fault, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        environ["sandbox.expire_session"] = True
+        return self.app(environ, start_response)
+
+    # -- the admin endpoints ------------------------------------------------------------
+    def _admin(self, environ: dict, start_response: Callable, path: str) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        status, payload = "200 OK", None
+        if path == "/_admin/faults" and method == "GET":
+            payload = self.plan.snapshot()
+        elif path == "/_admin/faults" and method == "POST":
+            try:
+                size = int(environ.get("CONTENT_LENGTH") or 0)
+                rule = json.loads(environ["wsgi.input"].read(size) or b"{}")
+                payload = self.plan.add(**rule).public()
+            except (ValueError, TypeError) as exc:
+                status, payload = "400 Bad Request", {"error": str(exc)}
+        elif path == "/_admin/faults" and method == "DELETE":
+            self.plan.clear()
+            payload = {"cleared": True}
+        elif path == "/_admin/requests":
+            with self.plan._lock:
+                payload = {"requests": list(self.plan.requests)}
+        else:
+            status, payload = "404 Not Found", {"error": "unknown admin endpoint"}
+        body = json.dumps(payload).encode()
+        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]

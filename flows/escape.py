@@ -338,6 +338,29 @@ class EscapeRun:
         return str(Path(result["report_html"]).resolve())
 
 
+def task_runner_for(options) -> Any:
+    """The task runner a job asks for: threads in this process, or a Dask cluster.
+
+    ``options.task_runner: dask`` with ``dask_address`` runs batches on that cluster;
+    without an address a local cluster of ``dask_workers`` separate worker processes
+    is started for the run. Either way this flow stays the ledger's only writer.
+    """
+    if options.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if options.dask_address:
+            return DaskTaskRunner(address=options.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": options.dask_workers, "processes": True,
+                                              "threads_per_worker": max(1, options.concurrency // 2),
+                                              "dashboard_address": None})
+    return ThreadPoolTaskRunner(max_workers=4)
+
+
+def escape_flow_for(spec: JobSpec):
+    """The escape flow configured with the task runner the job's options ask for."""
+    return escape.with_options(task_runner=task_runner_for(spec.options))
+
+
 class ItemsFailed(Exception):
     """Raised at the end of a recorded run when photos failed and the caller asked to fail."""
 

@@ -46,6 +46,10 @@ def run_flow(flow_name: str, job, *, as_json: bool, **params) -> int:
     prefect_defaults()
     module, func = FLOWS[flow_name].split(":")
     flow_fn = getattr(importlib.import_module(module), func)
+    if flow_name == "escape":
+        from flows.escape import escape_flow_for, job_spec
+
+        flow_fn = escape_flow_for(job_spec(job))
     state = flow_fn(job, return_state=True, **params)
     try:
         summary = state.result(raise_on_failure=False)

@@ -1,0 +1,45 @@
+"""Batches on a Dask cluster of separate worker processes; the flow stays the only ledger writer."""
+
+from __future__ import annotations
+
+import os
+
+import duckdb
+import pytest
+
+from sandbox import photos
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def test_escape_runs_its_batches_on_dask_worker_processes(tmp_path):
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from flows.escape import escape_flow_for, job_spec
+
+    photos.make_collection(tmp_path / "camera", count=12, bad=True)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        job = {
+            "name": "dask-test",
+            "ledger": str(tmp_path / "ledger.duckdb"),
+            "work_dir": str(tmp_path / "work"),
+            "reports_dir": str(tmp_path / "reports"),
+            "source": {"kind": "local", "path": str(tmp_path / "camera"), "pattern": "*.jpg"},
+            "destination": {"kind": "local", "path": str(tmp_path / "archive")},
+            "options": {"batch_size": 5, "task_runner": "dask", "dask_address": cluster.scheduler_address},
+        }
+        spec = job_spec(job)
+        with get_task_stream(client) as stream:
+            summary = escape_flow_for(spec)(spec.dump())
+        workers = {t["worker"] for t in stream.data}
+        pids = client.run(os.getpid)
+    assert summary["listed"] == 15 and summary["done"] == 12 and summary["failed"] == 3
+    # every stage of every batch ran on the cluster, in worker processes other than this one
+    assert len(stream.data) >= 4 * 3
+    assert workers and workers <= set(pids) and os.getpid() not in pids.values()
+    con = duckdb.connect(summary["ledger"], read_only=True)
+    delivered = con.execute("SELECT count(*) FROM events WHERE stage = 'deliver' AND outcome = 'ok'").fetchone()[0]
+    con.close()
+    assert delivered == 12
+    assert len([p for p in (tmp_path / "archive").rglob("*") if p.is_file()]) == 12

@@ -25,6 +25,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from photo_escape.crashpoints import crash_point
 from photo_escape.jobspec import JobSpec, load_job, parse_job
 from photo_escape.outcomes import outcome
 from photo_escape.plugins import make_destination, make_source
@@ -255,6 +256,7 @@ class EscapeRun:
             outcomes = self._hash_outcomes(batch.items, results)
         else:
             outcomes = self._capture_outcomes(batch.items, results)
+        crash_point(stage)  # tests only: die here, the stage done but not yet recorded
         self.ledger.append_events(job, run, outcomes, settings=self.settings)
         going_on = [o["item"] for o in outcomes if o["outcome"] == "ok" and not o.get("final") and "item" in o]
         finished = len(batch.items) - len(going_on)

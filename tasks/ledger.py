@@ -31,6 +31,7 @@ import duckdb
 import pyarrow as pa
 
 from photo_escape import TOOL_VERSION
+from photo_escape.crashpoints import crash_point
 from photo_escape.secrets import redact
 
 SCHEMA_VERSION = 1
@@ -247,12 +248,28 @@ class Ledger:
     # -- runs ---------------------------------------------------------------------------
     def start_run(self, run_id: str, job: str, *, flow: str, settings: str, spec: dict | None = None,
                   dry_run: bool = False, only_failed: bool = False, flow_run_id: str | None = None) -> None:
+        self.abandon_stale_runs()
         self.con.execute(
             "INSERT INTO runs (run_id, job, flow, flow_run_id, started_at, status, dry_run, only_failed,"
             " settings, spec, tool_version, host, pid) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
             [run_id, job, flow, flow_run_id, now(), dry_run, only_failed, settings, _json(spec),
              TOOL_VERSION, os.uname().nodename, os.getpid()],
         )
+
+    def abandon_stale_runs(self) -> int:
+        """Mark runs still ``running`` as ``abandoned``: their process died (SIGKILL, power cut).
+
+        Called when a run starts. We hold the ledger's write lock, so no run of another
+        process can be alive; a ``running`` row of another process is what a killed run
+        left behind (runs of this very process, which share the lock, are left alone).
+        Its photos keep the status their last recorded event gave them; this run redoes them.
+        """
+        n = self.con.execute(
+            "UPDATE runs SET status = 'abandoned', finished_at = ? WHERE status = 'running'"
+            " AND NOT (coalesce(host, '') = ? AND coalesce(pid, -1) = ?) RETURNING run_id",
+            [now(), os.uname().nodename, os.getpid()],
+        ).fetchall()
+        return len(n)
 
     def finish_run(self, run_id: str, status: str, summary: dict) -> None:
         self.con.execute(
@@ -304,6 +321,7 @@ class Ledger:
         if rows:
             with self.transaction():
                 self._append(job, run_id, rows, settings=settings, at=now())
+                crash_point("ledger_write")  # tests only: die with the rows inserted, not committed
         return len(rows)
 
     def _append(self, job: str, run_id: str, rows: list[dict], *, settings: str | None, at: datetime) -> None:

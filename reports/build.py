@@ -9,6 +9,7 @@ DuckDB aggregates (:mod:`reports.queries`); text goes through
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -43,13 +44,14 @@ def write_reports(ledger: Any, *, run_id: str | None = None, job: str | None = N
     try:
         since_dt = _parse_since(since)
         scope = q.resolve_scope(con, run_id=run_id, job=job, since=since_dt)
+        out = Path(out_dir) if out_dir else default_out_dir(scope)
+        out.mkdir(parents=True, exist_ok=True)
         q.prepare(con, scope)
         try:
             facts = gather(con, scope)
-            facts["plan_given"] = dry_run_plan
+            facts["out_dir"] = out
+            facts["plan_given"] = plan_rows(dry_run_plan, out, facts)
             decorate(con, facts)
-            out = Path(out_dir) if out_dir else default_out_dir(scope)
-            out.mkdir(parents=True, exist_ok=True)
             paths = write_outcomes(con, facts, out)
         finally:
             q.release(con)
@@ -57,7 +59,23 @@ def write_reports(ledger: Any, *, run_id: str | None = None, job: str | None = N
         if own is not None:
             own.close()
     paths.update(render(facts, out))
+    paths.update(facts.get("extra_files", {}))
     return {"dir": str(out), **paths, "summary": facts["summary"]}
+
+
+def plan_rows(plan: Any, out: Path, facts: dict) -> list[dict] | None:
+    """A plan handed over by the flow (rows of dicts), written to plan.csv and shown as given."""
+    if not plan:
+        return None
+    rows = [dict(r) for r in plan]
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    path = out / "plan.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows({k: redact(str(v)) if v is not None else "" for k, v in r.items()} for r in rows)
+    facts.setdefault("extra_files", {})["plan_csv"] = str(path)
+    return rows
 
 
 def default_out_dir(scope: q.Scope) -> Path:
@@ -157,8 +175,8 @@ def attention_thumbs(con, item: dict, ranked: list[dict], assets: dict) -> list[
             out.append({"src": None, "caption": f"no {label}"})
             continue
         out.append({"src": candidate_src(con, m),
-                    "caption": f"{label}: {m['candidate']} · distance {m['distance']:g}"
-                    if m.get("distance") is not None else f"{label}: {m['candidate']}"})
+                    "caption": f"{label}: {thumbs.short_name(m['candidate'])} · {m['distance']:g}"
+                    if m.get("distance") is not None else f"{label}: {thumbs.short_name(m['candidate'])}"})
     return out
 
 

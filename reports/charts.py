@@ -76,20 +76,24 @@ def throughput(rows: Sequence[dict], bucket_minutes: int) -> str | None:
     return _data_uri(fig)
 
 
-def distances(chosen: Sequence[float], others: Sequence[float], threshold: float | None,
+def distances(best: Sequence[tuple[float, int]], rest: Sequence[tuple[float, int]], threshold: float | None,
               *, xlabel: str = "distance", higher_is_closer: bool = False) -> str | None:
-    """Histogram of match distances (best candidates vs the rest) with the threshold marked."""
-    if not chosen and not others:
+    """Histogram of match distances, best candidates vs the rest, with the threshold marked.
+
+    ``best`` and ``rest`` are (distance, count) pairs already counted by DuckDB.
+    """
+    if not best and not rest:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 2.8))
-    values = list(chosen) + list(others) + ([threshold] if threshold is not None else [])
-    lo, hi = min(values), max(values)
-    bins = _bins(lo, hi)
-    if others:
-        ax.hist(others, bins=bins, color="#8c959f", alpha=0.8, label="other candidates")
-    if chosen:
-        ax.hist(chosen, bins=bins, color=COLOURS["ok"], alpha=0.85, label="best candidate")
+    values = [d for d, _ in best] + [d for d, _ in rest] + ([threshold] if threshold is not None else [])
+    bins = _bins(min(values), max(values))
+    if rest:
+        ax.hist([d for d, _ in rest], weights=[n for _, n in rest], bins=bins, color="#8c959f", alpha=0.8,
+                label="other candidates")
+    if best:
+        ax.hist([d for d, _ in best], weights=[n for _, n in best], bins=bins, color=COLOURS["ok"], alpha=0.85,
+                label="best candidate")
     if threshold is not None:
         ax.axvline(threshold, color=COLOURS["failed"], linestyle="--", linewidth=1.5)
         ax.annotate(f"threshold {threshold:g}", xy=(threshold, 1), xycoords=("data", "axes fraction"),
@@ -102,7 +106,7 @@ def distances(chosen: Sequence[float], others: Sequence[float], threshold: float
 
 def _bins(lo: float, hi: float) -> Any:
     """Integer-width bins for hash distances, 30 even bins for anything else."""
-    if float(lo).is_integer() and float(hi).is_integer() and hi - lo <= 64:
+    if float(lo).is_integer() and float(hi).is_integer() and hi - lo <= 128:
         return [x - 0.5 for x in range(int(lo), int(hi) + 2)]
     if hi == lo:
         return 10

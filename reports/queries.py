@@ -314,3 +314,124 @@ def sha_of(con, item_or_sha: str | None) -> str | None:
     r = con.execute("SELECT arg_max(sha256, seq) FROM events WHERE item_id = ? AND sha256 IS NOT NULL",
                     [item_or_sha]).fetchall()
     return r[0][0] if r else None
+
+
+# -- story queries ------------------------------------------------------------------------
+def _table_filter(scope: Scope, alias: str) -> tuple[str, list]:
+    """Condition selecting a side table's rows (capture_times, matches) for the scope."""
+    if scope.run_id:
+        return f"{alias}.run_id = ?", [scope.run_id]
+    if scope.since:
+        return f"{alias}.job = ? AND {alias}.\"at\" >= ?", [scope.job, scope.since]
+    return f"{alias}.job = ?", [scope.job]
+
+
+def prepare_stories(con, scope: Scope) -> None:
+    """Materialise the scope's capture times (latest per item) and matches (latest per query)."""
+    cond, params = _table_filter(scope, "c")
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _rep_ct AS
+            SELECT c.* FROM capture_times c WHERE {cond}
+            QUALIFY row_number() OVER (PARTITION BY c.item_id ORDER BY c."at" DESC) = 1""", params)
+    cond, params = _table_filter(scope, "m")
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _rep_matches AS
+            SELECT m.* FROM matches m WHERE {cond}
+            QUALIFY dense_rank() OVER (PARTITION BY m.query ORDER BY m."at" DESC) = 1""", params)
+
+
+def release_stories(con) -> None:
+    con.execute("DROP TABLE IF EXISTS _rep_ct")
+    con.execute("DROP TABLE IF EXISTS _rep_matches")
+
+
+def count(con, table: str) -> int:
+    return int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
+
+
+def provenance(con) -> list[dict]:
+    """Capture times by provenance: how many, how many with conflicting clues, how many zones."""
+    return rows(con, """SELECT coalesce(provenance, 'unknown') AS provenance, count(*) AS count,
+                  count(*) FILTER (WHERE conflicts IS NOT NULL AND conflicts NOT IN ('[]', 'null')) AS conflicts,
+                  count(*) FILTER (WHERE utc IS NULL) AS no_time,
+                  count(DISTINCT tz) AS zones
+           FROM _rep_ct GROUP BY ALL ORDER BY count DESC""")
+
+
+def capture_plan(con, limit: int | None) -> list[dict]:
+    """Every photo with its local and UTC capture time and provenance, in capture order."""
+    lim = f"LIMIT {int(limit)}" if limit else ""
+    return rows(con, f"""SELECT coalesce(i.name, c.item_id) AS name, c.item_id, c."local", c.utc,
+                   c.offset_minutes, c.tz, c.provenance, c.conflicts
+            FROM _rep_ct c LEFT JOIN _rep_items i USING (item_id)
+            ORDER BY c.utc NULLS LAST, name {lim}""")
+
+
+def distance_histogram(con) -> list[dict]:
+    """Counts of match distances (rounded to 2 decimals) for best candidates and the rest."""
+    return rows(con, """SELECT (rank = 1 OR chosen) AS best, round(distance, 2) AS distance, count(*) AS count
+           FROM _rep_matches WHERE distance IS NOT NULL GROUP BY ALL ORDER BY distance""")
+
+
+def match_methods(con) -> list[str]:
+    return [r[0] for r in con.execute(
+        "SELECT coalesce(method, '') FROM _rep_matches GROUP BY 1 ORDER BY count(*) DESC").fetchall()]
+
+
+def match_threshold(con) -> float | None:
+    """The threshold the matching ran with, if the ledger recorded it."""
+    r = con.execute("""SELECT max(TRY_CAST(json_extract_string(detail, '$.threshold') AS DOUBLE))
+                       FROM _rep_matches""").fetchall()
+    if r and r[0][0] is not None:
+        return float(r[0][0])
+    r = con.execute("""SELECT max(TRY_CAST(json_extract_string(detail, '$.threshold') AS DOUBLE))
+                       FROM _rep_stage_latest WHERE stage IN ('match', 'resolve')""").fetchall()
+    return float(r[0][0]) if r and r[0][0] is not None else None
+
+
+def query_margins(con, higher_is_closer: bool, limit: int = 200) -> tuple[dict, list[dict]]:
+    """Per query: best candidate, its distance, the runner-up's and the margin between them.
+
+    Returns (totals, rows): totals has the number of queries and the smallest margin
+    between a chosen candidate and the best of the rest.
+    """
+    order = "DESC" if higher_is_closer else "ASC"
+    sign = "" if higher_is_closer else "-"
+    sql = f"""WITH ranked AS (
+                SELECT query, candidate, distance, chosen,
+                       row_number() OVER (PARTITION BY query ORDER BY chosen DESC, distance {order}) AS r
+                FROM _rep_matches WHERE distance IS NOT NULL),
+              per AS (
+                SELECT query,
+                       any_value(candidate) FILTER (WHERE r = 1) AS best,
+                       any_value(distance) FILTER (WHERE r = 1) AS best_distance,
+                       bool_or(chosen) AS chosen,
+                       any_value(candidate) FILTER (WHERE r = 2) AS runner_up,
+                       any_value(distance) FILTER (WHERE r = 2) AS runner_up_distance
+                FROM ranked GROUP BY query)
+              SELECT p.*, {sign}(p.best_distance - p.runner_up_distance) AS margin,
+                     coalesce(i.name, p.query) AS name
+              FROM per p LEFT JOIN items i ON i.item_id = p.query AND i.job = (SELECT any_value(job) FROM _rep_items)"""
+    totals = rows(con, f"""SELECT count(*) AS queries, count(*) FILTER (WHERE chosen) AS chosen,
+                         min(margin) FILTER (WHERE chosen) AS min_margin,
+                         min(best_distance) FILTER (WHERE chosen) AS chosen_min,
+                         max(best_distance) FILTER (WHERE chosen) AS chosen_max
+                  FROM ({sql})""")[0]
+    others = rows(con, f"""SELECT {'max' if higher_is_closer else 'min'}(distance) AS best_other
+                  FROM _rep_matches WHERE NOT chosen AND distance IS NOT NULL""")[0]
+    totals["best_other"] = others["best_other"]
+    found = rows(con, f"SELECT * FROM ({sql}) ORDER BY chosen DESC, margin NULLS FIRST, query LIMIT {int(limit)}")
+    return totals, found
+
+
+def detail_counts(con, stage: str, key: str) -> list[dict]:
+    """Counts of one detail field's values over a stage's latest events (e.g. deliver.storage_class)."""
+    return rows(con, f"""SELECT coalesce(json_extract_string(detail, '$.{key}'), '(none)') AS value,
+                   count(*) AS count FROM _rep_stage_latest
+            WHERE stage = ? GROUP BY ALL ORDER BY count DESC""", [stage])
+
+
+def reason_counts(con) -> dict[tuple[str, str, str], int]:
+    """``{(stage, outcome, reason): items}`` over the scope's latest event per stage."""
+    return {(r[0], r[1], r[2] or ""): int(r[3]) for r in con.execute(
+        "SELECT stage, outcome, reason, count(*) FROM _rep_stage_latest GROUP BY ALL").fetchall()}

@@ -1,8 +1,336 @@
-"""Story sections: a part of the report per story, shown only where that story ran."""
+"""Story sections: a part of the report per story, shown only where that story ran.
+
+A story is recognised from what the run recorded: the job spec's source and
+destination kinds (``runs.spec``), the source's report facts (``runs.summary``), the
+stages and reason codes in the events, and the side tables (``capture_times``,
+``matches``). Each builder returns a section dict the HTML template lays out:
+
+    {"id", "title", "facts": [{"label", "value", "shown", "key"?, "note"?}],
+     "charts": [{"src", "alt", "caption"}], "table": {"head", "rows", "more"} | None,
+     "gallery": {"head", "rows": [{"label", "link", "verdict", "thumbs"}], "more"} | None}
+
+and may add one-line facts to the ten-second summary.
+"""
 
 from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from reports import charts
+from reports import queries as q
+
+PLAN_LIMIT = 2000      # photos shown in the HTML's dry-run plan (plan.csv has them all)
+GALLERY_LIMIT = 200    # side-by-side rows in a story's list for a person
+HIRES_REASONS = {"matched_direct", "matched_album", "not_in_album", "no_master", "no_larger_version",
+                 "too_large_for_flickr", "replaced", "date_restored", "date_verified"}
+HIRES_STAGES = {"master", "replace", "restore_date", "verify"}
+SIMILARITY_METHODS = ("ssim", "similarity", "correlation", "score")
 
 
 def sections(con, facts: dict) -> tuple[list[dict], list[str]]:
     """(sections for the HTML, one-line facts for the summary) for the stories present."""
-    return [], []
+    scope = facts["scope"]
+    q.prepare_stories(con, scope)
+    try:
+        ctx = _context(con, facts)
+        out, lines = [], []
+        for build in (gallery, find_my_photo, hires, matching, s3, capture_times):
+            section = build(con, facts, ctx)
+            if section:
+                lines.extend(section.pop("lines", []))
+                out.append(section)
+        return out, lines
+    finally:
+        q.release_stories(con)
+
+
+def _context(con, facts: dict) -> dict:
+    """What the story builders test: kinds, stages, reasons, side-table sizes."""
+    spec = facts["spec"] or {}
+    reasons = q.reason_counts(con)
+    return {
+        "source": (spec.get("source") or {}).get("kind"),
+        "destination": (spec.get("destination") or {}).get("kind"),
+        "stages": set(facts["stages"]),
+        "reasons": reasons,
+        "reason_names": {k[2] for k in reasons},
+        "captures": q.count(con, "_rep_ct"),
+        "matches": q.count(con, "_rep_matches"),
+        "methods": q.match_methods(con) if q.count(con, "_rep_matches") else [],
+    }
+
+
+def _fact(label: str, value: Any, *, key: str | None = None, note: str | None = None, shown: str | None = None) -> dict:
+    f = {"label": label, "value": value, "key": key,
+         "shown": shown if shown is not None else (f"{value:,}" if isinstance(value, int) else str(value))}
+    if note:
+        f["note"] = note
+    return f
+
+
+def _section(id_: str, title: str, **kw: Any) -> dict:
+    return {"id": id_, "title": title, "facts": kw.get("facts", []), "charts": kw.get("charts", []),
+            "table": kw.get("table"), "gallery": kw.get("gallery"), "lines": kw.get("lines", [])}
+
+
+def _by_reason(ctx: dict, reason: str, stage: str | None = None, outcome: str | None = None) -> int:
+    return sum(n for (s, o, r), n in ctx["reasons"].items()
+               if r == reason and (stage is None or s == stage) and (outcome is None or o == outcome))
+
+
+# -- gallery rescue -------------------------------------------------------------------------
+def gallery(con, facts: dict, ctx: dict) -> dict | None:
+    """Expected count met or not, from the gallery source's report facts."""
+    summ = facts["run_summary"] or {}
+    if ctx["source"] != "gallery" and "expected_count" not in summ:
+        return None
+    s = facts["summary"]
+    expected = summ.get("expected_count")
+    arrived = s["done"] + _by_reason(ctx, "already_present", "deliver", "skipped")
+    items = [_fact("images listed", s["listed"], key="gallery-listed"),
+             _fact("images arrived", arrived, key="gallery-arrived")]
+    lines = []
+    if expected is not None:
+        met = s["listed"] == expected and arrived >= expected
+        items.insert(0, _fact("images expected", int(expected), key="gallery-expected"))
+        items.append(_fact("expected count met", met, key="gallery-met",
+                           shown="✔ yes" if met else "⚠ no",
+                           note=None if met else f"{int(expected) - arrived:,} short of the {int(expected):,} expected"))
+        lines.append(f"Gallery: {int(expected):,} images expected, {s['listed']:,} listed, {arrived:,} arrived — "
+                     + ("✔ all there." if met else "⚠ not all there."))
+    for key, label in (("pages", "pages read"), ("last_page", "last page"), ("listing_ended", "listing ended"),
+                       ("relogins", "logins renewed")):
+        if summ.get(key) is not None:
+            items.append(_fact(label, summ[key]))
+    return _section("gallery", "Gallery rescue", facts=items, lines=lines)
+
+
+# -- find my photo --------------------------------------------------------------------------
+def _higher_is_closer(ctx: dict) -> bool:
+    return any(any(w in (m or "").lower() for w in SIMILARITY_METHODS) for m in ctx["methods"])
+
+
+def find_my_photo(con, facts: dict, ctx: dict) -> dict | None:
+    """The margin between the best matches and everything else (similarity scores)."""
+    if not ctx["matches"] or not (_higher_is_closer(ctx) or ctx["source"] == "numbered"):
+        return None
+    higher = _higher_is_closer(ctx)
+    totals, per = q.query_margins(con, higher)
+    missing = _by_reason(ctx, "not_found", "fetch")
+    items = [_fact("references searched for", int(totals["queries"]), key="find-queries"),
+             _fact("numbers missing at the source", missing, key="find-missing")] if ctx["source"] == "numbered" else \
+            [_fact("references searched for", int(totals["queries"]), key="find-queries")]
+    lines = []
+    if totals["chosen"] and totals["best_other"] is not None:
+        lo, hi = totals["chosen_min"], totals["chosen_max"]
+        best_other = totals["best_other"]
+        word = "below" if higher else "above"
+        chosen_text = f"{lo:.2f}" if lo == hi else f"{lo:.2f} to {hi:.2f}"
+        items.append(_fact("best matches scored", chosen_text))
+        items.append(_fact(f"everything else scored {word}", f"{best_other:.2f}"))
+        margin = (lo - best_other) if higher else (best_other - hi)
+        items.append(_fact("margin", f"{margin:+.2f}", key="find-margin",
+                           note="clear: the matches stand apart" if margin > 0 else "⚠ no clear margin: review"))
+        lines.append(f"Find my photo: the matches scored {chosen_text}; everything else {word} {best_other:.2f}"
+                     f" (margin {margin:+.2f}).")
+    table = {"head": ["reference", "best candidate", "score", "runner-up", "runner-up score", "margin"],
+             "rows": [[r["name"], _base(r["best"]), _num(r["best_distance"]), _base(r["runner_up"]),
+                       _num(r["runner_up_distance"]), _num(r["margin"])] for r in per],
+             "more": max(0, int(totals["queries"]) - len(per))}
+    return _section("find", "Find my photo", facts=items, table=table, lines=lines)
+
+
+# -- hi-res replacement ---------------------------------------------------------------------
+def hires(con, facts: dict, ctx: dict) -> dict | None:
+    """Listed, matched (directly / through an album), not matched, no larger version,
+    too large, replaced, dates restored and verified, failed; the person's list."""
+    if not (ctx["stages"] & HIRES_STAGES or len(ctx["reason_names"] & HIRES_REASONS) >= 2):
+        return None
+    s = facts["summary"]
+    direct, album = _by_reason(ctx, "matched_direct"), _by_reason(ctx, "matched_album")
+    matched = direct + album
+    counts = [
+        ("listed", "listed", s["listed"]),
+        ("matched", "matched", matched),
+        ("matched_direct", "matched directly (the link was the image)", direct),
+        ("matched_album", "matched through an album", album),
+        ("not_in_album", "not matched (not in the album)", _by_reason(ctx, "not_in_album")),
+        ("ambiguous", "ambiguous (a person decides)", _by_reason(ctx, "ambiguous")),
+        ("no_master", "no master file found", _by_reason(ctx, "no_master")),
+        ("no_larger_version", "no larger version", _by_reason(ctx, "no_larger_version")),
+        ("too_large", "too large for Flickr", _by_reason(ctx, "too_large_for_flickr")),
+        ("replaced", "replaced", _by_reason(ctx, "replaced", "replace") or _by_reason(ctx, "replaced")),
+        ("date_restored", "dates restored", _by_reason(ctx, "date_restored")),
+        ("date_verified", "dates verified", _by_reason(ctx, "date_verified")),
+        ("failed", "failed", s["failed"]),
+    ]
+    items = [_fact(label, n, key=f"hires-{key}", note=_share(n, s["listed"]) if key != "listed" else None)
+             for key, label, n in counts]
+    lines = [f"Hi-res: {s['listed']:,} listed, {matched:,} matched ({_share(matched, s['listed'])}), "
+             f"{_by_reason(ctx, 'no_larger_version'):,} with no larger version, "
+             f"{counts[9][2]:,} replaced."]
+    ids = q.rows(con, f"""SELECT DISTINCT item_id FROM _rep_stage_latest
+                          WHERE reason IN ('not_in_album', 'ambiguous', 'no_master') OR outcome IN ('failed', 'needs_review')
+                          ORDER BY item_id LIMIT {GALLERY_LIMIT + 1}""")
+    return _section("hires", "Hi-res replacement", facts=items, lines=lines,
+                    gallery=_person_list(con, [r["item_id"] for r in ids], "Flickr image"))
+
+
+def _person_list(con, item_ids: list[str], source_label: str) -> dict | None:
+    """Rows of [item, source thumbnail, best candidate, runner-up] for a person to decide."""
+    if not item_ids:
+        return None
+    from reports import build, thumbs
+
+    more = max(0, len(item_ids) - GALLERY_LIMIT)
+    item_ids = item_ids[:GALLERY_LIMIT]
+    info = {r["item_id"]: r for r in q.rows(con, f"""
+        SELECT i.item_id, any_value(i.name) AS name, any_value(i.source_ref) AS source_ref,
+               arg_max(l.sha256, l.seq) FILTER (WHERE l.sha256 IS NOT NULL) AS sha256,
+               arg_max(l.reason, l.seq) FILTER (WHERE l.reason IS NOT NULL) AS reason,
+               arg_max(l.detail, l.seq) AS detail
+        FROM _rep_items i LEFT JOIN _rep_stage_latest l USING (item_id)
+        WHERE i.item_id IN ({', '.join('?' for _ in item_ids)}) GROUP BY i.item_id""", item_ids)}
+    matches = q.best_matches(con, item_ids)
+    assets = q.asset_thumbs(con, [r["sha256"] for r in info.values() if r.get("sha256")])
+    rows = []
+    for item_id in item_ids:
+        r = info.get(item_id, {"item_id": item_id})
+        r["detail"] = build._json(r.get("detail"))
+        t = build.attention_thumbs(con, r, matches.get(item_id, []), assets)
+        t[0]["caption"] = source_label
+        rows.append({"label": r.get("name") or item_id, "link": thumbs.link(r.get("source_ref")),
+                     "verdict": r.get("reason") or "", "thumbs": t})
+    return {"head": ["item", source_label, "best candidate", "runner-up"], "rows": rows, "more": more}
+
+
+# -- matching (any story that compared pictures) ----------------------------------------------
+def matching(con, facts: dict, ctx: dict) -> dict | None:
+    """The distance distribution of best candidates vs the rest, with the threshold marked."""
+    if not ctx["matches"]:
+        return None
+    higher = _higher_is_closer(ctx)
+    hist = q.distance_histogram(con)
+    best = [(r["distance"], r["count"]) for r in hist if r["best"]]
+    rest = [(r["distance"], r["count"]) for r in hist if not r["best"]]
+    threshold = q.match_threshold(con)
+    method = ", ".join(m for m in ctx["methods"] if m) or "distance"
+    chart = charts.distances(best, rest, threshold, xlabel=f"{method} {'score' if higher else 'distance'}",
+                             higher_is_closer=higher)
+    totals, per = q.query_margins(con, higher, limit=0)
+    items = [_fact("pictures compared", int(totals["queries"]), key="match-queries"),
+             _fact("with a chosen candidate", int(totals["chosen"]), key="match-chosen"),
+             _fact("comparisons recorded", ctx["matches"])]
+    if threshold is not None:
+        items.append(_fact("threshold", f"{threshold:g}", note="a best candidate beyond it is not taken"))
+    caption = (f"Distribution of {method} values: best candidate per picture (green) and the rest (grey)"
+               + (f"; the dashed line is the threshold {threshold:g}." if threshold is not None else "."))
+    return _section("matching", "Matching", facts=items,
+                    charts=[{"src": chart, "alt": "distance distribution", "caption": caption}] if chart else [])
+
+
+# -- personal archive to S3 -------------------------------------------------------------------
+def s3(con, facts: dict, ctx: dict) -> dict | None:
+    """Storage classes of what was delivered and the fixity checks' results."""
+    if "s3" not in (ctx["source"], ctx["destination"]) and "fixity" not in ctx["stages"]:
+        return None
+    classes = [r for r in q.detail_counts(con, "deliver", "storage_class") if r["value"] != "(none)"]
+    fixity = {(o, r): n for (st, o, r), n in ctx["reasons"].items() if st == "fixity"}
+    items = [_fact(f"stored as {r['value']}", int(r["count"])) for r in classes]
+    ok = sum(n for (o, _), n in fixity.items() if o == "ok")
+    bad = sum(n for (o, _), n in fixity.items() if o != "ok")
+    if fixity:
+        items.append(_fact("fixity verified", ok, key="s3-fixity-ok",
+                           note=", ".join(f"{r or 'checked'} × {n:,}" for (o, r), n in fixity.items() if o == "ok")))
+        items.append(_fact("fixity failed", bad, key="s3-fixity-failed",
+                           note=", ".join(f"{r} × {n:,}" for (o, r), n in fixity.items() if o != "ok") or None))
+    summ = facts["run_summary"] or {}
+    if summ.get("excluded_prefixes"):
+        items.append(_fact("never read (our own output)", ", ".join(map(str, summ["excluded_prefixes"]))))
+    lines = [f"S3: {ok:,} objects verified after upload" + (f", ⚠ {bad:,} failed their fixity check." if bad else ".")] \
+        if fixity else []
+    chart = charts.counts([r["value"] for r in classes], [int(r["count"]) for r in classes]) if classes else None
+    return _section("s3", "Archive to S3", facts=items, lines=lines,
+                    charts=[{"src": chart, "alt": "storage classes", "caption": "Delivered originals by storage class."}]
+                    if chart else [])
+
+
+# -- capture times (timezone-correct upload) ------------------------------------------------
+def capture_times(con, facts: dict, ctx: dict) -> dict | None:
+    """Where each capture time's zone came from; for a dry run, the whole plan to review."""
+    if not ctx["captures"]:
+        return None
+    prov = q.provenance(con)
+    total = sum(int(r["count"]) for r in prov)
+    items = [_fact(f"from {r['provenance']}", int(r["count"]), key=f"prov-{r['provenance']}",
+                   note=_share(r["count"], total) + (f"; {r['conflicts']:,} with conflicting clues" if r["conflicts"] else ""))
+             for r in prov]
+    chart = charts.counts([r["provenance"] for r in prov], [int(r["count"]) for r in prov])
+    dry = bool(facts["summary"].get("dry_run"))
+    table = None
+    lines = []
+    guessed = sum(int(r["count"]) for r in prov if r["provenance"] in ("default", "previous", "unknown"))
+    if guessed:
+        lines.append(f"Capture times: {guessed:,} of {total:,} photos got their zone from a default or a "
+                     "neighbour: worth a look before uploading.")
+    if dry:
+        plan = q.capture_plan(con, PLAN_LIMIT)
+        table = {"head": ["photo", "local time (camera)", "UTC", "offset", "zone", "provenance", "conflicts"],
+                 "rows": [[p["name"], _when(p["local"]), _when(p["utc"]), _offset(p["offset_minutes"]),
+                           p["tz"] or "", p["provenance"] or "", _conflicts(p["conflicts"])] for p in plan],
+                 "more": max(0, total - len(plan))}
+        if facts.get("out_dir") and not facts.get("plan_given"):
+            facts.setdefault("extra_files", {})["plan_csv"] = str(write_plan_csv(con, facts["out_dir"]))
+        lines.append(f"Dry run: the plan below gives every photo's UTC time and where its zone came from; "
+                     "review it, then run without --dry-run.")
+    title = "Upload plan (dry run): capture times to review" if dry else "Capture times restored"
+    return _section("capture", title, facts=items, table=table, lines=lines,
+                    charts=[{"src": chart, "alt": "capture-time provenance",
+                             "caption": "Where each photo's time zone came from."}] if chart else [])
+
+
+def write_plan_csv(con, out: Path) -> Path:
+    """Every photo of a dry run with its UTC time and provenance (all rows, not just the HTML's)."""
+    path = out / "plan.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "item_id", "local", "utc", "offset_minutes", "tz", "provenance", "conflicts"])
+        for p in q.capture_plan(con, None):
+            w.writerow([p["name"], p["item_id"], p["local"], p["utc"], p["offset_minutes"], p["tz"],
+                        p["provenance"], p["conflicts"]])
+    return path
+
+
+# -- small formatting helpers -------------------------------------------------------------------
+def _share(n: Any, whole: Any) -> str:
+    return f"{100.0 * float(n or 0) / float(whole):.1f}%" if whole else "—"
+
+
+def _num(x: Any) -> str:
+    return "" if x is None else f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _base(ref: Any) -> str:
+    if not ref:
+        return ""
+    return str(ref).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _when(d: Any) -> str:
+    return "" if d is None else d.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if getattr(d, "tzinfo", None) else "")
+
+
+def _offset(minutes: Any) -> str:
+    if minutes is None:
+        return ""
+    sign = "+" if minutes >= 0 else "-"
+    h, m = divmod(abs(int(minutes)), 60)
+    return f"{sign}{h:02d}:{m:02d}"
+
+
+def _conflicts(value: Any) -> str:
+    if not value or value in ("[]", "null"):
+        return ""
+    return str(value)[:120]

@@ -88,3 +88,9 @@ def link(ref: Any) -> str | None:
     if ref.startswith("/"):
         return "file://" + quote(ref)
     return None
+
+
+def short_name(ref: Any, width: int = 32) -> str:
+    """The last part of a path, URL or id, short enough for a caption."""
+    text = str(ref or "").rstrip("/").rsplit("/", 1)[-1]
+    return text if len(text) <= width else "…" + text[-(width - 1):]

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Literal
 from pydantic import BaseModel, Field
 
 from photo_escape.outcomes import PermanentError, TransientError
-from photo_escape.secrets import SecretRef, resolve
+from photo_escape.secrets import SecretMissing, SecretRef, resolve
 
 CHUNK = 1 << 20
 
@@ -116,6 +116,8 @@ def classify(exc: BaseException) -> Exception:
 
     if isinstance(exc, (PermanentError, TransientError)):
         return exc
+    if isinstance(exc, SecretMissing):
+        return PermanentError("secret_missing", str(exc))
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return PermanentError("no_credentials", "no AWS credentials found (environment, ~/.aws, or credentials:)")
     if isinstance(exc, ClientError):

@@ -190,6 +190,7 @@ class S3Destination(Destination):
             err = classify(exc)
             return [outcome(item["item_id"], "deliver", "failed", getattr(err, "reason", "upload_failed"),
                             detail={"message": redact(str(err))[:300]}, duration_ms=sw.ms,
+                            attempt=int(getattr(exc, "attempts", 1)),
                             sha256=item.get("sha256")) | {"item": item}]
 
     def _deliver_one(self, item: dict, dry_run: bool, sw: Stopwatch) -> list[dict]:
@@ -303,7 +304,9 @@ class S3Destination(Destination):
                 time.sleep(backoff * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5))
         if fixity and not fixity["ok"]:
             return fixity, retries + 1
-        raise last if last else TransientError("upload_failed")
+        err = last if last else TransientError("upload_failed")
+        err.attempts = retries + 1  # type: ignore[attr-defined]
+        raise err
 
     def _put_file(self, path: Any, key: str, extra: dict) -> None:
         if isinstance(path, bytes):  # a non-UTF-8 local name: hand boto3 an open file

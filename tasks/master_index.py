@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Iterable
@@ -157,7 +158,10 @@ def _finish(con: duckdb.DuckDBPyConnection, id_regex: str, lines: int, *, source
 
 
 class MasterIndex:
-    """A built index, opened read-only (many readers may share it)."""
+    """A built index, opened read-only (many readers may share it).
+
+    Safe to share between threads: each thread queries through its own cursor
+    (a DuckDB connection serves one call at a time)."""
 
     def __init__(self, index_path: str | Path) -> None:
         self.path = Path(index_path)
@@ -165,10 +169,17 @@ class MasterIndex:
             raise MasterIndexError(f"no master index at {self.path}; build it with `photo-escape master-index build`")
         self.con = duckdb.connect(str(self.path), read_only=True)
         self.con.execute("SET threads = 1")  # point lookups: no use for a thread pool
+        self._local = threading.local()
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._local.cursor = self.con.cursor()
+        return cur
 
     def lookup_one(self, digital_id: str) -> list[str]:
         """The master paths of one Digital ID (empty when the store has none)."""
-        rows = self.con.execute(
+        rows = self._cursor().execute(
             "SELECT path FROM masters WHERE digital_id = ? ORDER BY path", [digital_id.lower()]
         ).fetchall()
         return [r[0] for r in rows]
@@ -179,13 +190,14 @@ class MasterIndex:
         out: dict[str, list[str]] = {d: [] for d in wanted}
         if not wanted:
             return out
-        self.con.register("_wanted", pa.table({"digital_id": pa.array(wanted, pa.string())}))
+        cur = self._cursor()
+        cur.register("_wanted", pa.table({"digital_id": pa.array(wanted, pa.string())}))
         try:
-            rows = self.con.execute(
+            rows = cur.execute(
                 "SELECT m.digital_id, m.path FROM masters m JOIN _wanted USING (digital_id) ORDER BY 1, 2"
             ).fetchall()
         finally:
-            self.con.unregister("_wanted")
+            cur.unregister("_wanted")
         for did, path in rows:
             out[did].append(path)
         return out

@@ -90,6 +90,8 @@ class FaultPlan:
         self._lock = threading.Lock()
         self.rules: list[Fault] = []
         self.requests: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0  # most requests being answered at once (politeness checks)
         for r in rules:
             self.add(**r)
 
@@ -105,6 +107,7 @@ class FaultPlan:
         with self._lock:
             self.rules.clear()
             self.requests.clear()
+            self.peak_in_flight = self.in_flight
 
     def pick(self, target: str, path: str) -> Fault | None:
         """The fault this request gets, if any (the first rule that claims it)."""
@@ -117,6 +120,15 @@ class FaultPlan:
     def record(self, entry: dict[str, Any]) -> None:
         with self._lock:
             self.requests.append(entry)
+
+    def enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def count(self, pattern: str = ".*", fault: str | None = None) -> int:
         """How many logged requests matched ``pattern`` (and got ``fault``, if given)."""
@@ -163,10 +175,14 @@ class FaultInjector:
         fault = self.plan.pick(target, path)
         kind = fault.kind if fault else None
         self.plan.record({"target": target, "fault": kind, "cookies": bool(environ.get("HTTP_COOKIE")),
-                          "at": time.time()})
-        if fault is None:
-            return self.app(environ, start_response)
-        return getattr(self, f"_{kind}")(fault, environ, start_response)
+                          "at": time.monotonic()})
+        self.plan.enter()
+        try:
+            if fault is None:
+                return self.app(environ, start_response)
+            return getattr(self, f"_{kind}")(fault, environ, start_response)
+        finally:
+            self.plan.leave()
 
     # -- the faults ---------------------------------------------------------------------
     def _error(self, fault: Fault, environ: dict, start_response: Callable) -> Iterable[bytes]:

@@ -222,13 +222,13 @@ def network_reason(exc: BaseException) -> str:
     chain = list(_chain(exc))
     if any(isinstance(e, (u3.IncompleteRead, http.client.IncompleteRead)) for e in chain):
         return "truncated"
-    if any(isinstance(e, (requests.exceptions.Timeout, u3.TimeoutError, TimeoutError)) for e in chain):
-        return "timeout"
-    if any(isinstance(e, ConnectionRefusedError) for e in chain):
-        return "connection_refused"
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):  # before timeouts: urllib3's
+        return "connection_refused"  # NewConnectionError is a ConnectTimeoutError subclass
     if any(isinstance(e, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError,
                           http.client.RemoteDisconnected)) for e in chain):
         return "connection_reset"
+    if any(isinstance(e, (requests.exceptions.Timeout, u3.TimeoutError, TimeoutError)) for e in chain):
+        return "timeout"
     text = " ".join(str(e) for e in chain).lower()
     if "timed out" in text:
         return "timeout"
@@ -337,7 +337,7 @@ class Downloader:
         self.session = session or make_session(self.settings, pool=concurrency, cookies=False)
         self.gate = HostGate(self.settings.per_host, self.settings.rate_per_host)
         self.sleep = sleep
-        self._expo = wait_exponential_jitter(initial=backoff_seconds, max=self.settings.backoff_max,
+        self._expo = wait_exponential_jitter(multiplier=backoff_seconds, max=self.settings.backoff_max,
                                              jitter=backoff_seconds)
 
     @classmethod

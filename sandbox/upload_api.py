@@ -196,8 +196,11 @@ class UploadAPI:
         self.app.config["accept_then_fail"] = {"times": times, "mode": mode}
 
     def start(self) -> "UploadAPI":
+        import logging
+
         from sandbox.server import serve
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per upload
         self.server = serve(self.wsgi)
         return self
 

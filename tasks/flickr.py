@@ -207,7 +207,7 @@ class FlickrClient:
         attempts = 0
         retrying = Retrying(
             stop=stop_after_attempt(self.retries + 1),
-            wait=wait_exponential_jitter(initial=self.backoff_seconds, max=self.backoff_max,
+            wait=wait_exponential_jitter(multiplier=self.backoff_seconds, max=self.backoff_max,
                                          jitter=self.backoff_seconds),
             retry=retry_if_exception(lambda e: isinstance(e, FlickrProblem) and e.transient),
             reraise=True, sleep=self.sleep)

@@ -1,0 +1,334 @@
+"""The S3 destination and source against moto's S3 server (real HTTP on 127.0.0.1),
+boto3 unmodified: keys, storage classes, metadata, sidecars, verification, skip and
+conflict, multipart, a connection dropped mid-upload, listing and fetching."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sandbox import photos
+from sandbox.s3 import FaultProxy, preview_of, write_raw
+from tasks.destinations.s3 import S3Destination, S3DestinationConfig, sampled
+from tasks.s3util import sha256_file
+from tasks.sources.s3 import S3Source, S3SourceConfig
+
+FAST = SimpleNamespace(retries=2, backoff_seconds=0.01, concurrency=4, max_bytes=2_000_000_000)
+
+
+def _item(path: Path, taken: str | None = "2006-10-04T09:30:00", **extra) -> dict:
+    sha, n = sha256_file(str(path))
+    capture = {"local": taken, "utc": None, "offset_minutes": None, "tz": None,
+               "provenance": "exif" if taken else None, "conflicts": []}
+    return {"item_id": f"local:{path.name}", "source_ref": str(path), "name": path.name, "local_path": str(path),
+            "sha256": sha, "bytes": n, "capture": capture, "asset": {"width": 640, "height": 480, "format": "JPEG"},
+            **extra}
+
+
+def _dest(s3_server, bucket, creds, url=None, options=FAST, **cfg) -> S3Destination:
+    config = S3DestinationConfig(kind="s3", bucket=bucket, endpoint_url=url or s3_server.url,
+                                 credentials={"env": creds}, **cfg)
+    return S3Destination(config, workdir=Path("."), options=options)
+
+
+def _final(outcomes: list[dict]) -> dict[str, dict]:
+    return {o["item_id"]: o for o in outcomes if o["stage"] == "deliver"}
+
+
+def _keys(client, bucket) -> dict[str, dict]:
+    resp = client.list_objects_v2(Bucket=bucket)
+    return {o["Key"]: o for o in resp.get("Contents", [])}
+
+
+@pytest.fixture
+def camera(tmp_path):
+    """Two dated JPEGs, an undated one and a NEF-style RAW."""
+    a = photos.write_jpeg(tmp_path / "IMG_00001.JPG", 1, taken=datetime(2006, 10, 4, 9, 30))
+    b = photos.write_jpeg(tmp_path / "IMG_00002.JPG", 2, taken=datetime(2006, 10, 5, 23, 59))
+    c = photos.write_jpeg(tmp_path / "scan.jpg", 3)
+    raw = write_raw(tmp_path / "IMG_00003.NEF", 4, taken=datetime(2006, 10, 4, 11, 0))
+    return [_item(a), _item(b, "2006-10-05T23:59:00"), _item(c, None), _item(raw, "2006-10-04T11:00:00")]
+
+
+def test_archive_layout_keys_classes_metadata_and_sidecar(s3_server, s3_bucket, s3_credentials, s3_client, camera):
+    dest = _dest(s3_server, s3_bucket, s3_credentials, sidecar=True, storage_class="STANDARD_IA")
+    out = dest.deliver(camera)
+    final = _final(out)
+    assert {o["outcome"] for o in final.values()} == {"ok"} and all(o["final"] for o in final.values())
+    assert {o["reason"] for o in final.values()} == {"uploaded"}
+    keys = _keys(s3_client, s3_bucket)
+    assert set(keys) == {
+        "originals/2006/10/04/IMG_00001.JPG", "originals/2006/10/04/IMG_00001.JPG.json",
+        "thumbnails/2006/10/04/IMG_00001.JPG.jpg",
+        "originals/2006/10/05/IMG_00002.JPG", "originals/2006/10/05/IMG_00002.JPG.json",
+        "thumbnails/2006/10/05/IMG_00002.JPG.jpg",
+        "originals/undated/scan.jpg", "originals/undated/scan.jpg.json", "thumbnails/undated/scan.jpg.jpg",
+        "originals/2006/10/04/IMG_00003.NEF", "originals/2006/10/04/IMG_00003.NEF.json",
+        "thumbnails/2006/10/04/IMG_00003.NEF.jpg",
+    }
+    for key, obj in keys.items():
+        original = key.startswith("originals/") and not key.endswith(".json")
+        assert obj["StorageClass"] == ("STANDARD_IA" if original else "STANDARD"), key
+    # the sha256 and capture time ride in the object's metadata; the bytes are the file's
+    head = s3_client.head_object(Bucket=s3_bucket, Key="originals/2006/10/04/IMG_00003.NEF")
+    assert head["Metadata"]["sha256"] == camera[3]["sha256"]
+    assert head["Metadata"]["taken"] == "2006-10-04T11:00:00"
+    assert head["ContentType"] == "image/x-nikon-nef"
+    body = s3_client.get_object(Bucket=s3_bucket, Key="originals/2006/10/04/IMG_00003.NEF")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == camera[3]["sha256"]
+    side = json.loads(s3_client.get_object(Bucket=s3_bucket, Key="originals/undated/scan.jpg.json")["Body"].read())
+    assert side["sha256"] == camera[2]["sha256"] and side["capture_time"]["local"] is None
+    assert side["original"]["key"] == "originals/undated/scan.jpg"
+    assert side["thumbnail"] == "thumbnails/undated/scan.jpg.jpg" and "local_path" not in side["source"]
+    # one fixity event per original, before its deliver outcome
+    fix = [o for o in out if o["stage"] == "fixity"]
+    assert len(fix) == 4 and all(o["outcome"] == "ok" and o["detail"]["method"] == "head" for o in fix)
+    assert [o["stage"] for o in out if o["item_id"] == camera[0]["item_id"]] == ["fixity", "deliver"]
+
+
+def test_raw_thumbnail_in_the_bucket_is_the_embedded_preview(s3_server, s3_bucket, s3_credentials, s3_client, camera):
+    dest = _dest(s3_server, s3_bucket, s3_credentials, thumbnail_size=320)
+    out = _final(dest.deliver([camera[3]]))
+    assert out[camera[3]["item_id"]]["detail"]["thumbnail"]["method"] == "raw_preview"
+    data = s3_client.get_object(Bucket=s3_bucket, Key="thumbnails/2006/10/04/IMG_00003.NEF.jpg")["Body"].read()
+    assert data[:3] == b"\xff\xd8\xff"
+    thumb = Image.open(io.BytesIO(data))
+    assert thumb.format == "JPEG" and thumb.size == (320, 240)
+    expected = Image.open(io.BytesIO(preview_of(4))).convert("L").resize((320, 240))
+    diff = np.abs(np.asarray(thumb.convert("L"), float) - np.asarray(expected, float)).mean()
+    assert diff < 6, diff  # the same picture, not the tiny IFD0 thumbnail or noise
+
+
+@pytest.mark.parametrize("storage_class", ["STANDARD", "GLACIER_IR", "DEEP_ARCHIVE"])
+def test_storage_class_of_originals_and_full_verification(s3_server, s3_bucket, s3_credentials, s3_client, camera,
+                                                          storage_class):
+    dest = _dest(s3_server, s3_bucket, s3_credentials, storage_class=storage_class, verify="full")
+    out = dest.deliver(camera[:1])
+    fixity = _final(out)[camera[0]["item_id"]]["detail"]["fixity"]
+    head = s3_client.head_object(Bucket=s3_bucket, Key="originals/2006/10/04/IMG_00001.JPG")
+    assert head.get("StorageClass", "STANDARD") == storage_class
+    thumb = s3_client.head_object(Bucket=s3_bucket, Key="thumbnails/2006/10/04/IMG_00001.JPG.jpg")
+    assert thumb.get("StorageClass", "STANDARD") == "STANDARD"
+    if storage_class == "DEEP_ARCHIVE":  # cannot be read back without a restore: said so
+        assert fixity["method"] == "head" and "archived" in fixity["note"]
+    else:
+        assert fixity["method"] == "full" and fixity["downloaded_sha256"] == camera[0]["sha256"]
+
+
+def test_rerun_adds_nothing_and_sends_no_upload(s3_server, s3_bucket, s3_credentials, s3_client, camera):
+    _dest(s3_server, s3_bucket, s3_credentials, sidecar=True).deliver(camera)
+    before = {k: (o["ETag"], o["LastModified"]) for k, o in _keys(s3_client, s3_bucket).items()}
+    with FaultProxy(s3_server.port) as proxy:
+        again = _dest(s3_server, s3_bucket, s3_credentials, url=proxy.url, sidecar=True).deliver(camera)
+        assert proxy.uploads() == [] and proxy.requests  # only HEADs went out
+    assert {o["reason"] for o in _final(again).values()} == {"already_present"}
+    assert all(o["final"] and o["outcome"] == "ok" for o in _final(again).values())
+    after = {k: (o["ETag"], o["LastModified"]) for k, o in _keys(s3_client, s3_bucket).items()}
+    assert after == before
+
+
+def test_a_crash_after_the_original_is_completed_by_the_rerun(s3_server, s3_bucket, s3_credentials, s3_client,
+                                                              camera):
+    dest = _dest(s3_server, s3_bucket, s3_credentials, sidecar=True)
+    dest.deliver(camera[:1])
+    s3_client.delete_object(Bucket=s3_bucket, Key="thumbnails/2006/10/04/IMG_00001.JPG.jpg")
+    s3_client.delete_object(Bucket=s3_bucket, Key="originals/2006/10/04/IMG_00001.JPG.json")
+    o = _final(dest.deliver(camera[:1]))[camera[0]["item_id"]]
+    assert o["reason"] == "already_present"
+    assert o["detail"]["thumbnail"]["result"] == "uploaded" and o["detail"]["sidecar"]["result"] == "uploaded"
+    assert len(_keys(s3_client, s3_bucket)) == 3
+
+
+def test_different_content_under_the_key_is_never_overwritten(s3_server, s3_bucket, s3_credentials, s3_client,
+                                                             camera):
+    key = "originals/2006/10/04/IMG_00001.JPG"
+    s3_client.put_object(Bucket=s3_bucket, Key=key, Body=b"someone else's picture", Metadata={"sha256": "0" * 64})
+    o = _final(_dest(s3_server, s3_bucket, s3_credentials).deliver(camera[:1]))[camera[0]["item_id"]]
+    assert (o["outcome"], o["reason"]) == ("failed", "key_conflict")
+    assert o["detail"]["existing_sha256"] == "0" * 64
+    assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == b"someone else's picture"
+    assert set(_keys(s3_client, s3_bucket)) == {key}  # no thumbnail for a photo not stored
+    # with on_conflict: suffix the photo gets its own key, stable across reruns
+    dest = _dest(s3_server, s3_bucket, s3_credentials, on_conflict="suffix")
+    o = _final(dest.deliver(camera[:1]))[camera[0]["item_id"]]
+    sha8 = camera[0]["sha256"][:8]
+    assert o["outcome"] == "ok" and o["detail"]["key"] == f"originals/2006/10/04/IMG_00001~{sha8}.JPG"
+    assert f"thumbnails/2006/10/04/IMG_00001~{sha8}.JPG.jpg" in _keys(s3_client, s3_bucket)
+    o = _final(dest.deliver(camera[:1]))[camera[0]["item_id"]]
+    assert o["reason"] == "already_present" and len(_keys(s3_client, s3_bucket)) == 3
+    assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == b"someone else's picture"
+
+
+def test_full_verification_catches_a_rotten_copy(s3_server, s3_bucket, s3_credentials, s3_client, camera):
+    """An object whose metadata claims our sha256 but whose bytes differ (bit rot, a
+    bad copy): HEAD cannot see it, a full verification does, and nothing is overwritten."""
+    item = camera[0]
+    good = Path(item["local_path"]).read_bytes()
+    rotten = bytearray(good)
+    rotten[len(rotten) // 2] ^= 0xFF
+    key = "originals/2006/10/04/IMG_00001.JPG"
+    s3_client.put_object(Bucket=s3_bucket, Key=key, Body=bytes(rotten), Metadata={"sha256": item["sha256"]})
+    head_only = _final(_dest(s3_server, s3_bucket, s3_credentials, thumbnails=None).deliver([item]))
+    assert head_only[item["item_id"]]["reason"] == "already_present"
+    out = _dest(s3_server, s3_bucket, s3_credentials, thumbnails=None, verify="full").deliver([item])
+    fix = [o for o in out if o["stage"] == "fixity"]
+    assert fix and fix[0]["outcome"] == "failed" and fix[0]["reason"] == "content_mismatch"
+    assert _final(out)[item["item_id"]]["outcome"] == "failed"
+    assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == bytes(rotten)
+
+
+def test_verify_sample_is_stable_and_about_the_share():
+    shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(2000)]
+    picked = [s for s in shas if sampled(s, 0.1)]
+    assert 140 < len(picked) < 260
+    assert picked == [s for s in shas if sampled(s, 0.1)]
+    assert not any(sampled(s, 0.0) for s in shas) and all(sampled(s, 1.0) for s in shas)
+
+
+def test_dry_run_writes_nothing(s3_server, s3_bucket, s3_credentials, s3_client, camera):
+    out = _final(_dest(s3_server, s3_bucket, s3_credentials).deliver(camera, dry_run=True))
+    assert {(o["outcome"], o["reason"]) for o in out.values()} == {("skipped", "dry_run")}
+    assert out[camera[2]["item_id"]]["detail"]["planned"]["original"] == "originals/undated/scan.jpg"
+    assert _keys(s3_client, s3_bucket) == {}
+
+
+def test_multipart_upload_of_a_large_original(s3_server, s3_bucket, s3_credentials, s3_client, tmp_path):
+    big = tmp_path / "PANORAMA.TIF"
+    big.write_bytes(os.urandom(20 * 1024 * 1024))
+    item = _item(big)
+    dest = _dest(s3_server, s3_bucket, s3_credentials, thumbnails=None, verify="full",
+                 multipart_threshold_mb=5, multipart_chunk_mb=5)
+    o = _final(dest.deliver([item]))[item["item_id"]]
+    assert o["outcome"] == "ok" and o["detail"]["fixity"]["method"] == "full"
+    assert o["detail"]["upload_requests"] == 4  # four 5 MB parts
+    head = s3_client.head_object(Bucket=s3_bucket, Key="originals/2006/10/04/PANORAMA.TIF")
+    assert head["ETag"].strip('"').endswith("-4") and head["ContentLength"] == 20 * 1024 * 1024
+    assert head["Metadata"]["sha256"] == item["sha256"]
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads") is None
+
+
+def test_connection_dropped_mid_upload_ends_in_a_retried_verified_upload(s3_server, s3_bucket, s3_credentials,
+                                                                         s3_client, camera):
+    with FaultProxy(s3_server.port) as proxy:
+        dest = _dest(s3_server, s3_bucket, s3_credentials, url=proxy.url, thumbnails=None, verify="full")
+        proxy.drop_uploads(1, min_body=10_000)
+        out = dest.deliver(camera[:1])
+    assert len(proxy.resets) == 1 and 0 < proxy.resets[0]["sent"] < proxy.resets[0]["length"]
+    assert proxy.resets[0]["path"].endswith("/originals/2006/10/04/IMG_00001.JPG")
+    o = _final(out)[camera[0]["item_id"]]
+    assert o["outcome"] == "ok" and o["detail"]["upload_requests"] == 2  # the reset one, then the retry
+    assert o["detail"]["fixity"]["method"] == "full" and o["detail"]["fixity"]["ok"]
+    body = s3_client.get_object(Bucket=s3_bucket, Key="originals/2006/10/04/IMG_00001.JPG")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == camera[0]["sha256"]
+
+
+def test_multipart_part_dropped_is_retried_and_nothing_partial_is_left(s3_server, s3_bucket, s3_credentials,
+                                                                      s3_client, tmp_path):
+    big = tmp_path / "BIG.NEF"
+    big.write_bytes(os.urandom(12 * 1024 * 1024))
+    item = _item(big)
+    key = "originals/2006/10/04/BIG.NEF"
+    # botocore retries nothing (max_attempts 1): every reset fails the transfer, which
+    # s3transfer aborts; our own loop starts the upload again
+    with FaultProxy(s3_server.port) as proxy:
+        dest = _dest(s3_server, s3_bucket, s3_credentials, url=proxy.url, thumbnails=None, verify="full",
+                     multipart_threshold_mb=5, multipart_chunk_mb=5, max_attempts=1,
+                     options=SimpleNamespace(retries=1, backoff_seconds=0.01, concurrency=2))
+        proxy.drop_uploads(1000, min_body=1_000_000)
+        failed = _final(dest.deliver([item]))[item["item_id"]]
+        assert failed["outcome"] == "failed" and failed["reason"] == "connection" and failed["attempt"] == 2
+        assert key not in _keys(s3_client, s3_bucket)
+        assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads") is None
+        assert any(m == "DELETE" and "uploadId=" in p for m, p in proxy.requests)  # aborted, not abandoned
+        resets = len(proxy.resets)
+        proxy.drop_uploads(1, skip=1, min_body=1_000_000)  # now one part of the next try is reset
+        dest = _dest(s3_server, s3_bucket, s3_credentials, url=proxy.url, thumbnails=None, verify="full",
+                     multipart_threshold_mb=5, multipart_chunk_mb=5, max_attempts=1,
+                     options=SimpleNamespace(retries=1, backoff_seconds=0.01, concurrency=2))
+        ok = _final(dest.deliver([item]))[item["item_id"]]
+    assert len(proxy.resets) == resets + 1
+    assert ok["outcome"] == "ok" and ok["detail"]["fixity"]["method"] == "full"
+    assert ok["detail"]["upload_requests"] >= 3 + 1  # three parts and the one that was reset
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads") is None
+    assert s3_client.head_object(Bucket=s3_bucket, Key=key)["Metadata"]["sha256"] == item["sha256"]
+
+
+def test_credentials_problems_are_clear_outcomes(s3_server, s3_bucket, camera, monkeypatch):
+    monkeypatch.setenv("PE_TEST_BAD_KEYS", "not json at all")
+    out = _final(_dest(s3_server, s3_bucket, "PE_TEST_NO_SUCH_VARIABLE").deliver(camera[:1]))
+    assert out[camera[0]["item_id"]]["reason"] == "secret_missing"
+    out = _final(_dest(s3_server, s3_bucket, "PE_TEST_BAD_KEYS").deliver(camera[:1]))
+    o = out[camera[0]["item_id"]]
+    assert o["reason"] == "bad_credentials" and "not json" not in json.dumps(o, default=str)
+
+
+def test_missing_bucket_is_a_clear_failure(s3_server, s3_credentials, camera):
+    o = _final(_dest(s3_server, "no-such-bucket-here", s3_credentials).deliver(camera[:1]))[camera[0]["item_id"]]
+    assert o["outcome"] == "failed" and o["reason"] in ("no_such_bucket", "not_found")
+
+
+# --- the source -------------------------------------------------------------------------------
+
+
+def _source(s3_server, bucket, creds, workdir, **cfg) -> S3Source:
+    config = S3SourceConfig(kind="s3", bucket=bucket, endpoint_url=s3_server.url, credentials={"env": creds}, **cfg)
+    return S3Source(config, workdir=workdir, options=FAST)
+
+
+def _fill(client, bucket, keys: dict[str, bytes]) -> None:
+    for k, body in keys.items():
+        client.put_object(Bucket=bucket, Key=k, Body=body)
+
+
+def test_source_lists_in_pages_with_pattern_and_exclusions(s3_server, s3_bucket, s3_credentials, s3_client, tmp_path):
+    _fill(s3_client, s3_bucket, {
+        "inbox/a.jpg": b"a", "inbox/b.JPG": b"bb", "inbox/c.nef": b"ccc", "inbox/notes.txt": b"x",
+        "inbox/sub/": b"", "inbox/sub/d.jpg": b"dddd", "inbox/tmp/e.jpg": b"e",
+        "originals/2006/10/04/a.jpg": b"a", "thumbnails/2006/10/04/a.jpg.jpg": b"t", "other/f.jpg": b"f",
+    })
+    src = _source(s3_server, s3_bucket, s3_credentials, tmp_path, prefix="inbox/", pattern=["*.jpg", "*.nef"],
+                  exclude=["inbox/tmp/"], page_size=2)
+    pages = list(src.list_pages())
+    assert len(pages) >= 3  # paginated: two keys per request
+    items = [i for p in pages for i in p]
+    assert [i["key"] for i in items] == ["inbox/a.jpg", "inbox/b.JPG", "inbox/c.nef", "inbox/sub/d.jpg"]
+    d = items[-1]
+    assert d["item_id"] == d["source_ref"] == f"s3://{s3_bucket}/inbox/sub/d.jpg"
+    assert d["name"] == "d.jpg" and d["relpath"] == "sub/d.jpg" and d["size"] == 4
+    assert d["fingerprint"] == f"{hashlib.md5(b'dddd').hexdigest()}:4"
+
+
+def test_source_never_lists_the_destinations_own_output(s3_server, s3_bucket, s3_credentials, s3_client, tmp_path):
+    _fill(s3_client, s3_bucket, {"a.jpg": b"a", "originals/2006/a.jpg": b"a", "thumbnails/2006/a.jpg.jpg": b"t"})
+    dest = _dest(s3_server, s3_bucket, s3_credentials)
+    src = _source(s3_server, s3_bucket, s3_credentials, tmp_path)
+    src.protect(dest.protected_prefixes() + ["s3://some-other-bucket/a", str(tmp_path)])
+    assert dest.protected_prefixes() == [f"s3://{s3_bucket}/originals/", f"s3://{s3_bucket}/thumbnails/"]
+    assert [i["key"] for p in src.list_pages() for i in p] == ["a.jpg"]
+
+
+def test_source_fetch_streams_hashes_and_reports_problems(s3_server, s3_bucket, s3_credentials, s3_client, tmp_path):
+    body = os.urandom(300_000)
+    _fill(s3_client, s3_bucket, {"p/one.jpg": body, "q/one.jpg": b"other", "gone.jpg": b"g"})
+    s3_client.put_object(Bucket=s3_bucket, Key="cold.jpg", Body=b"c", StorageClass="DEEP_ARCHIVE")
+    src = _source(s3_server, s3_bucket, s3_credentials, tmp_path)
+    items = {i["key"]: i for p in src.list_pages() for i in p}
+    s3_client.delete_object(Bucket=s3_bucket, Key="gone.jpg")
+    out = {o["item_id"]: o for o in src.fetch(list(items.values()))}
+    one = out[f"s3://{s3_bucket}/p/one.jpg"]
+    assert one["outcome"] == "ok" and one["sha256"] == hashlib.sha256(body).hexdigest()
+    assert Path(one["item"]["local_path"]).read_bytes() == body
+    other = out[f"s3://{s3_bucket}/q/one.jpg"]["item"]["local_path"]
+    assert other != one["item"]["local_path"] and Path(other).read_bytes() == b"other"  # same name, own folder
+    assert out[f"s3://{s3_bucket}/gone.jpg"]["reason"] == "not_found"
+    assert out[f"s3://{s3_bucket}/cold.jpg"]["reason"] == "archived_not_readable"
+    assert not list(tmp_path.rglob("*.part"))  # no temporary file left behind

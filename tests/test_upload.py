@@ -63,7 +63,7 @@ def test_dry_run_uploads_nothing_and_shows_the_plan(tmp_path, upload_api):
     assert plan["detail"]["plan"] == "upload" and plan["detail"]["provenance"] == "exif:offset"
     assert plan["detail"]["utc"] == "2014-05-16T19:01:00+00:00"
     assert plan["detail"]["capture_time_secs_utc"] == datetime.fromisoformat("2014-05-16T19:01:00+00:00").timestamp()
-    assert out["scan.jpg"]["reason"] == "no_capture_time"
+    assert out["scan.jpg"]["reason"] == "dry_run" and out["scan.jpg"]["detail"]["plan"] == "no_capture_time"
 
 
 def test_upload_sends_the_utc_time_and_never_twice(tmp_path, upload_api):
@@ -195,3 +195,55 @@ def test_retry_after_forms():
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
     assert parse_retry_after("soon") is None
+
+
+# -- through the escape flow ----------------------------------------------------------------
+
+def test_flow_dry_run_then_upload_then_rerun_uploads_nothing(tmp_path, upload_api, prefect_harness):
+    import duckdb
+
+    from flows.escape import escape
+
+    roll = tmp_path / "roll"
+    for i in range(4):
+        write_jpeg(roll / "trip" / f"IMG_{i}.JPG", 50 + i, size=SMALL, taken=datetime(2016, 4, 1, 16, 10 * i),
+                   gps=(27.70, 85.32) if i % 2 else None, offset=None if i % 2 else "+05:45")
+    write_jpeg(roll / "scans" / "old.jpg", 60, size=SMALL)  # no capture time
+    job = {
+        "name": "upload-flow-test",
+        "ledger": str(tmp_path / "ledger.duckdb"),
+        "work_dir": str(tmp_path / "work"),
+        "reports_dir": str(tmp_path / "reports"),
+        "source": {"kind": "local", "path": str(roll), "pattern": "*.jpg"},
+        "destination": {"kind": "http_upload", "url": upload_api.upload_url, "username": "anne",
+                        "secret_fields": {"password": {"env": "UPLOAD_PASSWORD"}}},
+        "options": {"batch_size": 3, "processes": 1, "backoff_seconds": 0.01},
+    }
+    dry = escape(job, dry_run=True)
+    assert stats(upload_api)["uploads_received"] == 0
+    assert dry["listed"] == 5 and dry["skipped"] == 5 and dry["failed"] == 0
+
+    real = escape(job)
+    assert real["done"] == 4 and real["skipped"] == 1 and real["failed"] == 0
+    assert real["listed"] == real["done"] + real["skipped"] + real["failed"] + real["pending"]
+    there = stored(upload_api)
+    assert len(there) == 4
+    # 16:00 in Kathmandu (+05:45) is 10:15 UTC, whether from the offset tag or the position
+    assert sorted(p["capture_time_secs_utc"] for p in there)[0] == datetime.fromisoformat(
+        "2016-04-01T10:15:00+00:00").timestamp()
+
+    again = escape(job)
+    assert again["failed"] == 0 and again["listed"] == 5
+    s = stats(upload_api)
+    assert s["uploads_received"] == 4 and s["duplicates"] == 0
+
+    con = duckdb.connect(job["ledger"], read_only=True)
+    try:
+        prov = dict(con.execute("SELECT provenance, count(DISTINCT item_id) FROM capture_times "
+                                "WHERE run_id = ? GROUP BY 1", [real["run_id"]]).fetchall())
+        reasons = dict(con.execute("SELECT reason, count(*) FROM events WHERE run_id = ? AND stage = 'deliver' "
+                                   "GROUP BY 1", [real["run_id"]]).fetchall())
+    finally:
+        con.close()
+    assert prov == {"exif:offset": 2, "gps:position": 2, "none": 1}
+    assert reasons == {"uploaded": 4, "no_capture_time": 1}

@@ -18,7 +18,8 @@ different times for it, so:
 
 * a photo with no UTC capture time is ``skipped`` with reason ``no_capture_time``;
 * ``dry_run`` uploads nothing and returns the plan (UTC time, provenance, conflicts)
-  for a person to review;
+  for a person to review: every outcome is ``skipped``/``dry_run`` with ``detail.plan``
+  one of ``upload``, ``already_uploaded``, ``refuse_time_changed``, ``no_capture_time``;
 * an fsync'ed journal beside the job's work folder records every upload *before* it
   is sent (the time it will carry) and after the remote accepted it. It is checked
   before each upload: a picture (by sha256) already accepted with the same time is
@@ -294,8 +295,9 @@ class HttpUploadDestination(Destination):
     def _decide_and_send(self, item: dict, dry_run: bool) -> tuple[str, str, dict, int]:
         secs = capture_secs(item)
         plan = _plan(item, secs)
-        if secs is None:
-            return "skipped", "no_capture_time", plan, 1
+        if secs is None:  # a dry run commits to nothing: the real run decides again
+            return ("skipped", "dry_run", dict(plan, plan="no_capture_time"), 1) if dry_run \
+                else ("skipped", "no_capture_time", plan, 1)
         sha = item.get("sha256")
         if not sha:
             return "failed", "no_content_hash", plan, 1

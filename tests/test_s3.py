@@ -332,3 +332,11 @@ def test_source_fetch_streams_hashes_and_reports_problems(s3_server, s3_bucket, 
     assert out[f"s3://{s3_bucket}/gone.jpg"]["reason"] == "not_found"
     assert out[f"s3://{s3_bucket}/cold.jpg"]["reason"] == "archived_not_readable"
     assert not list(tmp_path.rglob("*.part"))  # no temporary file left behind
+
+
+def test_create_bucket_when_asked(s3_server, s3_credentials, s3_client, camera):
+    import uuid
+
+    bucket = f"made-{uuid.uuid4().hex[:10]}"
+    o = _final(_dest(s3_server, bucket, s3_credentials, create_bucket=True).deliver(camera[:1]))[camera[0]["item_id"]]
+    assert o["outcome"] == "ok" and "originals/2006/10/04/IMG_00001.JPG" in _keys(s3_client, bucket)

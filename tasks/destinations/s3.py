@@ -79,6 +79,7 @@ class S3DestinationConfig(S3Connection, KindConfig):
     multipart_chunk_mb: float = Field(16, ge=5, description="part size for multipart uploads")
     transfer_concurrency: int = Field(4, ge=1, le=32, description="parallel parts per multipart upload")
     fixity_events: bool = Field(True, description="record a separate 'fixity' event per verified object")
+    create_bucket: bool = Field(False, description="create the bucket if it does not exist")
 
     @field_validator("originals", "thumbnails")
     @classmethod
@@ -177,6 +178,8 @@ class S3Destination(Destination):
     # -- deliver --------------------------------------------------------------------------
     def deliver(self, items: list[dict], dry_run: bool = False) -> list[dict]:
         """Upload a batch with a bounded thread pool; outcomes keep the items' order."""
+        if self.config.create_bucket and not dry_run and items:
+            self._ensure_bucket()
         workers = max(1, min(int(getattr(self.options, "concurrency", 8)), len(items) or 1))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3-deliver") as pool:
             per_item = list(pool.map(lambda it: self._deliver_safely(it, dry_run), items))
@@ -238,6 +241,21 @@ class S3Destination(Destination):
                            attempt=attempt, final=True, duration_ms=sw.ms)
                    | {"item": dict(item, target=s3_uri(self.config.bucket, keys["original"]))})
         return out
+
+    def _ensure_bucket(self) -> None:
+        """Create the bucket when it is missing (``create_bucket: true``); errors surface per item."""
+        try:
+            self.client.head_bucket(Bucket=self.config.bucket)
+            return
+        except Exception as exc:  # noqa: BLE001
+            if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+                return
+        region = self.client.meta.region_name
+        kw = {} if region in (None, "us-east-1") else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+        try:
+            self.client.create_bucket(Bucket=self.config.bucket, **kw)
+        except Exception:  # noqa: BLE001 - created meanwhile, or not allowed: the uploads will say
+            pass
 
     def _fixity_failed(self, item: dict, keys: dict, fixity: dict, sw: Stopwatch) -> list[dict]:
         out = []

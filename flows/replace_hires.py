@@ -32,12 +32,14 @@ from tasks.ledger import Ledger, new_run_id
 
 @flow(name="replace-hires", log_prints=True)
 def replace_hires(job: dict | str, dry_run: bool = False, only_failed: bool = False,
-                  run_id: str | None = None) -> dict:
+                  run_id: str | None = None, fail_on_failed_items: bool = False) -> dict:
     """Replace the account's photos with larger masters; returns the run's summary.
 
     ``job`` is a hi-res job (a dict, or the path of a YAML file with ``flow: replace_hires``).
     ``dry_run`` matches and checks everything but uploads nothing; ``only_failed``
-    works only on photos whose last outcome failed.
+    works only on photos whose last outcome failed. With ``fail_on_failed_items`` the
+    flow run ends Failed (after recording and reporting) when photos failed, so a
+    retry from the Prefect UI picks them up.
     """
     log = get_run_logger()
     spec = hires.load_hires_job(job)
@@ -72,9 +74,15 @@ def replace_hires(job: dict | str, dry_run: bool = False, only_failed: bool = Fa
             status = "finished"
         finally:
             summary = _finish(ledger, spec, run_id, status, dry_run, only_failed)
+        if fail_on_failed_items and summary["failed"]:
+            raise PhotosFailed(f"{summary['failed']} of {summary['listed']} photos failed; see {summary['report']}")
         return summary
     finally:
         ledger.close()
+
+
+class PhotosFailed(Exception):
+    """Raised at the end of a recorded run when photos failed and the caller asked to fail."""
 
 
 def _still_to_do(ledger: Ledger, spec: hires.HiresJob, settings: str, items: list[dict],

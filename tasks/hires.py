@@ -356,7 +356,8 @@ class HiresWorker:
         res: dict[str, Any] = {"matches": [], "assets": [], "digital_id": None}
 
         def done(result: str, reason: str, **more: Any) -> dict:
-            res["outcome"] = outcome(iid, "match", result, reason, detail=detail | more, duration_ms=sw.ms)
+            res["outcome"] = outcome(iid, "match", result, reason, detail=detail | more, duration_ms=sw.ms,
+                                     sha256=detail.get("flickr_sha256"))
             return res
 
         # the Flickr image

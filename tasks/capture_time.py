@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import io
 import logging
 import math
 import os
 import queue
 import re
+import struct
 import subprocess
 import sys
 import threading
@@ -133,13 +135,16 @@ def _coordinate(dms: Any, ref: Any) -> float | None:
     return -deg if r in ("S", "W") else deg
 
 
-def _tags_from_exifread(path: str) -> dict[str, Any]:
+def _tags_from_exifread(path: str | io.BytesIO) -> dict[str, Any]:
     """The capture-time tags as exifread reads them (maker notes skipped: faster, fewer loops)."""
     import exifread
 
     logging.getLogger("exifread").setLevel(logging.CRITICAL)
-    with open(path, "rb") as fh:
-        raw = exifread.process_file(fh, details=False, extract_thumbnail=False)
+    if isinstance(path, io.BytesIO):
+        raw = exifread.process_file(path, details=False, extract_thumbnail=False)
+    else:
+        with open(path, "rb") as fh:
+            raw = exifread.process_file(fh, details=False, extract_thumbnail=False)
     if not raw:
         return {}
 
@@ -181,6 +186,57 @@ def _tags_from_pillow(path: str) -> dict[str, Any]:
             "lat": gps.get(0x0002), "lat_ref": gps.get(0x0001),
             "lon": gps.get(0x0004), "lon_ref": gps.get(0x0003),
         })
+
+
+RAF_PREVIEW_READ = 512 * 1024  # the EXIF of a RAF's embedded JPEG sits at the preview's start
+
+
+def _tags_from_raf(path: str) -> dict[str, Any]:
+    """Fujifilm RAF: the EXIF of the JPEG preview the header points to (offset at byte 84)."""
+    with open(path, "rb") as fh:
+        head = fh.read(92)
+        if len(head) < 92:
+            raise ValueError("short RAF header")
+        offset, length = struct.unpack(">II", head[84:92])
+        fh.seek(offset)
+        preview = fh.read(min(length, RAF_PREVIEW_READ))
+    if preview[:2] != b"\xff\xd8":
+        raise ValueError("RAF preview is not a JPEG")
+    return _tags_from_exifread(io.BytesIO(preview))
+
+
+CR3_SCAN_BYTES = 2 * 1024 * 1024
+
+
+def _tags_from_cr3(path: str) -> dict[str, Any]:
+    """Canon CR3: the TIFF structures in its CMT1 (IFD0), CMT2 (Exif) and CMT4 (GPS) boxes."""
+    from PIL import Image
+
+    with open(path, "rb") as fh:
+        blob = fh.read(CR3_SCAN_BYTES)
+    ifds: dict[str, dict[int, Any]] = {}
+    for box in (b"CMT1", b"CMT2", b"CMT4"):
+        at = blob.find(box)
+        if at < 4:
+            continue
+        size = struct.unpack(">I", blob[at - 4:at])[0]
+        payload = blob[at + 4:at - 4 + size]
+        if payload[:4] not in (b"II*\x00", b"MM\x00*"):
+            continue
+        exif = Image.Exif()
+        exif.load(payload)
+        ifds[box.decode()] = dict(exif.items())
+    if not ifds:
+        return {}
+    ifd0, ex, gps = ifds.get("CMT1", {}), ifds.get("CMT2", {}), ifds.get("CMT4", {})
+    return _normalise({
+        "dto": ex.get(0x9003), "dtd": ex.get(0x9004), "dt": ifd0.get(0x0132),
+        "subsec_o": ex.get(0x9291), "subsec_d": ex.get(0x9292), "subsec": ex.get(0x9290),
+        "off_o": ex.get(0x9011), "off_d": ex.get(0x9012), "off": ex.get(0x9010),
+        "gps_date": gps.get(0x001D), "gps_time": gps.get(0x0007),
+        "lat": gps.get(0x0002), "lat_ref": gps.get(0x0001),
+        "lon": gps.get(0x0004), "lon_ref": gps.get(0x0003),
+    })
 
 
 def _normalise(t: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +305,12 @@ def read_tags(path: str | os.PathLike) -> dict[str, Any]:
     tags: dict[str, Any] = {}
     reader = None
     problems = []
-    for name, fn in (("exifread", _tags_from_exifread), ("pillow", _tags_from_pillow)):
+    readers = [("exifread", _tags_from_exifread), ("pillow", _tags_from_pillow)]
+    if fmt == "raf":
+        readers.insert(0, ("raf-preview", _tags_from_raf))
+    elif fmt == "cr3":
+        readers.insert(0, ("cr3-boxes", _tags_from_cr3))
+    for name, fn in readers:
         try:
             got = fn(path)
         except Exception as exc:  # broken files raise anything; the next reader may cope
@@ -266,7 +327,7 @@ def read_tags(path: str | os.PathLike) -> dict[str, Any]:
         xmp = {}
     if fmt is None and not tags and not xmp:
         return {"error": "not_an_image"}
-    if not tags and not xmp and len(problems) == 2:
+    if not tags and not xmp and len(problems) == len(readers):
         return {"error": "corrupt_metadata", "format": fmt, "problems": problems}
     return {"format": fmt, "reader": reader, "tags": tags, "xmp": xmp, "problems": problems}
 

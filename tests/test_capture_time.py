@@ -293,6 +293,41 @@ def test_heic_and_tiff_are_read(tmp_path):
     assert recs[0]["reader"] == "pillow"
 
 
+def _box(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", 8 + len(payload)) + kind + payload
+
+
+def _tiff(tags: dict) -> bytes:
+    e = Image.Exif()
+    for k, v in tags.items():
+        e[k] = v
+    return e.tobytes()[6:]  # without the "Exif\0\0" of a JPEG segment
+
+
+def test_fujifilm_raf_is_read_through_its_jpeg_preview(tmp_path):
+    buf = io.BytesIO()
+    photos.picture(3, SMALL).save(buf, "JPEG", exif=exif_bytes(datetime(2018, 7, 1, 12, 0), offset="+09:00"))
+    jpg = buf.getvalue()
+    head = b"FUJIFILMCCD-RAW 0201FF383501".ljust(84, b"\0") + struct.pack(">II", 160, len(jpg))
+    (tmp_path / "DSCF0001.RAF").write_bytes(head.ljust(160, b"\0") + jpg + b"\0" * 4096)
+    rec = capture_time(tmp_path / "DSCF0001.RAF")
+    assert rec["provenance"] == "exif:offset" and rec["utc"] == "2018-07-01T03:00:00+00:00"
+
+
+def test_canon_cr3_is_read_from_its_cmt_boxes(tmp_path):
+    gps = {1: "N", 2: (_r(48), _r(51), _r(0)), 3: "E", 4: (_r(2), _r(21), _r(0)),
+           7: (_r(10), _r(0), _r(5)), 0x1D: "2018:07:01"}
+    cmt = (_box(b"CMT1", _tiff({0x010F: "Canon", 0x0132: "2018:07:01 12:00:00"}))
+           + _box(b"CMT2", _tiff({0x9003: "2018:07:01 12:00:00"})) + _box(b"CMT4", _tiff(gps)))
+    data = (_box(b"ftyp", b"crx \0\0\0\x01crx isom") + _box(b"moov", _box(b"uuid", b"\x85" * 16 + cmt))
+            + _box(b"mdat", b"\0" * 4096))
+    (tmp_path / "IMG_0001.CR3").write_bytes(data)
+    rec = capture_time(tmp_path / "IMG_0001.CR3")
+    # Paris in summer: GPS time says +02:00 and the position names the zone
+    assert rec["provenance"] == "gps:time" and rec["tz"] == "Europe/Paris"
+    assert rec["utc"] == "2018-07-01T10:00:00+00:00"
+
+
 # -- broken files ---------------------------------------------------------------------------
 
 def looped_exif_jpeg(path: Path) -> str:

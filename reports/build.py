@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import re
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,11 @@ def write_reports(ledger: Any, *, run_id: str | None = None, job: str | None = N
     Returns ``{"dir", "report_html", "report_md", "outcomes_csv", "outcomes_parquet",
     "summary": {listed, done, skipped, failed, pending, needs_review, reconciles, ...}}``.
     """
+    clock = _Clock()
     own, con = _connect(ledger)
+    bar = q.progress_bar(con, False)
     try:
-        since_dt = _parse_since(since)
-        scope = q.resolve_scope(con, run_id=run_id, job=job, since=since_dt)
+        scope = q.resolve_scope(con, run_id=run_id, job=job, since=_parse_since(since))
         out = Path(out_dir) if out_dir else default_out_dir(scope)
         out.mkdir(parents=True, exist_ok=True)
         q.prepare(con, scope)
@@ -51,16 +53,33 @@ def write_reports(ledger: Any, *, run_id: str | None = None, job: str | None = N
             facts = gather(con, scope)
             facts["out_dir"] = out
             facts["plan_given"] = plan_rows(dry_run_plan, out, facts)
-            decorate(con, facts)
             paths = write_outcomes(con, facts, out)
+            clock.lap("summarise")
+            decorate(con, facts)
         finally:
             q.release(con)
     finally:
+        q.progress_bar(con, bar)
         if own is not None:
             own.close()
     paths.update(render(facts, out))
     paths.update(facts.get("extra_files", {}))
-    return {"dir": str(out), **paths, "summary": facts["summary"]}
+    clock.lap("render")
+    return {"dir": str(out), **paths, "summary": facts["summary"], "timings": clock.laps}
+
+
+class _Clock:
+    """Wall and CPU seconds of the steps of a report (returned as ``timings``)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def lap(self, name: str) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.laps[f"{name}_s"] = round(wall - self._wall, 3)
+        self.laps[f"{name}_cpu_s"] = round(cpu - self._cpu, 3)
+        self._wall, self._cpu = wall, cpu
 
 
 def plan_rows(plan: Any, out: Path, facts: dict) -> list[dict] | None:

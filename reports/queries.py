@@ -60,6 +60,13 @@ def rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -
     return [dict(zip(names, r)) for r in cur.fetchall()]
 
 
+def progress_bar(con, on: bool) -> bool:
+    """Turn DuckDB's terminal progress bar on or off; returns the previous setting."""
+    before = str(con.execute("SELECT current_setting('enable_progress_bar')").fetchall()[0][0]).lower() == "true"
+    con.execute(f"SET enable_progress_bar = {'true' if on else 'false'}")
+    return before
+
+
 def resolve_scope(con, *, run_id: str | None, job: str | None, since: datetime | None) -> Scope:
     """Which job and runs a report covers; the job of the latest run when none is named."""
     if run_id:
@@ -84,35 +91,50 @@ def resolve_scope(con, *, run_id: str | None, job: str | None, since: datetime |
     return Scope(job=job, since=since, runs=runs)
 
 
+STATUS_SQL = """CASE WHEN e.outcome = 'failed' THEN 'failed'
+                     WHEN e.outcome = 'skipped' THEN 'skipped'
+                     WHEN e.outcome = 'ok' AND e.final THEN 'done'
+                     ELSE 'pending' END"""
+
+
 def prepare(con, scope: Scope) -> None:
     """Materialise the scope's items with their status into ``_rep_items``.
 
-    For a run: every item the run listed, as the run left it (``run_item_status``,
-    where items finished by an earlier run count as carried). For a job: every item
-    of the job (``item_status``), or with ``since`` those listed since then.
+    An item's status is that of its last event other than ``list``, exactly as the
+    ledger's views define it (``item_status``, ``run_item_status``). For a job: every
+    item of the job (with ``since``, those listed since then). For a run: every item
+    the run listed, as the run left it: its last event up to its last event in that
+    run, so items finished by an earlier run count, as *carried*. The same numbers as
+    ``reconciliation_job``/``reconciliation_run`` (the tests hold them equal), reached
+    with one grouping and one join on ``seq`` instead of the views' many ``arg_max``,
+    and with the reason of the very last event (``arg_max`` passes over NULL reasons).
     """
     if scope.run_id:
-        con.execute(
-            """CREATE OR REPLACE TEMP TABLE _rep_items AS
-               SELECT s.job, s.item_id, i.name, i.source_ref, s.stage, s.outcome, s.reason,
-                      s.final, s.status, s.carried
-               FROM run_item_status s LEFT JOIN items i USING (job, item_id)
-               WHERE s.run_id = ? AND s.job = ?""",
-            [scope.run_id, scope.job],
-        )
+        scoped = """SELECT item_id, max(seq) AS cutoff FROM events
+                    WHERE run_id = ? AND job = ? GROUP BY item_id HAVING bool_or(stage = 'list')"""
+        params: list = [scope.run_id, scope.job]
+    elif scope.since:
+        scoped = """SELECT item_id, NULL::BIGINT AS cutoff FROM events
+                    WHERE job = ? AND stage = 'list' AND "at" >= ? GROUP BY item_id"""
+        params = [scope.job, scope.since]
     else:
-        since_sql, params = "", [scope.job]
-        if scope.since:
-            since_sql = """AND s.item_id IN (SELECT item_id FROM events
-                           WHERE job = ? AND stage = 'list' AND "at" >= ?)"""
-            params += [scope.job, scope.since]
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _rep_items AS
-               SELECT s.job, s.item_id, s.name, s.source_ref, s.stage, s.outcome, s.reason,
-                      false AS final, s.status, false AS carried
-               FROM item_status s WHERE s.job = ? {since_sql}""",
-            params,
-        )
+        scoped = "SELECT item_id, NULL::BIGINT AS cutoff FROM items WHERE job = ?"
+        params = [scope.job]
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _rep_items AS
+            WITH scoped AS ({scoped}),
+            last AS (
+                SELECT e.item_id, max(e.seq) AS seq FROM events e JOIN scoped s USING (item_id)
+                WHERE e.job = ? AND e.stage <> 'list' AND (s.cutoff IS NULL OR e.seq <= s.cutoff)
+                GROUP BY e.item_id)
+            SELECT ?::VARCHAR AS job, s.item_id, i.name, i.source_ref, s.cutoff, e.seq AS last_seq,
+                   e.stage, e.outcome, e.reason, e.final, e.run_id AS last_run, {STATUS_SQL} AS status,
+                   coalesce(?::VARCHAR IS NOT NULL AND e.run_id <> ?::VARCHAR, false) AS carried
+            FROM scoped s LEFT JOIN last l USING (item_id)
+            LEFT JOIN events e ON e.seq = l.seq
+            LEFT JOIN items i ON i.job = ? AND i.item_id = s.item_id""",
+        params + [scope.job, scope.job, scope.run_id, scope.run_id, scope.job],
+    )
 
 
 def release(con) -> None:
@@ -137,28 +159,20 @@ def reconciliation(con) -> dict[str, int]:
 def stage_latest(con, scope: Scope) -> None:
     """Materialise ``_rep_stage_latest``: each scope item's latest event per stage.
 
-    For a run, "latest" means as the run left it (no event after the run's last one),
-    so a report regenerated later still shows that run.
+    For a run, "latest" means as the run left it (no event after the item's last
+    one in that run), so a report regenerated later still shows that run. The
+    ``detail`` JSON stays in ``events`` (joined by ``seq`` where a few rows need it).
     """
-    cond, params = (("e.job = ?", [scope.job]))
-    if scope.run_id:
-        cond += " AND e.seq <= (SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?)"
-        params = params + [scope.run_id]
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _rep_stage_latest AS
-            SELECT e.item_id, e.stage, max(e.seq) AS seq, arg_max(e.outcome, e.seq) AS outcome,
-                   arg_max_null(e.reason, e.seq) AS reason, arg_max_null(e.detail, e.seq) AS detail,
-                   arg_max(e.sha256, e.seq) AS sha256, arg_max(e.run_id, e.seq) AS run_id,
-                   arg_max(e."at", e.seq) AS "at", arg_max_null(e.bytes, e.seq) AS bytes
-            FROM events e SEMI JOIN _rep_items i ON i.item_id = e.item_id
-            WHERE {cond} GROUP BY e.item_id, e.stage""",
-        params,
+        """CREATE OR REPLACE TEMP TABLE _rep_stage_latest AS
+           WITH latest AS (
+               SELECT max(e.seq) AS seq FROM events e JOIN _rep_items i USING (item_id)
+               WHERE e.job = ? AND (i.cutoff IS NULL OR e.seq <= i.cutoff)
+               GROUP BY e.item_id, e.stage)
+           SELECT e.item_id, e.stage, e.seq, e.outcome, e.reason, e.sha256, e.run_id, e."at", e.bytes
+           FROM events e SEMI JOIN latest USING (seq) WHERE e.job = ?""",
+        [scope.job, scope.job],
     )
-    # The ledger's status views pick reasons with arg_max, which passes over NULLs and so
-    # can show an earlier event's reason; take the reason of the very event instead.
-    con.execute(
-        """UPDATE _rep_items SET reason = l.reason FROM _rep_stage_latest l
-           WHERE l.item_id = _rep_items.item_id AND l.stage = _rep_items.stage""")
 
 
 def stages(con) -> list[str]:
@@ -222,14 +236,15 @@ def attention(con, limit: int = ATTENTION_LIMIT) -> tuple[int, list[dict]]:
     total = con.execute(
         "SELECT count(*) FROM _rep_items WHERE status = 'failed' OR outcome = 'needs_review'"
     ).fetchall()[0][0]
-    found = rows(con, """SELECT i.item_id, i.name, i.source_ref, i.status, i.outcome, i.stage,
-                  i.reason, l.detail, l.run_id, l."at",
+    found = rows(con, """WITH a AS (
+               SELECT * FROM _rep_items WHERE status = 'failed' OR outcome = 'needs_review'
+               ORDER BY status, stage, reason, item_id LIMIT ?)
+           SELECT a.item_id, a.name, a.source_ref, a.status, a.outcome, a.stage, a.reason,
+                  e.detail, a.last_run AS run_id, e."at",
                   (SELECT arg_max(sha256, seq) FROM _rep_stage_latest s
-                   WHERE s.item_id = i.item_id AND s.sha256 IS NOT NULL) AS sha256
-           FROM _rep_items i LEFT JOIN _rep_stage_latest l
-                ON l.item_id = i.item_id AND l.stage = i.stage
-           WHERE i.status = 'failed' OR i.outcome = 'needs_review'
-           ORDER BY i.status, i.stage, i.reason, i.item_id LIMIT ?""", [limit])
+                   WHERE s.item_id = a.item_id AND s.sha256 IS NOT NULL) AS sha256
+           FROM a LEFT JOIN events e ON e.seq = a.last_seq
+           ORDER BY a.status, a.stage, a.reason, a.item_id""", [limit])
     for r in found:
         r["detail"] = _loads(r["detail"])
     return int(total), found
@@ -238,18 +253,18 @@ def attention(con, limit: int = ATTENTION_LIMIT) -> tuple[int, list[dict]]:
 def outcomes_table(con, stage_names: list[str]):
     """One row per item: its status and final word, then outcome and reason per stage (Arrow)."""
     per_stage = []
-    for s in stage_names:
-        q = s.replace("'", "''")
-        col = _column(s)
-        per_stage.append(f"max(l.outcome) FILTER (WHERE l.stage = '{q}') AS \"{col}\"")
-        per_stage.append(f"max(l.reason) FILTER (WHERE l.stage = '{q}') AS \"{col}_reason\"")
+    for st in stage_names:
+        lit = st.replace("'", "''")
+        col = _column(st)
+        per_stage.append(f"any_value(outcome) FILTER (WHERE stage = '{lit}') AS \"{col}\"")
+        per_stage.append(f"any_value(reason) FILTER (WHERE stage = '{lit}') AS \"{col}_reason\"")
     extra = (",\n" + ",\n".join(per_stage)) if per_stage else ""
-    sql = f"""SELECT i.job, i.item_id, any_value(i.name) AS name, any_value(i.source_ref) AS source_ref,
-                    any_value(i.status) AS status, any_value(i.stage) AS last_stage,
-                    any_value(i.outcome) AS last_outcome, any_value(i.reason) AS last_reason,
-                    arg_max(l.sha256, l.seq) FILTER (WHERE l.sha256 IS NOT NULL) AS sha256{extra}
-             FROM _rep_items i LEFT JOIN _rep_stage_latest l ON l.item_id = i.item_id
-             GROUP BY i.job, i.item_id ORDER BY i.item_id"""
+    sql = f"""WITH piv AS (
+                  SELECT item_id, arg_max(sha256, seq) FILTER (WHERE sha256 IS NOT NULL) AS sha256{extra}
+                  FROM _rep_stage_latest GROUP BY item_id)
+              SELECT i.job, i.item_id, i.name, i.source_ref, i.status, i.stage AS last_stage,
+                     i.outcome AS last_outcome, i.reason AS last_reason, piv.* EXCLUDE (item_id)
+              FROM _rep_items i LEFT JOIN piv USING (item_id) ORDER BY i.item_id"""
     return con.sql(sql).to_arrow_table()
 
 
@@ -384,8 +399,9 @@ def match_threshold(con) -> float | None:
                        FROM _rep_matches""").fetchall()
     if r and r[0][0] is not None:
         return float(r[0][0])
-    r = con.execute("""SELECT max(TRY_CAST(json_extract_string(detail, '$.threshold') AS DOUBLE))
-                       FROM _rep_stage_latest WHERE stage IN ('match', 'resolve')""").fetchall()
+    r = con.execute("""SELECT max(TRY_CAST(json_extract_string(e.detail, '$.threshold') AS DOUBLE))
+                       FROM events e SEMI JOIN _rep_stage_latest l USING (seq)
+                       WHERE e.stage IN ('match', 'resolve')""").fetchall()
     return float(r[0][0]) if r and r[0][0] is not None else None
 
 
@@ -426,9 +442,9 @@ def query_margins(con, higher_is_closer: bool, limit: int = 200) -> tuple[dict, 
 
 def detail_counts(con, stage: str, key: str) -> list[dict]:
     """Counts of one detail field's values over a stage's latest events (e.g. deliver.storage_class)."""
-    return rows(con, f"""SELECT coalesce(json_extract_string(detail, '$.{key}'), '(none)') AS value,
-                   count(*) AS count FROM _rep_stage_latest
-            WHERE stage = ? GROUP BY ALL ORDER BY count DESC""", [stage])
+    return rows(con, f"""SELECT coalesce(json_extract_string(e.detail, '$.{key}'), '(none)') AS value,
+                   count(*) AS count FROM events e SEMI JOIN _rep_stage_latest l USING (seq)
+            WHERE e.stage = ? GROUP BY ALL ORDER BY count DESC""", [stage])
 
 
 def reason_counts(con) -> dict[tuple[str, str, str], int]:

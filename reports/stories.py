@@ -190,9 +190,14 @@ def _person_list(con, item_ids: list[str], source_label: str) -> dict | None:
         SELECT i.item_id, any_value(i.name) AS name, any_value(i.source_ref) AS source_ref,
                arg_max(l.sha256, l.seq) FILTER (WHERE l.sha256 IS NOT NULL) AS sha256,
                arg_max(l.reason, l.seq) FILTER (WHERE l.reason IS NOT NULL) AS reason,
-               arg_max(l.detail, l.seq) AS detail
+               any_value(i.last_seq) AS last_seq
         FROM _rep_items i LEFT JOIN _rep_stage_latest l USING (item_id)
         WHERE i.item_id IN ({', '.join('?' for _ in item_ids)}) GROUP BY i.item_id""", item_ids)}
+    details = {r["seq"]: r["detail"] for r in q.rows(con, f"""
+        SELECT seq, detail FROM events WHERE seq IN ({', '.join('?' for _ in info) or 'NULL'})""",
+        [r["last_seq"] for r in info.values()])} if info else {}
+    for r in info.values():
+        r["detail"] = details.get(r.get("last_seq"))
     matches = q.best_matches(con, item_ids)
     assets = q.asset_thumbs(con, [r["sha256"] for r in info.values() if r.get("sha256")])
     rows = []

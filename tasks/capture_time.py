@@ -708,13 +708,32 @@ def _local_time(tags: dict[str, Any], xmp: dict[str, str]) -> tuple[datetime | N
     return None, None, None
 
 
-def _xmp_time(xmp: dict[str, str]) -> tuple[datetime | None, int | None, str | None]:
-    """The XMP capture date (wall time, offset if written) with the property it came from."""
-    for name in ("DateCreated", "DateTimeOriginal", "CreateDate"):
+XMP_CAPTURE = ("DateCreated", "DateTimeOriginal")  # capture dates; xmp:CreateDate may be an editor's
+XMP_ALL = XMP_CAPTURE + ("CreateDate",)
+
+
+def _xmp_times(xmp: dict[str, str], names: tuple[str, ...] = XMP_ALL) -> list[tuple[datetime, int | None, str]]:
+    """The XMP dates that carry a time of day: (wall time, offset if written, property)."""
+    out = []
+    for name in names:
         local, off = parse_exif_datetime(xmp.get(name))
         if local is not None and ("T" in xmp[name] or " " in xmp[name].strip()):
-            return local, off, name
-    return None, None, None
+            out.append((local, off, name))
+    return out
+
+
+def _xmp_offset(xmp: dict[str, str], local: datetime) -> tuple[int | None, dict | None]:
+    """The offset an XMP date gives for ``local`` (its wall time must agree within a minute),
+    or a note when XMP dates with offsets all tell another time."""
+    differing = None
+    for x_local, x_off, name in _xmp_times(xmp):
+        if x_off is None:
+            continue
+        if abs((x_local - local).total_seconds()) <= 60:
+            return x_off, None
+        if differing is None and name in XMP_CAPTURE:
+            differing = {"kind": "xmp_time_differs", "xmp": xmp[name], "property": name, "local": local.isoformat()}
+    return None, differing
 
 
 def _blank(path: str, item_id: Any) -> dict[str, Any]:
@@ -744,7 +763,6 @@ def decide_own(path: str, item_id: Any, read: dict[str, Any]) -> tuple[dict[str,
     tags, xmp = read.get("tags") or {}, read.get("xmp") or {}
     rec["reader"] = read.get("reader")
     local, local_tag, exif_off = _local_time(tags, xmp)
-    xmp_local, xmp_off, xmp_name = _xmp_time(xmp)
     gps_day, gps_seconds = parse_gps_datetime(tags.get("gps_date"), tags.get("gps_time"))
     lat, lon = tags.get("lat"), tags.get("lon")
     pos_zone = zone_at(lat, lon) if lat is not None and lon is not None else None
@@ -762,15 +780,16 @@ def decide_own(path: str, item_id: Any, read: dict[str, Any]) -> tuple[dict[str,
         _set_time(rec, None, utc, None, None, "gps:utc")
         rec["needs_local"] = True
         return rec, None, None
-    if local is None and xmp_local is not None:
-        local, local_tag, exif_off = xmp_local, f"XMP:{xmp_name}", None
+    xmp_capture = _xmp_times(xmp, XMP_CAPTURE)
+    if local is None and xmp_capture:
+        local, _, name = xmp_capture[0]
+        local_tag, exif_off = f"XMP:{name}", None
     if local is None:
-        local, inline = parse_exif_datetime(tags.get("dt"), tags.get("subsec"))
-        if local is not None:
-            local_tag = "DateTime"
-            exif_off = parse_offset(tags.get("off"))
-            exif_off = exif_off if exif_off is not None else inline
-    if local is None:
+        # IFD0 DateTime is, by the EXIF standard, when the *file* was last changed: not a
+        # capture time. It is shown for review, never used.
+        changed, _ = parse_exif_datetime(tags.get("dt"), tags.get("subsec"))
+        if changed is not None:
+            rec["source"] = {"file_changed": changed.isoformat()}
         rec["provenance"] = "none"
         return rec, None, None
     rec["source"] = {"tag": local_tag}
@@ -779,11 +798,11 @@ def decide_own(path: str, item_id: Any, read: dict[str, Any]) -> tuple[dict[str,
     evidence: list[tuple[str, int, str, list[dict]]] = []
     if exif_off is not None:
         evidence.append(("exif:offset", exif_off, format_offset(exif_off), []))
-    if xmp_off is not None and xmp_local is not None:
-        if abs((xmp_local - local).total_seconds()) <= 60:
-            evidence.append(("xmp:offset", xmp_off, format_offset(xmp_off), []))
-        elif not local_tag.startswith("XMP"):
-            conflicts.append({"kind": "xmp_time_differs", "xmp": xmp.get(xmp_name), "local": local.isoformat()})
+    xmp_off, xmp_note = _xmp_offset(xmp, local)
+    if xmp_off is not None:
+        evidence.append(("xmp:offset", xmp_off, format_offset(xmp_off), []))
+    elif xmp_note:
+        conflicts.append(xmp_note)
     pos: tuple[int, str, list[dict]] | None = None
     if pos_zone:
         _, p_off, _, flags = in_zone(local, ("iana", pos_zone))

@@ -213,6 +213,15 @@ def test_default_and_unknown(tmp_path):
     assert capture_time(path, default_tz="+05:30")["utc"] == "2014-12-25T03:30:00+00:00"
 
 
+def test_file_change_date_and_editor_create_date_are_not_capture_times(tmp_path):
+    editor_xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+                  b'<rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:CreateDate="2012-06-29T09:29-04:00"/>'
+                  b'</rdf:RDF></x:xmpmeta>')
+    path = custom_jpeg(tmp_path / "edited.jpg", ifd0={0x0132: "2012:09:17 15:53:45"}, xmp=editor_xmp)
+    rec = capture_time(path, default_tz="Europe/Paris")
+    assert rec["provenance"] == "none" and rec["local"] is None and rec["utc"] is None
+
+
 def test_no_exif_has_no_time_and_never_a_file_time(tmp_path):
     path = tmp_path / "plain.jpg"
     photos.picture(2, SMALL).save(path, "JPEG")

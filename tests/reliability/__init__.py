@@ -1,0 +1,1 @@
+"""Reliability and security: faults, crashes, hostile input, secrets, concurrency (issue 10)."""

@@ -56,10 +56,14 @@ def resolve(ref: SecretRef | dict[str, Any]) -> str:
         try:
             from prefect.blocks.system import Secret
 
-            value = Secret.load(ref.block).get()
+            # the stored value as saved: Secret.get() would json.loads a string ('{"k": ...}' -> dict, 'true' -> True)
+            value = Secret.load(ref.block).value.get_secret_value()
         except Exception as exc:  # the block API raises ValueError and friends
             raise SecretMissing(f"Prefect Secret block {ref.block!r} could not be loaded: {type(exc).__name__}") from None
-        value = str(value)
+        if not isinstance(value, str):  # a block saved with a dict/list value: hand it on as JSON
+            import json
+
+            value = json.dumps(value)
     remember(value)
     return value
 

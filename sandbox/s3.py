@@ -110,6 +110,8 @@ class FaultProxy:
         self._drops = 0
         self._min_body = 1
         self.requests: list[tuple[str, str]] = []
+        #: access key ids seen in the requests' signatures (never the secret keys)
+        self.access_keys: set[str] = set()
         self.resets: list[dict[str, Any]] = []
         self._socks: set[socket.socket] = set()
         self._running = True
@@ -205,8 +207,11 @@ class FaultProxy:
                     k, _, v = line.partition(b":")
                     headers[k.strip().lower()] = v.strip()
                 m, p = method.decode("latin-1"), path.decode("latin-1")
+                cred = headers.get(b"authorization", b"").partition(b"Credential=")[2].split(b"/", 1)[0]
                 with self._lock:
                     self.requests.append((m, p))
+                    if cred:
+                        self.access_keys.add(cred.decode("latin-1"))
                 if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
                     upstream.sendall(head + b"\r\n\r\n" + buf)
                     self._pipe(client, upstream)  # cannot follow chunked bodies: plain pipe

@@ -340,3 +340,21 @@ def test_create_bucket_when_asked(s3_server, s3_credentials, s3_client, camera):
     bucket = f"made-{uuid.uuid4().hex[:10]}"
     o = _final(_dest(s3_server, bucket, s3_credentials, create_bucket=True).deliver(camera[:1]))[camera[0]["item_id"]]
     assert o["outcome"] == "ok" and "originals/2006/10/04/IMG_00001.JPG" in _keys(s3_client, bucket)
+
+
+def test_keys_from_a_prefect_secret_block_sign_the_requests(prefect_harness, s3_server, s3_bucket, s3_client,
+                                                            camera):
+    """``credentials: {block: NAME}``: the JSON keys in a Prefect Secret block are the
+    ones boto3 signs with (the proxy reads the access key id from each signature)."""
+    from prefect.blocks.system import Secret
+
+    keys = {"aws_access_key_id": "BLOCKKEYID0001", "aws_secret_access_key": "block-secret-value-123"}
+    Secret(value=json.dumps(keys)).save("pe-test-s3-keys", overwrite=True)
+    with FaultProxy(s3_server.port) as proxy:
+        config = S3DestinationConfig(kind="s3", bucket=s3_bucket, endpoint_url=proxy.url,
+                                     credentials={"block": "pe-test-s3-keys"})
+        out = S3Destination(config, workdir=Path("."), options=FAST).deliver(camera[:1])
+    assert _final(out)[camera[0]["item_id"]]["outcome"] == "ok", out
+    assert proxy.access_keys == {"BLOCKKEYID0001"}
+    assert "block-secret-value-123" not in json.dumps(out, default=str)
+    assert "block-secret-value-123" not in json.dumps(config.model_dump(mode="json"))

@@ -4,7 +4,9 @@ The job runs as a Prefect flow run (against the Prefect API in ``PREFECT_API_URL
 or an ephemeral one when none is set). With ``--json`` the last line printed is the
 run's summary ``{run_id, ledger, report, listed, done, skipped, failed, pending, ...}``.
 Exit status: 0 when the run finished (photos that failed are in the summary and
-the report), 1 when the run itself could not run or crashed, 2 for a bad job spec.
+the report), 1 when the run itself could not run or crashed, 2 for a bad job spec,
+3 when another run holds the job's ledger (one run at a time per ledger: the second
+fails at once with a message, before starting a flow run).
 """
 
 from __future__ import annotations
@@ -105,6 +107,26 @@ def run(args: argparse.Namespace) -> int:
         if args.runner:
             spec.options.task_runner = args.runner
         job = spec.dump()
-    else:
-        job = str(path)
+        return run_holding_ledger(spec.ledger_path, flow_name, job, as_json=args.json, **params)
+    job = str(path)
     return run_flow(flow_name, job, as_json=args.json, **params)
+
+
+def run_holding_ledger(ledger_path: Path, flow_name: str, job, *, as_json: bool, **params) -> int:
+    """Take the ledger's lock before the flow starts and keep it until the flow ends.
+
+    A second run on the same ledger then fails here at once with a clear message
+    (exit 3), instead of starting a flow run that would fail on the lock. The flow
+    opens the ledger again in this process, which DuckDB allows.
+    """
+    from tasks.ledger import Ledger, LedgerBusy
+
+    try:
+        hold = Ledger(ledger_path)
+    except LedgerBusy as exc:
+        print(f"photo-escape: {exc}", file=sys.stderr)
+        return 3
+    try:
+        return run_flow(flow_name, job, as_json=as_json, **params)
+    finally:
+        hold.close()

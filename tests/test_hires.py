@@ -203,7 +203,7 @@ def expected_counts(truth: dict) -> dict:
 
 
 def test_flow_replaces_what_it_should_and_a_rerun_replaces_nothing(prefect_harness, flickr_account, tmp_path,
-                                                                   clean_env_secrets):
+                                                                   flickr_test_secrets):
     from flows.replace_hires import replace_hires
 
     acct = flickr_account()
@@ -229,7 +229,7 @@ def test_flow_replaces_what_it_should_and_a_rerun_replaces_nothing(prefect_harne
             "SELECT detail FROM events UNION ALL SELECT spec::VARCHAR FROM runs "
             "UNION ALL SELECT detail FROM matches").fetchall() for v in row)
         chosen = ledger.query("SELECT query, candidate FROM matches WHERE chosen")
-    assert all(value not in text for value in clean_env_secrets.values())
+    assert all(value not in text for value in flickr_test_secrets.values())
     assert {r["query"]: r["candidate"] for r in chosen} == \
         {iid: t["digital_id"] for iid, t in truth.items() if t["expect"] not in NEEDS_REVIEW}
 

@@ -163,14 +163,19 @@ def decorate(con, facts: dict) -> None:
     facts["headline"] = headline(s, facts["final_reasons"])
     facts["attention_words"] = attention_words(facts["final_reasons"], s)
     act = facts["activity"]
-    minutes = bucket_minutes(act.get("first_at"), act.get("last_at"))
-    rows = q.throughput(con, facts["scope"], minutes)
+    seconds = bucket_seconds(act.get("first_at"), act.get("last_at"))
+    rows = q.throughput(con, facts["scope"], seconds)
+    finished = sum(r["done"] + r["skipped"] + r["failed"] for r in rows)
     facts["charts"] = {"stages": charts.stage_bars(facts["stage_rows"]),
-                       "throughput": charts.throughput(rows, minutes) if rows else None}
-    peak = max((r["done"] + r["skipped"] + r["failed"] for r in rows), default=0) * 60 / minutes
+                       "throughput": charts.throughput(rows, seconds) if len(rows) >= 3 else None}
+    peak = max((r["done"] + r["skipped"] + r["failed"] for r in rows), default=0) * 3600 / seconds
     facts["throughput_caption"] = (
-        f"Items finishing per hour ({minutes}-minute buckets; peak {peak:,.0f} per hour), "
+        f"Items finishing per hour ({_span(seconds)} buckets; peak {peak:,.0f} per hour), "
         "from the ledger's event timestamps.")
+    span = (act["last_at"] - act["first_at"]).total_seconds() if act.get("first_at") else 0
+    facts["throughput_text"] = (
+        f"{finished:,} items finished within {_duration(span)}, too short a time for a chart"
+        + (f" (about {finished * 3600 / span:,.0f} per hour)." if span >= 1 else "."))
     facts["attention_thumbs"] = False
     matches = q.best_matches(con, [a["item_id"] for a in facts["attention"]])
     assets = q.asset_thumbs(con, [a["sha256"] for a in facts["attention"] if a.get("sha256")])
@@ -223,15 +228,33 @@ def candidate_src(con, match: dict) -> str | None:
     return src or thumbs.from_file(d.get("path") or d.get("local_path") or match.get("candidate"))
 
 
-def bucket_minutes(first: Any, last: Any) -> int:
-    """A bucket width giving a readable number of bars for the run's time span."""
+def bucket_seconds(first: Any, last: Any) -> int:
+    """A bucket width giving a readable number of bars (at most ~120) for the time span."""
     if not first or not last:
-        return 60
-    span = (last - first).total_seconds() / 60
-    for minutes, fits in ((1, 120), (5, 600), (15, 1800), (60, 4 * 24 * 60), (360, 30 * 24 * 60)):
-        if span <= fits:
-            return minutes
-    return 24 * 60
+        return 3600
+    span = (last - first).total_seconds()
+    for seconds in (10, 60, 300, 900, 3600, 6 * 3600):
+        if span <= seconds * 120:
+            return seconds
+    return 24 * 3600
+
+
+def _duration(seconds: float) -> str:
+    """'3 seconds', '4.5 minutes', '2.0 hours'."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} seconds"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} minutes"
+    return f"{seconds / 3600:.1f} hours"
+
+
+def _span(seconds: float) -> str:
+    """'10-second', '5-minute', '6-hour'... for captions."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = seconds / size
+            return f"{n:.0f}-{unit}" if n.is_integer() else f"{n:.1f} {unit}s"
+    return f"{seconds:.0f}-second"
 
 
 def headline(s: dict, final: list[dict]) -> str:

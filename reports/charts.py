@@ -53,7 +53,7 @@ def stage_bars(rows: Sequence[dict]) -> str | None:
     return _data_uri(fig)
 
 
-def throughput(rows: Sequence[dict], bucket_minutes: int) -> str | None:
+def throughput(rows: Sequence[dict], bucket_seconds: int) -> str | None:
     """Items finished per hour over time, stacked done / skipped / failed, as the
     library's stakeholder chart showed progress."""
     if not rows:
@@ -61,10 +61,10 @@ def throughput(rows: Sequence[dict], bucket_minutes: int) -> str | None:
     plt = _pyplot()
     import matplotlib.dates as mdates
 
-    per_hour = 60.0 / bucket_minutes
+    per_hour = 3600.0 / bucket_seconds
     times = [r["bucket"] for r in rows]
     fig, ax = plt.subplots(figsize=(7.5, 2.8))
-    width = bucket_minutes / (24 * 60) * 0.9
+    width = bucket_seconds / 86400 * 0.9
     bottom = [0.0] * len(rows)
     for key in ("done", "skipped", "failed"):
         values = [float(r[key] or 0) * per_hour for r in rows]

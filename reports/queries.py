@@ -219,10 +219,10 @@ def activity(con, scope: Scope) -> dict:
     return r
 
 
-def throughput(con, scope: Scope, bucket_minutes: int) -> list[dict]:
+def throughput(con, scope: Scope, bucket_seconds: int) -> list[dict]:
     """Items finishing per time bucket (done, skipped, failed), from event timestamps."""
     cond, params = scope.events_filter()
-    return rows(con, f"""SELECT time_bucket(INTERVAL '{int(bucket_minutes)} minutes', "at") AS bucket,
+    return rows(con, f"""SELECT time_bucket(INTERVAL '{int(bucket_seconds)} seconds', "at") AS bucket,
                    count(*) FILTER (WHERE final AND outcome = 'ok') AS done,
                    count(*) FILTER (WHERE outcome = 'skipped') AS skipped,
                    count(*) FILTER (WHERE outcome = 'failed') AS failed,
@@ -370,7 +370,9 @@ def provenance(con) -> list[dict]:
                   count(*) FILTER (WHERE conflicts IS NOT NULL AND conflicts NOT IN ('[]', 'null')) AS conflicts,
                   count(*) FILTER (WHERE utc IS NULL) AS no_time,
                   count(DISTINCT tz) AS zones
-           FROM _rep_ct GROUP BY ALL ORDER BY count DESC""")
+           FROM _rep_ct GROUP BY ALL ORDER BY list_position(
+               ['exif:offset', 'xmp:offset', 'gps:time', 'gps:position', 'gps:utc', 'rule', 'previous',
+                'default', 'unknown', 'none'], any_value(provenance)) NULLS LAST, count DESC""")
 
 
 def capture_plan(con, limit: int | None) -> list[dict]:

@@ -26,6 +26,18 @@ GALLERY_LIMIT = 200    # side-by-side rows in a story's list for a person
 HIRES_REASONS = {"matched_direct", "matched_album", "not_in_album", "no_master", "no_larger_version",
                  "too_large_for_flickr", "replaced", "date_restored", "date_verified"}
 HIRES_STAGES = {"master", "replace", "restore_date", "verify"}
+PROVENANCE_WORDS = {
+    "exif:offset": "offset tag in the EXIF (exif:offset)",
+    "xmp:offset": "offset in the XMP (xmp:offset)",
+    "gps:time": "camera clock vs GPS time (gps:time)",
+    "gps:position": "zone of the GPS position (gps:position)",
+    "gps:utc": "GPS time only (gps:utc)",
+    "rule": "a rule of the job (rule)",
+    "previous": "the previous photo's zone (previous)",
+    "default": "the job's default zone (default)",
+    "unknown": "no zone found: UTC unknown (unknown)",
+    "none": "no capture time at all (none)",
+}
 SIMILARITY_METHODS = ("ssim", "similarity", "correlation", "score")
 
 
@@ -269,17 +281,24 @@ def capture_times(con, facts: dict, ctx: dict) -> dict | None:
         return None
     prov = q.provenance(con)
     total = sum(int(r["count"]) for r in prov)
-    items = [_fact(f"from {r['provenance']}", int(r["count"]), key=f"prov-{r['provenance']}",
+    items = [_fact(PROVENANCE_WORDS.get(r["provenance"], f"from {r['provenance']}"), int(r["count"]),
+                   key=f"prov-{r['provenance'].replace(':', '-')}",
                    note=_share(r["count"], total) + (f"; {r['conflicts']:,} with conflicting clues" if r["conflicts"] else ""))
              for r in prov]
     chart = charts.counts([r["provenance"] for r in prov], [int(r["count"]) for r in prov])
     dry = bool(facts["summary"].get("dry_run"))
     table = None
     lines = []
-    guessed = sum(int(r["count"]) for r in prov if r["provenance"] in ("default", "previous", "unknown"))
+    by = {r["provenance"]: int(r["count"]) for r in prov}
+    guessed = by.get("previous", 0) + by.get("default", 0)
     if guessed:
-        lines.append(f"Capture times: {guessed:,} of {total:,} photos got their zone from a default or a "
-                     "neighbour: worth a look before uploading.")
+        lines.append(f"Capture times: {guessed:,} of {total:,} photos took their zone from the previous photo "
+                     "or the job's default: worth a look before uploading.")
+    if by.get("unknown"):
+        lines.append(f"Capture times: {by['unknown']:,} of {total:,} photos have a local time but no zone, so no "
+                     "UTC time (add a rule or a default_tz).")
+    if by.get("none"):
+        lines.append(f"Capture times: {by['none']:,} photos carry no capture time at all.")
     if dry:
         plan = q.capture_plan(con, PLAN_LIMIT)
         table = {"head": ["photo", "local time (camera)", "UTC", "offset", "zone", "provenance", "conflicts"],

@@ -151,3 +151,74 @@ def test_command_line_report(story_ledger, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "photo_escape.cli", "report", "--ledger", str(tmp_path / "none.duckdb")],
                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
     assert bad.returncode == 2 and "no ledger" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# -- on real flow runs (Prefect harness) ---------------------------------------------------
+def _escape_job(tmp_path: Path, name: str = "report-flow") -> dict:
+    from sandbox import photos
+
+    photos.make_collection(tmp_path / "camera", count=6, bad=True)
+    return {
+        "name": name, "ledger": str(tmp_path / "ledger.duckdb"), "work_dir": str(tmp_path / "work"),
+        "reports_dir": str(tmp_path / "reports"),
+        "source": {"kind": "local", "path": str(tmp_path / "camera"), "pattern": "*.jpg"},
+        "destination": {"kind": "local", "path": str(tmp_path / "archive")},
+        "options": {"batch_size": 4, "processes": 1},
+    }
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_escape_flow_writes_and_publishes_its_report(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.escape import escape
+
+    job = _escape_job(tmp_path)
+    s = escape(job)
+    html = Path(s["report"])
+    assert html.is_file() and html.parent == tmp_path / "reports" / job["name"] / s["run_id"]
+    md = (html.parent / "report.md").read_text()
+    assert f"{s['listed']} listed = {s['done']} done + {s['skipped']} skipped + {s['failed']} failed" in md
+    with open(html.parent / "outcomes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == s["listed"]
+    assert sum(r["status"] == "failed" for r in rows) == s["failed"] > 0
+    assert all(r["last_reason"] for r in rows if r["status"] == "failed")
+    # regenerated later from the ledger file: the same numbers
+    again = write_reports(s["ledger"], run_id=s["run_id"], out_dir=tmp_path / "again")["summary"]
+    assert {k: again[k] for k in KEYS} == {k: s[k] for k in KEYS}
+    # the Prefect artifacts: markdown, table of counts, link to the HTML
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(like_=f"{job['name']}-report")))
+    kinds = {a.key: a for a in arts}
+    assert {"report-flow-report-report", "report-flow-report-counts", "report-flow-report-html"} <= set(kinds)
+    table = kinds["report-flow-report-counts"].data
+    table = json.loads(table) if isinstance(table, str) else table
+    assert table[0]["listed"] == s["listed"] and table[0]["failed"] == s["failed"]
+    assert "file://" in kinds["report-flow-report-html"].data
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_dry_run_report_shows_the_plan_of_every_photo(tmp_path):
+    from flows.escape import escape
+
+    s = escape(_escape_job(tmp_path, name="report-dry"), dry_run=True)
+    out = Path(s["report"]).parent
+    html = (out / "report.html").read_text()
+    assert "Upload plan (dry run)" in html
+    with open(out / "plan.csv", newline="") as f:
+        plan = list(csv.DictReader(f))
+    with Ledger(s["ledger"], read_only=True) as led:
+        timed = led.query("SELECT item_id, utc, provenance FROM capture_times WHERE run_id = ?", [s["run_id"]])
+    assert sorted(p["item_id"] for p in plan) == sorted(t["item_id"] for t in timed) and plan
+    for p in plan:
+        assert p["name"] in html and p["provenance"]
+
+
+def test_artifacts_publish_is_a_no_op_outside_a_flow_run(story_ledger, tmp_path):
+    from reports.artifacts import publish
+
+    result = write_reports(story_ledger.path, job=story_ledger.job, out_dir=tmp_path / "all")
+    assert publish(result, key_prefix="family-archive-report") == []

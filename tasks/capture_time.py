@@ -262,10 +262,38 @@ _XMP_DATE = re.compile(
 )
 
 
-def _xmp_dates(path: str) -> dict[str, str]:
+XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\x00"
+
+
+def _jpeg_xmp(fh: Any) -> bytes | None:
+    """The XMP packet of a JPEG from its APP1 segment, walking the header's segments only
+    (no need to read the picture data); None when the header is not a clean JPEG one."""
+    fh.seek(2)
+    for _ in range(64):  # a JPEG header has a handful of segments
+        marker = fh.read(2)
+        if len(marker) < 2 or marker[0] != 0xFF:
+            return None
+        if marker[1] in (0xDA, 0xD9):  # start of scan / end of image: no XMP in the header
+            return b""
+        size = struct.unpack(">H", fh.read(2) or b"\0\0")[0]
+        if size < 2:
+            return None
+        if marker[1] == 0xE1:
+            payload = fh.read(size - 2)
+            if payload.startswith(XMP_APP1):
+                return payload[len(XMP_APP1):]
+        else:
+            fh.seek(size - 2, 1)
+    return None
+
+
+def _xmp_dates(path: str, fmt: str | None = None) -> dict[str, str]:
     """Capture dates written in the file's XMP packet (ISO 8601 texts, offsets kept)."""
     with open(path, "rb") as fh:
-        blob = fh.read(XMP_SCAN_BYTES)
+        blob = _jpeg_xmp(fh) if fmt == "jpeg" else None
+        if blob is None:
+            fh.seek(0)
+            blob = fh.read(XMP_SCAN_BYTES)
     start = blob.find(b"<x:xmpmeta")
     if start < 0:
         return {}
@@ -322,7 +350,7 @@ def read_tags(path: str | os.PathLike) -> dict[str, Any]:
         if reader is None:
             reader = name
     try:
-        xmp = _xmp_dates(path)
+        xmp = _xmp_dates(path, fmt)
     except Exception:
         xmp = {}
     if fmt is None and not tags and not xmp:
@@ -337,22 +365,24 @@ def read_tags(path: str | os.PathLike) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------
 
 def _serve(conn: Any) -> None:
-    """Worker loop: read paths from ``conn``, answer with :func:`read_tags`, stop on None."""
+    """Worker loop: receive a list of paths, send back one :func:`read_tags` answer per
+    path as soon as it is ready (so the caller times each file); stop on None."""
     while True:
         try:
-            path = conn.recv()
+            paths = conn.recv()
         except (EOFError, OSError):
             return
-        if path is None:
+        if paths is None:
             return
-        try:
-            answer = read_tags(path)
-        except BaseException as exc:  # never let one file end the worker silently
-            answer = {"error": "corrupt_metadata", "problems": [type(exc).__name__]}
-        try:
-            conn.send(answer)
-        except (OSError, ValueError):
-            return
+        for path in paths:
+            try:
+                answer = read_tags(path)
+            except BaseException as exc:  # never let one file end the worker silently
+                answer = {"error": "corrupt_metadata", "problems": [type(exc).__name__]}
+            try:
+                conn.send(answer)
+            except (OSError, ValueError):
+                return
 
 
 def _serve_fds(read_fd: int, write_fd: int) -> None:
@@ -405,19 +435,31 @@ class _Worker:
             return False
         return self.proc.poll() is None
 
-    def read(self, path: str, timeout: float) -> dict[str, Any]:
-        """The tags of one file, or ``{"error": "timeout"|"reader_crashed"}``."""
+    def read(self, paths: list[str], timeout: float) -> list[dict[str, Any] | None]:
+        """The tags of each file, in order. A file that takes longer than ``timeout`` gets
+        ``{"error": "timeout"}`` (the worker is killed), one that kills the worker
+        ``reader_crashed``; the files after it come back as None, to be read again."""
+        out: list[dict[str, Any] | None] = [None] * len(paths)
         try:
             if not self.alive():
                 self._start()
-            self.send_conn.send(path)
-            if self.recv_conn.poll(timeout):
-                return self.recv_conn.recv()
+            self.send_conn.send(list(paths))
+        except (OSError, BrokenPipeError, ValueError):
             self.kill()
-            return {"error": "timeout"}
-        except (EOFError, OSError, BrokenPipeError, ValueError):
-            self.kill()
-            return {"error": "reader_crashed"}
+            out[0] = {"error": "reader_crashed"}
+            return out
+        for k in range(len(paths)):
+            try:
+                if not self.recv_conn.poll(timeout):
+                    self.kill()
+                    out[k] = {"error": "timeout"}
+                    return out
+                out[k] = self.recv_conn.recv()
+            except (EOFError, OSError, ValueError):
+                self.kill()
+                out[k] = {"error": "reader_crashed"}
+                return out
+        return out
 
     def kill(self) -> None:
         proc, self.proc = self.proc, None
@@ -446,11 +488,15 @@ class _Worker:
         self.kill()
 
 
+READ_CHUNK = 8  # paths sent to a reader at once: answers stream back, one time limit per file
+
+
 def read_all_tags(paths: list[str], *, timeout: float = 10.0, workers: int | None = None) -> list[dict[str, Any]]:
     """:func:`read_tags` for many files, each in a worker process limited to ``timeout`` seconds."""
     if not paths:
         return []
-    n = workers or min(2, os.cpu_count() or 1)
+    # a second reader pays off only when there is enough to share (each costs ~0.1 s to start)
+    n = workers or (min(2, os.cpu_count() or 1) if len(paths) >= 4 * READ_CHUNK * 2 else 1)
     n = max(1, min(n, len(paths)))
     results: list[dict[str, Any] | None] = [None] * len(paths)
     todo: queue.Queue[int] = queue.Queue()
@@ -461,11 +507,19 @@ def read_all_tags(paths: list[str], *, timeout: float = 10.0, workers: int | Non
         worker = _Worker()
         try:
             while True:
-                try:
-                    i = todo.get_nowait()
-                except queue.Empty:
+                chunk = []
+                while len(chunk) < READ_CHUNK:
+                    try:
+                        chunk.append(todo.get_nowait())
+                    except queue.Empty:
+                        break
+                if not chunk:
                     return
-                results[i] = worker.read(paths[i], timeout)
+                for i, answer in zip(chunk, worker.read([paths[i] for i in chunk], timeout)):
+                    if answer is None:
+                        todo.put(i)  # not reached because an earlier file hung: read it again
+                    else:
+                        results[i] = answer
         finally:
             worker.close()
 

@@ -114,6 +114,7 @@ class S3Destination(Destination):
         self._client = None
         self._lock = threading.Lock()
         self._requests: dict[str, int] = {}
+        self._storage_class: str | None = None  # set when the store refused the default class
 
     # -- plumbing ----------------------------------------------------------------------
     @property
@@ -299,7 +300,7 @@ class S3Destination(Destination):
         sha = item["sha256"]
         extra = {
             "Metadata": self._metadata(item),
-            "StorageClass": self.config.storage_class,
+            "StorageClass": self._storage_class or self.config.storage_class,
             "ContentType": self._content_type(item.get("name") or key),
         }
         last: Exception | None = None
@@ -316,6 +317,8 @@ class S3Destination(Destination):
                 last = TransientError(fixity["reason"])
             except Exception as exc:  # noqa: BLE001
                 last = classify(exc)
+                if getattr(last, "reason", "") == "invalid_storage_class" and self._may_fall_back(extra):
+                    continue
                 if isinstance(last, PermanentError):
                     raise last from None
             if attempt <= retries:
@@ -325,6 +328,14 @@ class S3Destination(Destination):
         err = last if last else TransientError("upload_failed")
         err.attempts = retries + 1  # type: ignore[attr-defined]
         raise err
+
+    def _may_fall_back(self, extra: dict) -> bool:
+        """A store that rejects the *default* class (MinIO knows only STANDARD) gets
+        STANDARD instead; a class the job chose is never changed silently."""
+        if "storage_class" in self.config.model_fields_set or extra["StorageClass"] == "STANDARD":
+            return False
+        self._storage_class = extra["StorageClass"] = "STANDARD"
+        return True
 
     def _put_file(self, path: Any, key: str, extra: dict) -> None:
         if isinstance(path, bytes):  # a non-UTF-8 local name: hand boto3 an open file

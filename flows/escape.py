@@ -32,7 +32,6 @@ from photo_escape.plugins import make_destination, make_source
 from tasks.ledger import Ledger, new_run_id
 from tasks.stages import capture_time_batch, deliver_batch, fetch_batch, hash_batch
 
-STAGES = ("fetch", "hash", "capture_time", "deliver")
 BATCHES_IN_FLIGHT = 3
 
 
@@ -168,6 +167,8 @@ class EscapeRun:
                 destination.clear_staging()
             source = make_source(spec.source, workdir=Path(self.workdir), options=self.opts)
             source.protect(destination.protected_prefixes())
+            self.stages = source.pipeline
+            self.history = self.ledger.has_history(spec.name)
             self.ledger.start_run(self.run_id, spec.name, flow="escape", settings=self.settings,
                                   spec=spec.dump(), dry_run=self.dry_run, only_failed=self.only_failed,
                                   flow_run_id=_flow_run_id())
@@ -219,6 +220,8 @@ class EscapeRun:
         """Record a listed batch; keep the photos that still need work."""
         self.ledger.add_items(self.spec.name, self.run_id, items)
         self.progress.add_listed(len(items))
+        if not self.history:  # a job's first run: nothing can be complete yet
+            return _Batch(items)
         done = self.ledger.completed(self.spec.name, [i["item_id"] for i in items], self.settings)
         todo = [i for i in items if i["item_id"] not in done
                 or (i.get("fingerprint") and done[i["item_id"]] and i["fingerprint"] != done[i["item_id"]])]
@@ -228,7 +231,7 @@ class EscapeRun:
     def _advance(self, batch: _Batch):
         """Submit the batch's next stage; returns its future."""
         batch.stage += 1
-        stage = STAGES[batch.stage]
+        stage = self.stages[batch.stage]
         items = batch.items
         if stage == "fetch":
             return fetch_batch.submit(self.spec.source, items, self.workdir, self.opts)
@@ -248,7 +251,7 @@ class EscapeRun:
 
     def _record(self, batch: _Batch, results: list[dict]):
         """Append a finished stage's outcomes; return the next stage's future (or None)."""
-        stage = STAGES[batch.stage]
+        stage = self.stages[batch.stage]
         job, run = self.spec.name, self.run_id
         if stage in ("fetch", "deliver"):
             outcomes = results
@@ -264,7 +267,7 @@ class EscapeRun:
             going_on, finished = [], len(batch.items)
         self.progress.add_finished(finished)
         batch.items = going_on
-        if not going_on or batch.stage + 1 >= len(STAGES):
+        if not going_on or batch.stage + 1 >= len(self.stages):
             return None
         return self._advance(batch)
 

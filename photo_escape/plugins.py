@@ -43,8 +43,10 @@ class Source:
 
     kind: ClassVar[str]
     Config: ClassVar[type[KindConfig]]
-    #: stages this source's fetch writes; a local source fetches nothing.
+    #: whether fetch downloads (a local folder is read in place)
     downloads: ClassVar[bool] = True
+    #: the per-item stages the escape flow runs for this source's items, in order
+    pipeline: ClassVar[tuple[str, ...]] = ("fetch", "hash", "capture_time", "deliver")
 
     def __init__(self, config: KindConfig, *, workdir: Path, options: Any = None) -> None:
         self.config = config

@@ -379,6 +379,13 @@ class Ledger:
             self.con.unregister("_ask")
         return {r[0]: r[1] for r in rows}
 
+    def has_history(self, job: str) -> bool:
+        """Whether any earlier run did work for this job (else no item can be complete)."""
+        row = self.con.execute(
+            "SELECT 1 FROM events WHERE job = ? AND stage <> 'list' LIMIT 1", [job]
+        ).fetchone()
+        return row is not None
+
     def failed_items(self, job: str) -> list[dict]:
         """Items whose latest outcome is ``failed``, rebuilt from what their listing recorded."""
         rows = self.con.execute(

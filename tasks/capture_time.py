@@ -399,7 +399,18 @@ def _serve_fds(read_fd: int, write_fd: int) -> None:
         def send(self, obj: Any) -> None:
             self.w.send(obj)
 
-    _serve(_Duplex())
+    duplex = _Duplex()
+    try:  # the readers' imports happen before any file's clock starts
+        import exifread  # noqa: F401
+        from PIL import Image  # noqa: F401
+    except Exception:  # pragma: no cover - reported per file later
+        pass
+    duplex.send("ready")
+    _serve(duplex)
+
+
+class ReaderUnavailable(Exception):
+    """A reader process could not be started."""
 
 
 class _Worker:
@@ -429,6 +440,14 @@ class _Worker:
         self.proc = proc
         self.send_conn = Connection(to_child_w, readable=False)
         self.recv_conn = Connection(from_child_r, writable=False)
+        # wait for the reader to be up: a loaded machine's slow start is not a file's fault
+        try:
+            ready = self.recv_conn.poll(STARTUP_TIMEOUT) and self.recv_conn.recv() == "ready"
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            self.kill()
+            raise ReaderUnavailable("the metadata reader process did not start")
 
     def alive(self) -> bool:
         if self.proc is None:
@@ -440,9 +459,13 @@ class _Worker:
         ``{"error": "timeout"}`` (the worker is killed), one that kills the worker
         ``reader_crashed``; the files after it come back as None, to be read again."""
         out: list[dict[str, Any] | None] = [None] * len(paths)
-        try:
-            if not self.alive():
+        if not self.alive():
+            try:
                 self._start()
+            except (ReaderUnavailable, OSError):
+                # no child process possible here: read in this process, without the guard
+                return [dict(read_tags(p), unguarded=True) for p in paths]
+        try:
             self.send_conn.send(list(paths))
         except (OSError, BrokenPipeError, ValueError):
             self.kill()
@@ -488,6 +511,7 @@ class _Worker:
         self.kill()
 
 
+STARTUP_TIMEOUT = 120.0  # seconds for a reader process to start (imports included)
 READ_CHUNK = 8  # paths sent to a reader at once: answers stream back, one time limit per file
 
 

@@ -56,6 +56,7 @@ OWN_EVIDENCE = ("exif:offset", "xmp:offset", "gps:time", "gps:position", "gps:ut
 MIN_OFFSET, MAX_OFFSET = -12 * 60, 14 * 60  # minutes; the world's civil offsets
 GPS_STEP, GPS_SLACK = 15, 5  # minutes: offsets are multiples of 15; camera vs GPS clock slack
 CONFLICT_MINUTES = 15  # sources disagreeing by more than this are reported
+COMMON_FORMATS = ("jpeg", "tiff", "png", "webp", "heif")  # what the readers are expected to open
 XMP_SCAN_BYTES = 4 * 1024 * 1024  # XMP packets sit near the start of camera files
 
 log = logging.getLogger(__name__)
@@ -355,8 +356,14 @@ def read_tags(path: str | os.PathLike) -> dict[str, Any]:
         xmp = {}
     if fmt is None and not tags and not xmp:
         return {"error": "not_an_image"}
-    if not tags and not xmp and len(problems) == len(readers):
-        return {"error": "corrupt_metadata", "format": fmt, "problems": problems}
+    if not tags and not xmp:
+        if "pillow:UnidentifiedImageError" in problems:
+            # Pillow cannot open it: a container no reader knows (a video, a rare RAW), or,
+            # for a common image format, a file broken beyond its first bytes
+            return {"error": "unsupported_format" if fmt not in COMMON_FORMATS else "corrupt",
+                    "format": fmt, "problems": problems}
+        if len(problems) == len(readers):
+            return {"error": "corrupt_metadata", "format": fmt, "problems": problems}
     return {"format": fmt, "reader": reader, "tags": tags, "xmp": xmp, "problems": problems}
 
 

@@ -360,8 +360,10 @@ def test_broken_files_each_get_a_record_and_a_hang_is_cut_short(tmp_path):
     fifo = tmp_path / "stuck.jpg"
     os.mkfifo(fifo)  # opening it blocks forever: the worker must be killed, the rest go on
     good = jpeg(tmp_path / "good.jpg", taken=datetime(2019, 3, 9, 12, 20), offset="+05:30")
+    clip = tmp_path / "clip.mov"  # a QuickTime movie among the photos
+    clip.write_bytes(b"\x00\x00\x00\x14ftypqt  \x00\x00\x02\x00qt  " + bytes(range(256)) * 40)
     paths = [str(bad["truncated"]), str(bad["empty"]), str(bad["text"]), loop, str(fifo),
-             str(tmp_path / "missing.jpg"), good]
+             str(tmp_path / "missing.jpg"), str(clip), good]
     recs = capture_times(paths, timeout=1.5)
     assert [r["path"] for r in recs] == paths
     by = {Path(r["path"]).name: r for r in recs}
@@ -369,6 +371,7 @@ def test_broken_files_each_get_a_record_and_a_hang_is_cut_short(tmp_path):
     assert by["notes.jpg"]["error"] == "not_an_image"
     assert by["stuck.jpg"]["status"] == "error" and by["stuck.jpg"]["error"] == "timeout"
     assert by["missing.jpg"]["error"] == "no_such_file"
+    assert by["clip.mov"]["error"] == "unsupported_format"
     assert by["truncated.jpg"]["status"] == "ok" and by["truncated.jpg"]["provenance"] == "none"
     assert by["loop.jpg"]["status"] in ("ok", "error")
     assert by["good.jpg"]["utc"] == "2019-03-09T06:50:00+00:00"

@@ -261,11 +261,11 @@ class Gallery:
 <div class="pager">{nav}</div></body></html>"""
 
     # -- running ------------------------------------------------------------------------
-    def start(self) -> "Gallery":
-        """Serve the CDN and the site on two free ports of 127.0.0.1."""
-        self.cdn_server: Server = serve(self.cdn_app)
+    def start(self, port: int = 0, cdn_port: int = 0) -> "Gallery":
+        """Serve the site and the CDN on 127.0.0.1 (port 0: any free port)."""
+        self.cdn_server: Server = serve(self.cdn_app, port=cdn_port)
         self.cdn_url = self.cdn_server.url
-        self.site_server: Server = serve(self.site_app)
+        self.site_server: Server = serve(self.site_app, port=port)
         self.site_url = self.site_server.url
         return self
 
@@ -308,6 +308,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", default="640x480")
     ap.add_argument("--cache-dir")
     ap.add_argument("--warm", action="store_true", help="make every original before serving")
+    ap.add_argument("--port", type=int, default=0, help="the site's port (default: any free one)")
+    ap.add_argument("--cdn-port", type=int, default=0, help="the CDN's port (default: any free one)")
+    ap.add_argument("--faults", help="a JSON list of fault rules for the CDN (see sandbox.faults)")
     args = ap.parse_args(argv)
     w, h = (int(v) for v in args.size.split("x"))
     import logging
@@ -316,14 +319,18 @@ def main(argv: list[str] | None = None) -> None:
     gallery = Gallery(args.count, size=(w, h), cache_dir=args.cache_dir)
     if args.warm:
         gallery.warm()
-    with gallery:
+    for rule in json.loads(args.faults or "[]"):
+        gallery.cdn_faults.add(**rule)
+    gallery.start(args.port, args.cdn_port)
+    try:
         print(json.dumps({"site": gallery.site_url, "cdn": gallery.cdn_url, "username": gallery.username,
                           "password": gallery.password, "count": gallery.count}), flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        gallery.stop()
 
 
 if __name__ == "__main__":

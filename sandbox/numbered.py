@@ -85,8 +85,8 @@ class NumberedHost:
         start_response("200 OK", [("Content-Type", "image/jpeg"), ("Content-Length", str(len(data)))])
         return [data]
 
-    def start(self) -> "NumberedHost":
-        self.server: Server = serve(self.app)
+    def start(self, port: int = 0) -> "NumberedHost":
+        self.server: Server = serve(self.app, port=port)
         self.url = self.server.url
         return self
 
@@ -116,15 +116,18 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=20000)
     ap.add_argument("--missing-rate", type=float, default=0.25)
+    ap.add_argument("--port", type=int, default=0, help="default: any free port")
     args = ap.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with NumberedHost(args.count, missing_rate=args.missing_rate) as host:
+    host = NumberedHost(args.count, missing_rate=args.missing_rate).start(args.port)
+    try:
         print(json.dumps({"url": host.url, "count": host.count}), flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        host.stop()
 
 
 if __name__ == "__main__":

@@ -420,3 +420,113 @@ def thumb_array(thumb: bytes | None) -> np.ndarray | None:
 def public(rec: dict) -> dict:
     """A hash record without the thumbnail bytes (for JSON output)."""
     return {k: v for k, v in rec.items() if k != "thumb"}
+
+
+# -- the ledger as a cache of hash records, by content ----------------------------------------
+def _sha256_only(path: str) -> tuple[str, str | None]:
+    try:
+        return path, _sha256_of(Path(path))[0]
+    except OSError:
+        return path, None
+
+
+def sha256_files(paths: list[str], threads: int = 4) -> dict[str, str | None]:
+    """sha256 of each file (None when unreadable), read on a few threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        return dict(pool.map(_sha256_only, paths))
+
+
+def record_from_asset(row: dict, path: str) -> dict[str, Any]:
+    """A hash record rebuilt from a row of the ledger's ``assets`` table."""
+    rec = _empty_record(path)
+    rec.update(
+        status="ok", sha256=row["sha256"], bytes=row.get("bytes"), width=row.get("width"),
+        height=row.get("height"), format=row.get("format"), thumb=row.get("thumb"),
+        hash_version=row.get("hash_version"),
+        **{k: int_to_hex(row.get(k)) for k in ("phash", "dhash", "phash_mirror", "dhash_mirror")},
+    )
+    if isinstance(rec["thumb"], (bytearray, memoryview)):
+        rec["thumb"] = bytes(rec["thumb"])
+    return rec
+
+
+def cached_assets(ledger: Any, shas: list[str]) -> dict[str, dict]:
+    """Rows of the ledger's ``assets`` table for these sha256s, hashed by this version."""
+    import pyarrow as pa
+
+    shas = sorted({s for s in shas if s})
+    if not shas:
+        return {}
+    con = ledger.con.cursor()  # its own cursor: the ledger's may hold an unfinished result
+    con.register("_pe_ask_sha", pa.table({"sha256": shas}))
+    try:
+        cur = con.execute(
+            "SELECT a.* FROM assets a JOIN _pe_ask_sha USING (sha256) "
+            "WHERE a.hash_version = ? AND a.phash IS NOT NULL", [HASH_VERSION])
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+    finally:
+        con.unregister("_pe_ask_sha")
+        con.close()
+    return {r["sha256"]: r for r in rows}
+
+
+def store_assets(ledger: Any, records: list[dict]) -> int:
+    """Put the good hash records in the ledger's ``assets`` table (replacing rows
+    hashed by another version of this algorithm). Returns how many were stored."""
+    import pyarrow as pa
+
+    good = [r for r in records if r.get("status") == "ok" and r.get("sha256")]
+    if not good:
+        return 0
+    unique = list({r["sha256"]: r for r in good}.values())
+    con = ledger.con.cursor()
+    con.register("_pe_new_sha", pa.table({"sha256": [r["sha256"] for r in unique]}))
+    try:  # an older hash version of the same content is replaced, not kept beside
+        con.execute("DELETE FROM assets WHERE sha256 IN (SELECT sha256 FROM _pe_new_sha) "
+                           "AND coalesce(hash_version, '') <> ?", [HASH_VERSION])
+    finally:
+        con.unregister("_pe_new_sha")
+        con.close()
+    ledger.add_assets([{**r, "detail": {"message": r.get("message")} if r.get("message") else None}
+                       for r in unique])
+    return len(unique)
+
+
+def hash_files_cached(paths: Iterable[str | os.PathLike], ledger: Any = None, *, processes: int = 0,
+                      **kw: Any) -> tuple[list[dict], dict[str, int]]:
+    """:func:`hash_files`, but content the ledger already knows (same sha256, same
+    hash version) is not decoded again: each file is only read for its sha256.
+    ``ledger`` is a :class:`tasks.ledger.Ledger` or a path (None = no cache).
+
+    Returns (records in input order, {"files", "from_cache", "hashed", "failed"})."""
+    paths = [str(p) for p in paths]
+    if ledger is None:
+        recs = hash_files(paths, processes=processes, **kw)
+        return recs, {"files": len(paths), "from_cache": 0, "hashed": len(paths),
+                      "failed": sum(r["status"] != "ok" for r in recs)}
+    own = False
+    if not hasattr(ledger, "con"):
+        from tasks.ledger import Ledger
+
+        ledger, own = Ledger(ledger), True
+    try:
+        shas = sha256_files(paths)
+        known = cached_assets(ledger, list(shas.values()))
+        out: dict[str, dict] = {}
+        for p in paths:
+            row = known.get(shas.get(p) or "")
+            if row is not None:
+                out[p] = record_from_asset(row, p)
+        todo = [p for p in paths if p not in out]
+        fresh = hash_files(todo, processes=processes, **kw) if todo else []
+        out.update({r["path"]: r for r in fresh})
+        store_assets(ledger, fresh)
+    finally:
+        if own:
+            ledger.close()
+    recs = [out[p] for p in paths]
+    return recs, {"files": len(paths), "from_cache": len(paths) - len(todo), "hashed": len(todo),
+                  "failed": sum(r["status"] != "ok" for r in recs)}

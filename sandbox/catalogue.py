@@ -144,6 +144,8 @@ def _plan(n: int, rng: random.Random) -> list[dict[str, str]]:
         {"link": "album", "transform": "none", "master": "oversized"},
     ]
     plan = [dict(t) for t in tricky]
+    # larger accounts get more of the uploader's "improvements" (tints, crops...)
+    plan += [dict(t) for _ in range(n // 100 - 1) for t in tricky[:8]]
     while len(plan) < n:
         link = "album" if rng.random() < 0.3 else "item"
         plan.append({"link": link, "transform": "none"})

@@ -293,4 +293,5 @@ def test_demo_summary(prefect_harness, tmp_path):
     assert summary["listed"] == 24 and summary["failed"] == 0
     assert summary["listed"] == summary["done"] + summary["skipped"] + summary["failed"] + summary["pending"]
     assert summary["replaced"] == summary["dates_verified"] == summary["replaced_on_flickr"]
-    assert summary["replaced_twice"] == 0
+    assert summary["replaced_twice"] == 0 and summary["wrong_matches"] == 0
+    assert summary["flickr_errors_injected"] > 0

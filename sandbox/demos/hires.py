@@ -79,6 +79,18 @@ def run(workdir: Path, as_json: bool, photos: int = PHOTOS) -> dict:
     finally:
         flickr.stop()
         catalogue.stop()
+    summary["flickr_errors_injected"] = sum(f.fired for f in state.faults)
+    summary["wrong_matches"] = _wrong_matches(summary["ledger"], summary["run_id"], lib)
     summary["replaced_on_flickr"] = sum(1 for p in state.photos.values() if p.replaced)
     summary["replaced_twice"] = sum(1 for p in state.photos.values() if p.replaced > 1)
     return summary
+
+
+def _wrong_matches(ledger_path: str, run_id: str, lib) -> int:
+    """Chosen catalogue images that are not the Flickr photo's true picture (should be 0)."""
+    from tasks.ledger import Ledger
+
+    truth = {f"flickr:{c.photo_id}": c.digital_id for c in lib.flickr}
+    with Ledger(ledger_path, read_only=True) as ledger:
+        chosen = ledger.query("SELECT query, candidate FROM matches WHERE chosen AND run_id = ?", [run_id])
+    return sum(1 for r in chosen if truth.get(r["query"]) != r["candidate"])

@@ -252,6 +252,15 @@ class HttpUploadDestination(Destination):
         self.concurrency = max(1, min(getattr(opts, "concurrency", 4), 16))
         self.secrets: dict[str, str] | None = None
 
+    def settings_key(self) -> str:
+        """Where the photos go and how they are described: the endpoint, the account and the
+        form fields. Time limits, retry settings and review holds are not part of it, so
+        changing them does not make the ledger forget what is done."""
+        c = self.config
+        blob = json.dumps([c.kind, c.url, c.username, c.file_field, c.metadata_field,
+                           sorted(c.secret_fields)], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
     def remote_id(self) -> str:
         """Which remote account this is (endpoint host and path, user): the journal's name."""
         parts = urlsplit(self.config.url)

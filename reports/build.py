@@ -184,6 +184,8 @@ def decorate(con, facts: dict) -> None:
         a["thumbs"] = attention_thumbs(con, a, matches.get(a["item_id"], []), assets)
         facts["attention_thumbs"] |= any(t["src"] for t in a["thumbs"])
     facts["stories"], facts["story_lines"] = stories.sections(con, facts)
+    s["stories"] = {st["id"]: {f["key"]: f["value"] for f in st["facts"] if f.get("key")}
+                    for st in facts["stories"]}
 
 
 def attention_thumbs(con, item: dict, ranked: list[dict], assets: dict) -> list[dict]:
@@ -317,6 +319,14 @@ def describe_spec(spec: dict, job: str) -> dict:
         parts = [f"{k}={_show(k, v)}" for k, v in cfg.items() if k != "kind" and v not in (None, [], {})]
         return f"{kind}: " + ", ".join(parts) if parts else str(kind)
 
+    if "source" not in spec and isinstance(spec.get("flickr"), dict):  # the hi-res replacement job
+        fl, masters = spec["flickr"], spec.get("masters") or {}
+        return {"name": spec.get("name") or job,
+                "source": side({"kind": "flickr", "user_id": fl.get("user_id"), "photoset_id": fl.get("photoset_id"),
+                                "api_key": fl.get("api_key")})
+                + " (matched against the library catalogue"
+                + (f", masters from {masters.get('listing') or masters.get('store')}" if masters else "") + ")",
+                "destination": "the same Flickr account: each photo replaced by its larger master, date taken kept"}
     return {"name": spec.get("name") or job, "source": side(spec.get("source")),
             "destination": side(spec.get("destination"))}
 

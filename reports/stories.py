@@ -63,6 +63,7 @@ def _context(con, facts: dict) -> dict:
     spec = facts["spec"] or {}
     reasons = q.reason_counts(con)
     return {
+        "flow": (facts["scope"].runs[-1].get("flow") if facts["scope"].runs else None),
         "source": (spec.get("source") or {}).get("kind"),
         "destination": (spec.get("destination") or {}).get("kind"),
         "stages": set(facts["stages"]),
@@ -158,31 +159,36 @@ def find_my_photo(con, facts: dict, ctx: dict) -> dict | None:
 def hires(con, facts: dict, ctx: dict) -> dict | None:
     """Listed, matched (directly / through an album), not matched, no larger version,
     too large, replaced, dates restored and verified, failed; the person's list."""
-    if not (ctx["stages"] & HIRES_STAGES or len(ctx["reason_names"] & HIRES_REASONS) >= 2):
+    if not (ctx["flow"] == "replace_hires" or ctx["stages"] & HIRES_STAGES
+            or len(ctx["reason_names"] & HIRES_REASONS) >= 2):
         return None
     s = facts["summary"]
     direct, album = _by_reason(ctx, "matched_direct"), _by_reason(ctx, "matched_album")
     matched = direct + album
+    unmatched = {r: n for (st, o, r), n in ctx["reasons"].items() if st == "match" and o == "needs_review"}
     counts = [
         ("listed", "listed", s["listed"]),
         ("matched", "matched", matched),
         ("matched_direct", "matched directly (the link was the image)", direct),
         ("matched_album", "matched through an album", album),
-        ("not_in_album", "not matched (not in the album)", _by_reason(ctx, "not_in_album")),
-        ("ambiguous", "ambiguous (a person decides)", _by_reason(ctx, "ambiguous")),
+        ("not_matched", "not matched (a person decides)", sum(unmatched.values())),
         ("no_master", "no master file found", _by_reason(ctx, "no_master")),
         ("no_larger_version", "no larger version", _by_reason(ctx, "no_larger_version")),
         ("too_large", "too large for Flickr", _by_reason(ctx, "too_large_for_flickr")),
-        ("replaced", "replaced", _by_reason(ctx, "replaced", "replace") or _by_reason(ctx, "replaced")),
+        ("replaced", "replaced", _by_reason(ctx, "replaced", "replace") + _by_reason(ctx, "already_replaced", "replace")),
         ("date_restored", "dates restored", _by_reason(ctx, "date_restored")),
         ("date_verified", "dates verified", _by_reason(ctx, "date_verified")),
         ("failed", "failed", s["failed"]),
     ]
-    items = [_fact(label, n, key=f"hires-{key}", note=_share(n, s["listed"]) if key != "listed" else None)
+    notes = {"not_matched": ", ".join(f"{r} × {n:,}" for r, n in sorted(unmatched.items(), key=lambda x: -x[1])),
+             "replaced": (f"{_by_reason(ctx, 'already_replaced', 'replace'):,} by an earlier attempt"
+                          if _by_reason(ctx, "already_replaced", "replace") else "")}
+    items = [_fact(label, n, key=f"hires-{key}",
+                   note="; ".join(x for x in (_share(n, s["listed"]), notes.get(key)) if x) if key != "listed" else None)
              for key, label, n in counts]
     lines = [f"Hi-res: {s['listed']:,} listed, {matched:,} matched ({_share(matched, s['listed'])}), "
              f"{_by_reason(ctx, 'no_larger_version'):,} with no larger version, "
-             f"{counts[9][2]:,} replaced."]
+             f"{counts[8][2]:,} replaced; {sum(unmatched.values()):,} not matched wait for a person."]
     ids = q.rows(con, f"""SELECT DISTINCT item_id FROM _rep_stage_latest
                           WHERE reason IN ('not_in_album', 'ambiguous', 'no_master') OR outcome IN ('failed', 'needs_review')
                           ORDER BY item_id LIMIT {GALLERY_LIMIT + 1}""")
@@ -232,7 +238,7 @@ def matching(con, facts: dict, ctx: dict) -> dict | None:
     hist = q.distance_histogram(con)
     best = [(r["distance"], r["count"]) for r in hist if r["best"]]
     rest = [(r["distance"], r["count"]) for r in hist if not r["best"]]
-    threshold = q.match_threshold(con)
+    threshold = q.match_threshold(con) or _spec_threshold(facts.get("spec") or {}, ctx)
     method = ", ".join(m for m in ctx["methods"] if m) or "distance"
     chart = charts.distances(best, rest, threshold, xlabel=f"{method} {'score' if higher else 'distance'}",
                              higher_is_closer=higher)
@@ -241,11 +247,28 @@ def matching(con, facts: dict, ctx: dict) -> dict | None:
              _fact("with a chosen candidate", int(totals["chosen"]), key="match-chosen"),
              _fact("comparisons recorded", ctx["matches"])]
     if threshold is not None:
-        items.append(_fact("threshold", f"{threshold:g}", note="a best candidate beyond it is not taken"))
+        items.append(_fact("threshold", f"{threshold:g}", note=(
+            "within it (and clear of the runner-up) the hashes decide alone; beyond it a finer comparison decides"
+            if set(ctx["methods"]) <= {"direct", "album"} else "a best candidate beyond it is not taken")))
     caption = (f"Distribution of {method} values: best candidate per picture (green) and the rest (grey)"
                + (f"; the dashed line is the threshold {threshold:g}." if threshold is not None else "."))
     return _section("matching", "Matching", facts=items,
                     charts=[{"src": chart, "alt": "distance distribution", "caption": caption}] if chart else [])
+
+
+def _spec_threshold(spec: dict, ctx: dict) -> float | None:
+    """The album resolver's 'sure' distance: the job's ``matching.sure`` or the resolver's default."""
+    matching = spec.get("matching") if isinstance(spec.get("matching"), dict) else {}
+    for key in ("threshold", "sure"):
+        if isinstance(matching.get(key), (int, float)):
+            return float(matching[key])
+    if ctx["methods"] and set(ctx["methods"]) <= {"direct", "album"}:
+        try:
+            from tasks.resolve import SURE_DISTANCE
+        except ImportError:
+            return None
+        return float(SURE_DISTANCE)
+    return None
 
 
 # -- personal archive to S3 -------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -222,3 +223,30 @@ def test_artifacts_publish_is_a_no_op_outside_a_flow_run(story_ledger, tmp_path)
 
     result = write_reports(story_ledger.path, job=story_ledger.job, out_dir=tmp_path / "all")
     assert publish(result, key_prefix="family-archive-report") == []
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_hires_report_shows_the_storys_numbers(tmp_path):
+    """A real replace_hires run on the Flickr stand-in: the report's hi-res section equals the run's counts."""
+    from sandbox.demos import hires as demo
+
+    s = demo.run(tmp_path, True, photos=16)
+    result = write_reports(s["ledger"], run_id=s["run_id"], out_dir=tmp_path / "again")
+    hires = result["summary"]["stories"]["hires"]
+    for key, theirs in (("hires-listed", "listed"), ("hires-matched", "matched"),
+                        ("hires-matched_direct", "matched_direct"), ("hires-matched_album", "matched_album"),
+                        ("hires-not_matched", "not_matched"), ("hires-no_larger_version", "no_larger_version"),
+                        ("hires-too_large", "too_large_for_flickr"), ("hires-no_master", "no_master"),
+                        ("hires-date_verified", "dates_verified"), ("hires-failed", "failed")):
+        assert hires[key] == s[theirs], key
+    assert hires["hires-replaced"] == s["replaced"] + s["already_replaced"]
+    html = Path(result["report_html"]).read_text()
+    assert 'id="story-hires" ' in html or 'id="story-hires"' in html
+    # the person's list: every photo not matched, with the Flickr image beside its best candidates
+    assert html.count('alt="Flickr image"') >= s["not_matched"]
+    assert 'id="story-matching"' in html and "threshold" in html
+    for name in demo.SANDBOX_SECRETS:  # the values the run used, never in a report
+        value = os.environ[name]
+        for key in ("report_html", "report_md", "outcomes_csv"):
+            assert value not in Path(result[key]).read_text(), (name, key)
+    assert "env:FLICKR_API_KEY" in html

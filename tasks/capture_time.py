@@ -56,6 +56,12 @@ OWN_EVIDENCE = ("exif:offset", "xmp:offset", "gps:time", "gps:position", "gps:ut
 MIN_OFFSET, MAX_OFFSET = -12 * 60, 14 * 60  # minutes; the world's civil offsets
 GPS_STEP, GPS_SLACK = 15, 5  # minutes: offsets are multiples of 15; camera vs GPS clock slack
 CONFLICT_MINUTES = 15  # sources disagreeing by more than this are reported
+LOOKBACK = 20  # files read on disk to find the previous photo's zone across a batch boundary
+IMAGE_SUFFIXES = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".tif", ".tiff", ".heic", ".heif", ".hif", ".png", ".webp", ".avif", ".jxl",
+    ".dng", ".nef", ".nrw", ".cr2", ".cr3", ".crw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf", ".pef",
+    ".srw", ".x3f", ".3fr", ".erf", ".kdc", ".mrw",
+})
 COMMON_FORMATS = ("jpeg", "tiff", "png", "webp", "heif")  # what the readers are expected to open
 XMP_SCAN_BYTES = 4 * 1024 * 1024  # XMP packets sit near the start of camera files
 
@@ -984,7 +990,7 @@ def _apply_zone(rec: dict, local: datetime | None, zone: tuple, provenance: str)
 
 def capture_times(entries: Iterable[dict[str, Any] | str | os.PathLike], *, rules: Iterable[Any] = (),
                   default_tz: str | None = None, timeout: float = 10.0,
-                  workers: int | None = None) -> list[dict[str, Any]]:
+                  workers: int | None = None, lookback: int = LOOKBACK) -> list[dict[str, Any]]:
     """Capture-time records for photos, in the order given.
 
     ``entries`` are dicts with ``path`` and optionally ``item_id``, ``name`` and
@@ -993,6 +999,10 @@ def capture_times(entries: Iterable[dict[str, Any] | str | os.PathLike], *, rule
     objects or dicts (tz, folder, pattern, start, end; first match wins). Each record:
     ``{path, item_id, status, error, local, utc, offset_minutes, tz, provenance, conflicts}``
     plus ``source`` (which tag or rule) and ``reader``.
+
+    A folder's sequence may be cut into batches: when the first photos of a folder here
+    need the previous photo's zone, up to ``lookback`` files of the same folder on disk
+    that sort before them (and are not in this call) are read to find it.
     """
     items = [e if isinstance(e, dict) else {"path": os.fspath(e)} for e in entries]
     paths = [os.fspath(e["path"]) for e in items]
@@ -1015,7 +1025,7 @@ def capture_times(entries: Iterable[dict[str, Any] | str | os.PathLike], *, rule
     # the sequence within each folder: by local time, then name
     order = sorted(range(len(decided)), key=lambda i: (decided[i][4], decided[i][1] is None,
                                                        decided[i][1] or datetime.min, decided[i][3]))
-    last_zone: dict[str, tuple[tuple, str]] = {}
+    last_zone = _zones_before(decided, order, rule_list, paths, lookback, timeout) if lookback else {}
     for i in order:
         rec, local, carry, name, folder = decided[i]
         if rec["status"] != "ok":
@@ -1029,6 +1039,61 @@ def capture_times(entries: Iterable[dict[str, Any] | str | os.PathLike], *, rule
     for rec, *_ in decided:
         rec.pop("needs_local", None)
     return [d[0] for d in decided]
+
+
+def _needs_zone(rec: dict, local: datetime | None) -> bool:
+    """A wall clock with no zone of its own, or a GPS UTC time with no local zone."""
+    return rec["status"] == "ok" and ((local is not None and rec["provenance"] == "unknown")
+                                      or bool(rec.get("needs_local")))
+
+
+def _zones_before(decided: list[tuple], order: list[int], rules: list[dict], paths: list[str],
+                  lookback: int, timeout: float) -> dict[str, tuple[tuple, str]]:
+    """For each folder whose first photos here would want a previous photo's zone and find
+    none in this call: the zone of the nearest earlier file of that folder on disk."""
+    first_needy: dict[str, int] = {}
+    seen_own: set[str] = set()
+    for i in order:
+        rec, local, carry, name, folder = decided[i]
+        if carry is not None and rec["provenance"] in OWN_EVIDENCE:
+            seen_own.add(folder)
+        elif folder not in seen_own and folder not in first_needy and _needs_zone(rec, local) and not any(
+                rule_matches(r, path=rec["path"], name=name, folder=folder, local=local) for r in rules):
+            first_needy[folder] = i
+    here = set(paths)
+    found: dict[str, tuple[tuple, str]] = {}
+    for folder, i in first_needy.items():
+        before = _earlier_siblings(decided[i][0]["path"], folder, here, lookback)
+        if not before:
+            continue
+        reads = read_all_tags(before, timeout=timeout, workers=1)
+        for path, read in zip(reversed(before), reversed(reads)):
+            try:
+                rec, _, carry = decide_own(path, None, read)
+            except Exception:  # noqa: BLE001 - a neighbour's oddity only means no zone from it
+                continue
+            if carry is not None and rec["provenance"] in OWN_EVIDENCE:
+                found[folder] = (carry, PurePath(path).name)
+                break
+    return found
+
+
+def _earlier_siblings(path: str, folder: str, exclude: set[str], limit: int) -> list[str]:
+    """Up to ``limit`` image files beside ``path`` whose names sort before it, nearest last;
+    only when ``path``'s directory is the sequence's folder (not a download area)."""
+    parent = Path(path).parent
+    where = parent.as_posix()
+    if folder and where != folder and not where.endswith("/" + folder.strip("/")):
+        return []
+    name = PurePath(path).name
+    try:
+        with os.scandir(parent) as it:
+            names = sorted(e.name for e in it if e.name < name and not e.name.startswith(".")
+                           and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file())
+    except OSError:
+        return []
+    out = [os.path.join(os.fspath(parent), n) for n in names]
+    return [p for p in out if p not in exclude][-limit:]
 
 
 def _fill_borrowed(rec: dict, local: datetime | None, name: str, folder: str, rules: list[dict],

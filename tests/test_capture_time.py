@@ -264,6 +264,23 @@ def test_previous_photo_zone_carries_forward_within_a_folder_only(tmp_path):
     assert recs[1]["provenance"] == "default" and recs[3]["provenance"] == "default"
 
 
+def test_previous_photo_is_found_across_a_batch_boundary(tmp_path):
+    """The flow works in batches: a folder's airplane-mode photos may come in the batch
+    after the photo that had the zone; the neighbours on disk are read to find it."""
+    trip = tmp_path / "trip"
+    shots = [jpeg(trip / f"IMG_{i}.JPG", taken=datetime(2015, 5, 1, 10 + i), offset="+05:30" if i == 1 else None)
+             for i in range(5)]
+    first = capture_times([{"path": p, "folder": "trip"} for p in shots[:2]], default_tz="UTC")
+    later = capture_times([{"path": p, "folder": "trip"} for p in shots[2:]], default_tz="UTC")
+    assert [r["provenance"] for r in first] == ["default", "exif:offset"]
+    assert [r["provenance"] for r in later] == ["previous"] * 3
+    assert all(r["source"]["previous"] == "IMG_1.JPG" and r["offset_minutes"] == 330 for r in later)
+    # a sequence key that is not the file's folder (a download area) reads no neighbours
+    other = capture_times([{"path": shots[3], "folder": "http://host/album"}], default_tz="UTC")
+    assert other[0]["provenance"] == "default"
+    assert capture_times([shots[3]], default_tz="UTC", lookback=0)[0]["provenance"] == "default"
+
+
 def test_rule_comes_before_previous(tmp_path):
     first = jpeg(tmp_path / "f" / "IMG_1.JPG", taken=datetime(2015, 5, 1, 10, 0), offset="+05:30")
     second = jpeg(tmp_path / "f" / "IMG_2.JPG", taken=datetime(2015, 5, 1, 11, 0))

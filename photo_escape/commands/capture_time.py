@@ -14,9 +14,6 @@ from pathlib import Path
 
 from photo_escape.output import emit
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".tif", ".tiff", ".heic", ".heif", ".hif", ".png", ".webp",
-                  ".dng", ".nef", ".nrw", ".cr2", ".cr3", ".crw", ".arw", ".srf", ".sr2", ".orf", ".rw2",
-                  ".raf", ".pef", ".srw", ".x3f", ".3fr", ".erf", ".kdc", ".mrw", ".avif", ".jxl"}
 FIELDS = ("path", "status", "error", "local", "utc", "offset_minutes", "tz", "provenance", "conflicts")
 
 
@@ -33,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def expand(paths: list[str]) -> list[str]:
     """Files as given; folders replaced by their image files (sorted, recursively)."""
+    from tasks.capture_time import IMAGE_SUFFIXES
+
     out: list[str] = []
     for p in paths:
         if os.path.isdir(p):

@@ -109,6 +109,8 @@ class FaultProxy:
         self._skip = 0
         self._drops = 0
         self._min_body = 1
+        self._cut_downloads = 0
+        self._cut_after = 0
         self.requests: list[tuple[str, str]] = []
         #: access key ids seen in the requests' signatures (never the secret keys)
         self.access_keys: set[str] = set()
@@ -144,6 +146,12 @@ class FaultProxy:
         with self._lock:
             self._skip, self._drops, self._min_body = skip, count, min_body
 
+    def cut_downloads(self, count: int = 1, *, after_bytes: int = 4096) -> None:
+        """Reset the connection of the next ``count`` object downloads (GET of a key)
+        after ``after_bytes`` of the response, as a network failure mid-download does."""
+        with self._lock:
+            self._cut_downloads, self._cut_after = count, after_bytes
+
     def uploads(self) -> list[tuple[str, str]]:
         """The upload requests (PUT with a body) seen so far, reset ones included."""
         with self._lock:
@@ -163,8 +171,9 @@ class FaultProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._socks.update((client, upstream))
-            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
-            threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()
+            state: dict[str, Any] = {"cut_after": None}
+            threading.Thread(target=self._responses, args=(upstream, client, state), daemon=True).start()
+            threading.Thread(target=self._requests, args=(client, upstream, state), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
@@ -179,6 +188,38 @@ class FaultProxy:
             _close(dst)
             _close(src)
 
+    def _responses(self, upstream: socket.socket, client: socket.socket, state: dict[str, Any]) -> None:
+        """Server to client; a response marked by :meth:`_requests` is cut short and reset."""
+        sent = 0
+        try:
+            while True:
+                data = upstream.recv(65536)
+                if not data:
+                    break
+                limit = state["cut_after"]
+                if limit is not None:
+                    if sent + len(data) >= limit:
+                        client.sendall(data[: max(0, limit - sent)])
+                        with self._lock:
+                            self.resets.append({"method": "GET", "path": state.get("path"), "sent": limit})
+                        _close(client, reset=True)
+                        _close(upstream, reset=True)
+                        return
+                    sent += len(data)
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close(client)
+            _close(upstream)
+
+    def _should_cut(self, method: str, path: str) -> bool:
+        with self._lock:
+            if method != "GET" or "?" in path or path.count("/") < 2 or self._cut_downloads <= 0:
+                return False
+            self._cut_downloads -= 1
+            return True
+
     def _should_drop(self, method: str, length: int) -> bool:
         with self._lock:
             if method != "PUT" or length < self._min_body or self._drops <= 0:
@@ -189,7 +230,7 @@ class FaultProxy:
             self._drops -= 1
             return True
 
-    def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
+    def _requests(self, client: socket.socket, upstream: socket.socket, state: dict[str, Any]) -> None:
         """Forward requests one by one; reset the connection inside a chosen upload."""
         buf = b""
         try:
@@ -217,6 +258,8 @@ class FaultProxy:
                     self._pipe(client, upstream)  # cannot follow chunked bodies: plain pipe
                     return
                 length = int(headers.get(b"content-length", b"0") or 0)
+                if self._should_cut(m, p):
+                    state.update(cut_after=self._cut_after, path=p)
                 upstream.sendall(head + b"\r\n\r\n")
                 drop = self._should_drop(m, length)
                 limit = length // 2 if drop else length
@@ -243,9 +286,18 @@ class FaultProxy:
 
 
 def _close(sock: socket.socket, reset: bool = False) -> None:
+    """Close a socket; ``reset`` aborts it (RST). shutdown() first, so a thread blocked
+    reading it wakes up and the peer sees the connection go at once."""
     try:
         if reset:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
         sock.close()
     except OSError:
         pass

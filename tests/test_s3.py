@@ -358,3 +358,28 @@ def test_keys_from_a_prefect_secret_block_sign_the_requests(prefect_harness, s3_
     assert proxy.access_keys == {"BLOCKKEYID0001"}
     assert "block-secret-value-123" not in json.dumps(out, default=str)
     assert "block-secret-value-123" not in json.dumps(config.model_dump(mode="json"))
+
+
+def test_download_cut_mid_body_is_retried_and_complete(s3_server, s3_bucket, s3_credentials, s3_client, tmp_path):
+    body = os.urandom(400_000)
+    s3_client.put_object(Bucket=s3_bucket, Key="dcim/IMG_0001.JPG", Body=body)
+    with FaultProxy(s3_server.port) as proxy:
+        config = S3SourceConfig(kind="s3", bucket=s3_bucket, endpoint_url=proxy.url, credentials={"env": s3_credentials})
+        src = S3Source(config, workdir=tmp_path, options=FAST)
+        items = [i for p in src.list_pages() for i in p]
+        proxy.cut_downloads(1, after_bytes=100_000)
+        (o,) = src.fetch(items)
+    assert len(proxy.resets) == 1 and proxy.resets[0]["path"].endswith("/dcim/IMG_0001.JPG")
+    assert o["outcome"] == "ok" and o["attempt"] == 2 and o["bytes"] == len(body)
+    assert o["sha256"] == hashlib.sha256(body).hexdigest()
+    assert Path(o["item"]["local_path"]).read_bytes() == body
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["IMG_0001.JPG"]  # no partial file left
+
+
+def test_hostile_keys_become_safe_names(s3_server, s3_bucket, s3_credentials, s3_client, tmp_path):
+    _fill(s3_client, s3_bucket, {"in/../../etc/passwd.jpg": b"x", "in/a\x01b<c>.jpg": b"y", "in/ .jpg": b"z"})
+    src = _source(s3_server, s3_bucket, s3_credentials, tmp_path)
+    names = sorted(i["name"] for p in src.list_pages() for i in p)
+    assert names == ["a_b_c_.jpg", "jpg", "passwd.jpg"]
+    (o,) = [o for o in src.fetch([i for p in src.list_pages() for i in p]) if o["item"]["name"] == "passwd.jpg"]
+    assert Path(o["item"]["local_path"]).resolve().is_relative_to(tmp_path.resolve())

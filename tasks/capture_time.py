@@ -669,7 +669,10 @@ def zone_at(lat: float, lon: float) -> str | None:
     if not (-90 <= lat <= 90 and -180 <= lon <= 180) or (lat == 0 and lon == 0):
         return None  # (0, 0) is the "null island" of cameras with no fix
     try:
-        return _finder().timezone_at(lng=lon, lat=lat)
+        name = _finder().timezone_at(lng=lon, lat=lat)
+        if name:
+            ZoneInfo(name)  # a zone this machine's tz database lacks is no zone to use
+        return name
     except Exception:
         return None
 

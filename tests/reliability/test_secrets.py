@@ -1,0 +1,172 @@
+"""Secrets never leave the process: not in the ledger, logs, reports, artifacts or exception messages.
+
+Two real ``photo-escape run`` processes against the session's Prefect API:
+
+1. a run that fails at login: the gallery password comes from the environment and is
+   wrong (a distinctive string, which is as secret as a right one);
+2. a run that succeeds: the gallery password comes from a Prefect Secret block, and the
+   photos go to the sandbox upload API with a basic-auth password and an API key, both
+   from the environment.
+
+Then everything the runs left behind is searched for every one of those values:
+the CLI's stdout and stderr, every table of the ledger (as text) and its raw bytes
+(WAL included), every report file (parquet read back too), every file in the work
+folder (the upload journal...), and, through the Prefect client, the flow runs
+(parameters, state messages), their task runs, their logs and their artifacts.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.reliability import escape_job, json_lines, run_cli, write_job
+
+pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.timeout(300)]
+
+TAG = uuid.uuid4().hex[:6]
+GALLERY_PASSWORD = f"Gallery-Pw-{TAG}-zebra7741"
+WRONG_PASSWORD = f"Wrong-Pw-{TAG}-okapi3303"
+UPLOAD_PASSWORD = f"Upload-Pw-{TAG}-heron5150"
+API_KEY = f"ak_{TAG}_narwhal9092"
+SECRETS = (GALLERY_PASSWORD, WRONG_PASSWORD, UPLOAD_PASSWORD, API_KEY)
+
+
+def _files_text(root: Path) -> dict[str, bytes]:
+    """Every file under ``root``: raw bytes, and parquet files also as their rows."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if not p.is_file():
+            continue
+        out[str(p)] = p.read_bytes()
+        if p.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            out[f"{p} (rows)"] = repr(pq.read_table(p).to_pylist()).encode()
+    return out
+
+
+def _ledger_text(path: Path) -> dict[str, bytes]:
+    """Every table and view of the ledger as text, plus the raw bytes of the file and its WAL."""
+    import duckdb
+
+    out = {}
+    for f in (path, Path(f"{path}.wal")):
+        if f.exists():
+            out[f"raw {f.name}"] = f.read_bytes()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
+        assert {"runs", "items", "events", "assets", "capture_times"} <= set(names)
+        for name in names:
+            out[f"ledger {name}"] = repr(con.execute(f'SELECT * FROM "{name}"').fetchall()).encode()
+    finally:
+        con.close()
+    return out
+
+
+def _prefect_text(flow_run_ids: list[str]) -> dict[str, bytes]:
+    """What the Prefect API holds about these flow runs: the runs, task runs, logs, artifacts."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
+                                                FlowRunFilterId, LogFilter, LogFilterFlowRunId)
+
+    ids = [uuid.UUID(i) for i in flow_run_ids]
+    out = {}
+    with get_client(sync_client=True) as client:
+        for fid in ids:
+            fr = client.read_flow_run(fid)
+            out[f"flow run {fid}"] = fr.model_dump_json().encode()
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200)
+        out["logs"] = "\n".join(log.message for log in logs).encode()
+        trs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=200)
+        out["task runs"] = "\n".join(t.model_dump_json() for t in trs).encode()
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids)),
+                                     limit=200)
+        out["artifacts"] = "\n".join(a.model_dump_json() for a in arts).encode()
+    return out
+
+
+def _leaks(texts: dict[str, bytes]) -> list[tuple[str, str]]:
+    found = []
+    for where, data in texts.items():
+        for secret in SECRETS:
+            for form in (secret.encode(), secret.encode("utf-16-le")):
+                if form in data:
+                    found.append((where, secret))
+    return found
+
+
+def test_no_secret_is_left_anywhere_after_a_failed_and_a_successful_run(tmp_path, small_gallery, cli_env):
+    from prefect.blocks.system import Secret
+
+    from sandbox.upload_api import UploadAPI
+
+    g = small_gallery(6, password=GALLERY_PASSWORD)
+    block = f"rel-gallery-password-{TAG}"
+    Secret(value=GALLERY_PASSWORD).save(block, overwrite=True)
+    # INFO logs (the CLI's default is WARNING), so the API holds more to search
+    env = dict(cli_env, PREFECT_LOGGING_LEVEL="INFO", KODAK_PASSWORD=WRONG_PASSWORD,
+               REL_UPLOAD_PASSWORD=UPLOAD_PASSWORD, REL_API_KEY=API_KEY)
+
+    # 1. the wrong password, from the environment: the run fails at login
+    failing = escape_job(tmp_path, g.job_source("KODAK_PASSWORD"), name="rel-secrets")
+    bad = run_cli(["run", str(write_job(tmp_path / "bad.yaml", failing)), "--json"], env)
+    assert bad.returncode != 0
+    assert b"login" in bad.stderr.lower(), bad.stderr[-2000:]  # it says why
+    assert g.failed_logins >= 1
+
+    # 2. the right password from a Prefect Secret block; upload with a password and an API key
+    with UploadAPI({"anne": UPLOAD_PASSWORD}) as api:
+        source = g.job_source()
+        source["login"]["secret_fields"] = {"password": {"block": block}}
+        ok_job = escape_job(tmp_path, source, name="rel-secrets")
+        ok_job["destination"] = {"kind": "http_upload", "url": api.upload_url, "username": "anne",
+                                 "secret_fields": {"password": {"env": "REL_UPLOAD_PASSWORD"},
+                                                   "api_key": {"env": "REL_API_KEY"}}}
+        ok_job["default_tz"] = "Europe/Paris"
+        good = run_cli(["run", str(write_job(tmp_path / "good.yaml", ok_job)), "--json"], env)
+        assert good.returncode == 0, good.stderr[-3000:]
+        summary = json_lines(good.stdout)[-1]
+        assert summary["done"] == summary["listed"] == 6, summary
+        assert api.store.stats()["stored"] == 6
+
+    texts: dict[str, bytes] = {"bad stdout": bad.stdout, "bad stderr": bad.stderr,
+                               "good stdout": good.stdout, "good stderr": good.stderr}
+    ledger = tmp_path / "ledger.duckdb"
+    texts.update(_ledger_text(ledger))
+    texts.update(_files_text(tmp_path / "reports"))
+    texts.update(_files_text(tmp_path / "work"))
+    texts.update(_files_text(Path(os.environ["PREFECT_HOME"])))  # local Prefect state, if any
+    import duckdb
+
+    con = duckdb.connect(str(ledger), read_only=True)
+    try:
+        runs = con.execute("SELECT status, flow_run_id FROM runs ORDER BY started_at").fetchall()
+    finally:
+        con.close()
+    assert [r[0] for r in runs] == ["crashed", "finished"], runs
+    texts.update(_prefect_text([r[1] for r in runs if r[1]]))
+    assert texts["logs"], "the flow runs sent no logs to the API: nothing was searched there"
+    assert len(texts) > 10
+    assert not _leaks(texts), _leaks(texts)
+    # the searches do find the values where they must be: the test would see a leak
+    assert _leaks({"probe": f"x{GALLERY_PASSWORD}x".encode()}) == [("probe", GALLERY_PASSWORD)]
+
+
+def test_a_failed_login_exception_carries_no_secret(tmp_path, small_gallery, monkeypatch):
+    """In process: the exception the flow raises, its chain and its traceback."""
+    import traceback
+
+    from flows.escape import escape
+
+    g = small_gallery(3, password=GALLERY_PASSWORD)
+    monkeypatch.setenv("KODAK_PASSWORD", WRONG_PASSWORD)
+    with pytest.raises(Exception) as info:
+        escape(escape_job(tmp_path, g.job_source(), name="rel-secrets-exc"))
+    text = "".join(traceback.format_exception(info.value))
+    assert "login" in text.lower()
+    assert not _leaks({"exception": text.encode()}), text

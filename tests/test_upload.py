@@ -105,10 +105,15 @@ def test_the_same_picture_twice_in_a_batch_is_sent_once(tmp_path, upload_api):
     assert stats(upload_api)["uploads_received"] == 1
 
 
-def test_wrong_password_fails_with_auth_failed_once_and_no_secret_anywhere(tmp_path, upload_api, monkeypatch):
+def test_wrong_password_fails_with_auth_failed_once_and_no_secret_anywhere(tmp_path, upload_api, monkeypatch,
+                                                                           caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("UPLOAD_PASSWORD", "not-the-password-123")
     items = make_items(tmp_path / "photos", n=3)
     out = destination(upload_api, tmp_path).deliver(items)
+    assert "not-the-password-123" not in caplog.text
     failed = [o for o in out if o["outcome"] == "failed"]
     assert len(failed) == 3 and {o["reason"] for o in failed} == {"auth_failed"}
     assert upload_api.faults.count("photoUpload") == 1  # one refused request, not a burst
@@ -139,6 +144,18 @@ def test_resets_are_retried(tmp_path, upload_api):
     upload_api.faults.add("reset", match="photoUpload", times=1)
     (o,) = destination(upload_api, tmp_path).deliver(make_items(tmp_path / "photos", n=1, with_undated=False))
     assert o["reason"] == "uploaded" and o["attempt"] == 2
+
+
+def test_a_slow_answer_times_out_and_the_retry_makes_no_duplicate(tmp_path, upload_api):
+    """The server is slow: the client gives up, but the server stores the photo anyway;
+    the retry carries the identical time, so the server ignores it."""
+    upload_api.faults.add("slow", match="photoUpload", delay=1.5, times=1)
+    (o,) = destination(upload_api, tmp_path, timeout_seconds=0.5).deliver(
+        make_items(tmp_path / "photos", n=1, with_undated=False))
+    assert o["reason"] == "uploaded" and o["attempt"] == 2
+    time.sleep(1.2)  # let the slow request finish on the server
+    s = stats(upload_api)
+    assert s["stored"] == 1 and s["duplicates"] == 0
 
 
 def test_5xx_that_does_not_stop_fails_with_its_reason(tmp_path, upload_api):

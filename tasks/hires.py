@@ -66,6 +66,10 @@ class FlickrSettings(BaseModel):
     calls_per_hour: float = Field(3600, gt=0, description="Flickr's limit per API key, kept across batches and runs")
     burst: int = Field(60, ge=1, description="calls that may go at once after a quiet spell")
     budget_file: Path | None = Field(None, description="where the call budget lives; default <work_dir>/flickr-calls.json")
+    prefect_rate_limit: str | None = Field(
+        None, description="instead of the file: a Prefect global concurrency limit with slot decay, shared by "
+                          "workers on every machine (e.g. `prefect gcl create flickr-api --limit 60 "
+                          "--slot-decay-per-second 1`)")
     max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1,
                                   description="larger masters are skipped (the account's people.getLimits may lower it)")
     timeout: float = Field(60.0, gt=0, description="seconds for one REST call")
@@ -243,7 +247,8 @@ class HiresWorker:
     Built inside a task from the job (secrets resolved there, at the moment of use).
     """
 
-    def __init__(self, job: HiresJob, *, client: fl.FlickrClient | None = None, sleep: Any = None) -> None:
+    def __init__(self, job: HiresJob, *, client: fl.FlickrClient | None = None, budget: Any = None,
+                 sleep: Any = None) -> None:
         import time
 
         from tasks.download import Downloader, HttpSettings
@@ -259,7 +264,7 @@ class HiresWorker:
             api = fl.make_api(resolve_secret(f.api_key), resolve_secret(f.api_secret),
                               resolve_secret(f.oauth_token), resolve_secret(f.oauth_token_secret),
                               rest_url=f.rest_url, replace_url=f.replace_url, timeout=f.timeout)
-            budget = fl.CallBudget(f.calls_per_hour, burst=f.burst, state=job.budget_path)
+            budget = budget or fl.CallBudget(f.calls_per_hour, burst=f.burst, state=job.budget_path)
             client = fl.FlickrClient(api, budget, retries=opts.retries, backoff_seconds=opts.backoff_seconds,
                                      sleep=self.sleep)
         self.flickr = client

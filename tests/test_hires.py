@@ -295,3 +295,31 @@ def test_demo_summary(prefect_harness, tmp_path):
     assert summary["replaced"] == summary["dates_verified"] == summary["replaced_on_flickr"]
     assert summary["replaced_twice"] == 0 and summary["wrong_matches"] == 0
     assert summary["flickr_errors_injected"] > 0
+
+
+def test_a_prefect_concurrency_limit_can_pace_flickr_calls_across_machines(prefect_harness, flickr_account,
+                                                                          tmp_path):
+    """With ``flickr.prefect_rate_limit`` the budget is a Prefect global concurrency
+    limit with slot decay (shared by every worker), not the local file."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from tasks.hires_tasks import PrefectRateLimit, _worker
+
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name="flickr-test-key", limit=2, slot_decay_per_second=2.0))
+    acct = flickr_account()
+    job = acct.job(tmp_path, flickr={"prefect_rate_limit": "flickr-test-key"})
+    hires.ensure_master_index(hires.load_hires_job(job))
+    worker = _worker(job)
+    assert isinstance(worker.flickr.budget, PrefectRateLimit)
+    calls = acct.state.calls_to("flickr.people.getPhotos")
+    for _ in range(4):
+        worker.list_page(1)
+    worker.close()
+    assert acct.state.calls_to("flickr.people.getPhotos") == calls + 4
+    assert worker.flickr.budget.waited > 0.2  # two calls at once, then one per half second
+    assert not hires.load_hires_job(job).budget_path.exists()  # the file bucket was not used
+    with pytest.raises(ValueError, match="no Prefect concurrency limit named .no-such-limit."):
+        _worker(acct.job(tmp_path, flickr={"prefect_rate_limit": "no-such-limit"}))

@@ -1,0 +1,225 @@
+"""Benchmark: rescuing the sandbox gallery, photo-escape against scrapy's ImagesPipeline.
+
+The original rescue used a scrapy spider with the ImagesPipeline. Here both tools
+log in to the same sandbox photo-frame site (run in its own process, originals made
+beforehand so both measure transfer, not picture making), walk its pages of 48
+thumbnails, rewrite ``~t~`` to ``~a~`` and download every original, with the same
+concurrency and no artificial delay, in the same run, each in a fresh process:
+
+* **photo-escape**: the gallery source's listing and fetch (streamed to disk, sha256
+  while streaming, Content-Length and image-signature checks, atomic rename), in
+  batches as the escape flow cuts them, every listed item and fetch outcome
+  appended to a DuckDB ledger;
+* **scrapy**: the spider from the original write-up (FormRequest login, ``parse``
+  following pages while a page has 48 images) with ``ImagesPipeline`` (which
+  decodes each image with Pillow and re-encodes it as JPEG).
+
+Prints images per second for both and the ratio (photo-escape / scrapy).
+
+    .venv/bin/python bench/download.py                      # quick: 300 images, 1 round
+    .venv/bin/python bench/download.py --count 1374 --rounds 3 --size 1024x768   # recorded figure
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+# -- the two contenders, each run in its own process ---------------------------------------
+def run_photo_escape(site: str, password: str, out: Path, concurrency: int, batch_size: int) -> dict:
+    """List and fetch the whole gallery the photo-escape way, recording to a ledger."""
+    from photo_escape.jobspec import parse_job
+    from photo_escape.plugins import make_source
+    from tasks.ledger import Ledger, new_run_id
+
+    os.environ["KODAK_PASSWORD"] = password
+    source = {
+        "kind": "gallery",
+        "login": {"url": f"{site}/", "fields": {"username": "alice"},
+                  "secret_fields": {"password": {"env": "KODAK_PASSWORD"}}},
+        "pages": {"url": f"{site}/Frame/AllPictures?p={{page}}", "first": 1, "last_when_fewer_than": 48},
+        "images": {"css": "img", "attribute": "src", "contains": "~t~", "rewrite": [{"from": "~t~", "to": "~a~"}]},
+        "http": {"per_host": concurrency},
+    }
+    spec = parse_job({"name": "bench-download", "source": source,
+                      "destination": {"kind": "local", "path": str(out / "dest")},
+                      "options": {"batch_size": batch_size, "concurrency": concurrency}})
+    started = time.perf_counter()
+    ledger = Ledger(out / "ledger.duckdb")
+    run_id = new_run_id()
+    ledger.start_run(run_id, spec.name, flow="bench", settings="bench")
+    lister = make_source(spec.source, workdir=out / "work", options=spec.options)
+    ok = 0
+    batch: list[dict] = []
+
+    def fetch(items: list[dict]) -> int:
+        ledger.add_items(spec.name, run_id, items)
+        fetcher = make_source(spec.source, workdir=out / "work", options=spec.options)  # as a fetch task does
+        try:
+            outcomes = fetcher.fetch(items)
+        finally:
+            fetcher.close()
+        ledger.append_events(spec.name, run_id, outcomes, settings="bench")
+        return sum(o["outcome"] == "ok" for o in outcomes)
+
+    for page in lister.list_pages():
+        batch.extend(page)
+        if len(batch) >= batch_size:
+            ok += fetch(batch)
+            batch = []
+    if batch:
+        ok += fetch(batch)
+    lister.close()
+    ledger.close()
+    seconds = time.perf_counter() - started
+    return {"tool": "photo-escape", "images": ok, "seconds": seconds}
+
+
+def run_scrapy(site: str, password: str, out: Path, concurrency: int) -> dict:
+    """The original rescue's spider with ImagesPipeline, at the same concurrency."""
+    import scrapy
+    import scrapy.downloadermiddlewares.cookies as cookie_mw
+    from scrapy.crawler import CrawlerProcess
+    from tldextract import TLDExtract
+
+    # offline: the public suffix list from tldextract's bundled snapshot, not the network
+    cookie_mw._split_domain = TLDExtract(include_psl_private_domains=True, suffix_list_urls=())
+
+    class ImageItem(scrapy.Item):
+        image_urls = scrapy.Field()
+        images = scrapy.Field()
+
+    class KodakPulseSpider(scrapy.Spider):
+        name = "KodakPulseSpider"
+        base_url = site
+        page = 1
+
+        async def start(self):
+            yield scrapy.FormRequest(self.base_url + "/", formdata={"username": "alice", "password": password},
+                                     method="POST", callback=self.logged_in)
+
+        def logged_in(self, response):
+            return scrapy.Request(self.base_url + "/Frame/AllPictures?p=1", callback=self.parse)
+
+        def parse(self, response):
+            images = [u for u in response.css("img").xpath("@src").getall() if "~t~" in u]
+            yield ImageItem(image_urls=[u.replace("~t~", "~a~") for u in images])
+            if len(images) < 48:
+                return
+            self.page += 1
+            yield scrapy.Request(f"{self.base_url}/Frame/AllPictures?p={self.page}", callback=self.parse)
+
+    stats: dict = {}
+    process = CrawlerProcess(settings={
+        "ITEM_PIPELINES": {"scrapy.pipelines.images.ImagesPipeline": 1},
+        "IMAGES_STORE": str(out / "images"),
+        "CONCURRENT_REQUESTS": concurrency,
+        "CONCURRENT_REQUESTS_PER_DOMAIN": concurrency,
+        "DOWNLOAD_DELAY": 0,
+        "AUTOTHROTTLE_ENABLED": False,
+        "ROBOTSTXT_OBEY": False,
+        "LOG_LEVEL": os.environ.get("BENCH_SCRAPY_LOG", "ERROR"),
+        "TELNETCONSOLE_ENABLED": False,
+        "COOKIES_ENABLED": True,
+    })
+    crawler = process.create_crawler(KodakPulseSpider)
+    started = time.perf_counter()
+    process.crawl(crawler)
+    process.start()
+    wall = time.perf_counter() - started
+    stats = crawler.stats.get_stats()
+    files = sum(1 for _ in (out / "images" / "full").glob("*.jpg")) if (out / "images" / "full").is_dir() else 0
+    # scrapy's own clock, spider opened -> closed: leaves out the reactor's start-up (in its favour)
+    seconds = float(stats.get("elapsed_time_seconds") or wall)
+    return {"tool": "scrapy", "images": files, "seconds": seconds, "wall_seconds": wall,
+            "file_count": stats.get("file_count"), "requests": stats.get("downloader/request_count")}
+
+
+# -- the harness ------------------------------------------------------------------------------
+def worker(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if args.worker == "photo-escape":
+        res = run_photo_escape(args.site, args.password, out, args.concurrency, args.batch_size)
+    else:
+        res = run_scrapy(args.site, args.password, out, args.concurrency)
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+def contender(tool: str, sandbox: dict, args: argparse.Namespace) -> dict:
+    out = Path(tempfile.mkdtemp(prefix=f"bench-{tool}-"))
+    try:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", tool, "--site", sandbox["site"],
+               "--password", sandbox["password"], "--out", str(out), "--concurrency", str(args.concurrency),
+               "--batch-size", str(args.batch_size)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            raise SystemExit(f"{tool} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        return json.loads(line[len("RESULT "):])
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="photo-escape vs scrapy ImagesPipeline on the sandbox gallery")
+    ap.add_argument("--count", type=int, default=300, help="images in the gallery (1374 for the recorded figure)")
+    ap.add_argument("--size", default="640x480", help="originals' size, WxH")
+    ap.add_argument("--concurrency", type=int, default=8, help="requests in flight, the same for both")
+    ap.add_argument("--batch-size", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds; the median is reported")
+    ap.add_argument("--worker", choices=["photo-escape", "scrapy"], help=argparse.SUPPRESS)
+    ap.add_argument("--site", help=argparse.SUPPRESS)
+    ap.add_argument("--password", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+
+    cache = Path(tempfile.mkdtemp(prefix="bench-gallery-cache-"))
+    server = subprocess.Popen([sys.executable, "-m", "sandbox.gallery", "--count", str(args.count), "--size",
+                               args.size, "--cache-dir", str(cache), "--warm"],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        sandbox = json.loads(server.stdout.readline())
+        results: dict[str, list[dict]] = {"photo-escape": [], "scrapy": []}
+        for r in range(args.rounds):
+            order = ("photo-escape", "scrapy") if r % 2 == 0 else ("scrapy", "photo-escape")
+            for tool in order:
+                res = contender(tool, sandbox, args)
+                results[tool].append(res)
+                print(f"round {r + 1}: {tool:12s} {res['images']:5d} images in {res['seconds']:6.2f} s "
+                      f"= {res['images'] / res['seconds']:7.1f} images/s", flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        shutil.rmtree(cache, ignore_errors=True)
+
+    def rate(tool: str) -> float:
+        return statistics.median(r["images"] / r["seconds"] for r in results[tool])
+
+    pe, sc = rate("photo-escape"), rate("scrapy")
+    complete = all(r["images"] == args.count for rs in results.values() for r in rs)
+    summary = {"count": args.count, "size": args.size, "concurrency": args.concurrency, "rounds": args.rounds,
+               "photo_escape_images_per_s": round(pe, 1), "scrapy_images_per_s": round(sc, 1),
+               "ratio": round(pe / sc, 2), "all_images_arrived": complete}
+    print(f"photo-escape {pe:.1f} images/s, scrapy ImagesPipeline {sc:.1f} images/s: "
+          f"ratio {pe / sc:.2f}x (median of {args.rounds} round(s), {args.count} images of {args.size}, "
+          f"concurrency {args.concurrency}; every image arrived: {complete})")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

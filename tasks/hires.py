@@ -321,8 +321,10 @@ class HiresWorker:
         return self._limit
 
     # -- step 1: match -------------------------------------------------------------------------
-    def _hash_url(self, url: str, dest_dir: Path) -> dict:
-        """Download an image once per batch (cached by URL on disk) and hash it."""
+    def _hash_url(self, url: str, dest_dir: Path, *, keep: bool = True) -> dict:
+        """Download an image once per batch and hash it; catalogue images stay cached on disk
+        by URL (albums are shared by many photos), Flickr originals (``keep=False``,
+        possibly large) are deleted once hashed."""
         from tasks.hashing import hash_file
 
         with self._lock:
@@ -336,6 +338,8 @@ class HiresWorker:
                 self.downloader.download(url, dest)
             rec = hash_file(dest)
             rec["url"] = url
+            if not keep:
+                dest.unlink(missing_ok=True)
             self._hashes[url] = rec
             return rec
 
@@ -367,7 +371,7 @@ class HiresWorker:
 
         # the Flickr image
         try:
-            query = self._hash_url(item["url_o"], self.work / "flickr")
+            query = self._hash_url(item["url_o"], self.work / "flickr", keep=False)
         except (PermanentError, TransientError) as exc:
             return done("failed", f"flickr_image_{exc.reason}", error=redact(str(exc))[:300])
         if query.get("status") != "ok":

@@ -97,6 +97,16 @@ def test_a_changed_time_is_held_for_review_not_sent(tmp_path, upload_api):
     assert stats(upload_api)["uploads_received"] == 1
 
 
+def test_hold_conflicts_keeps_disagreeing_times_for_review(tmp_path, upload_api):
+    items = make_items(tmp_path / "photos", n=2, with_undated=False)
+    items[1]["capture"]["conflicts"] = [{"kind": "disagree", "source": "gps:time", "minutes": 210}]
+    dry = destination(upload_api, tmp_path, hold_conflicts=True).deliver(items, dry_run=True)
+    assert [o["detail"]["plan"] for o in dry] == ["upload", "hold_for_review"]
+    out = destination(upload_api, tmp_path, hold_conflicts=True).deliver(items)
+    assert [(o["outcome"], o["reason"]) for o in out] == [("ok", "uploaded"), ("needs_review", "capture_time_conflict")]
+    assert stats(upload_api)["stored"] == 1
+
+
 def test_the_same_picture_twice_in_a_batch_is_sent_once(tmp_path, upload_api):
     items = make_items(tmp_path / "photos", n=1, with_undated=False)
     twin = dict(items[0], item_id="local:copy/IMG_0.JPG")

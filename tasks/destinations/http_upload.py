@@ -19,7 +19,8 @@ different times for it, so:
 * a photo with no UTC capture time is ``skipped`` with reason ``no_capture_time``;
 * ``dry_run`` uploads nothing and returns the plan (UTC time, provenance, conflicts)
   for a person to review: every outcome is ``skipped``/``dry_run`` with ``detail.plan``
-  one of ``upload``, ``already_uploaded``, ``refuse_time_changed``, ``no_capture_time``;
+  one of ``upload``, ``already_uploaded``, ``refuse_time_changed``, ``hold_for_review``,
+  ``no_capture_time``;
 * an fsync'ed journal beside the job's work folder records every upload *before* it
   is sent (the time it will carry) and after the remote accepted it. It is checked
   before each upload: a picture (by sha256) already accepted with the same time is
@@ -302,6 +303,8 @@ class HttpUploadDestination(Destination):
                        attempt=attempt, sha256=item.get("sha256")) | {"item": item}
 
     def _decide_and_send(self, item: dict, dry_run: bool) -> tuple[str, str, dict, int]:
+        """(outcome, reason, detail, attempts) for one photo: the checks that keep the remote
+        free of duplicates, then the upload itself with the journal written around it."""
         secs = capture_secs(item)
         plan = _plan(item, secs)
         if secs is None:  # a dry run commits to nothing: the real run decides again
@@ -311,8 +314,9 @@ class HttpUploadDestination(Destination):
         if not sha:
             return "failed", "no_content_hash", plan, 1
         ms = int(round(secs * 1000))
-        if self.config.hold_conflicts and plan["conflicts"] and not dry_run:
-            return "needs_review", "capture_time_conflict", plan, 1
+        if self.config.hold_conflicts and plan["conflicts"]:
+            return ("skipped", "dry_run", dict(plan, plan="hold_for_review"), 1) if dry_run \
+                else ("needs_review", "capture_time_conflict", plan, 1)
         with self.journal.picture(sha) as claim:
             sent, accepted = claim.state()
             if ms in accepted:

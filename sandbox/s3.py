@@ -17,6 +17,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,10 @@ class FaultProxy:
     (PUT with a body: PutObject, UploadPart) and then resets both connections, as a
     network failure mid-upload does."""
 
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", latency: float = 0.0) -> None:
         self.target = (target_host, target_port)
+        #: seconds each request waits before it is forwarded (a WAN's round trip)
+        self.latency = latency
         self._listen = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listen.bind(("127.0.0.1", 0))
@@ -258,6 +261,8 @@ class FaultProxy:
                     self._pipe(client, upstream)  # cannot follow chunked bodies: plain pipe
                     return
                 length = int(headers.get(b"content-length", b"0") or 0)
+                if self.latency:
+                    time.sleep(self.latency)
                 if self._should_cut(m, p):
                     state.update(cut_after=self._cut_after, path=p)
                 upstream.sendall(head + b"\r\n\r\n")

@@ -112,7 +112,7 @@ class S3Destination(Destination):
     def __init__(self, config: S3DestinationConfig, **kw: Any) -> None:
         super().__init__(config, **kw)
         self._client = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._requests: dict[str, int] = {}
         self._storage_class: str | None = None  # set when the store refused the default class
 
@@ -121,10 +121,13 @@ class S3Destination(Destination):
     def client(self) -> Any:
         """The boto3 client, made on first use (inside the task, on the worker)."""
         if self._client is None:
-            conc = getattr(self.options, "concurrency", 8)
-            self._client = make_client(self.config, pool=conc * self.config.transfer_concurrency + 4)
-            for op in ("PutObject", "UploadPart"):
-                self._client.meta.events.register(f"before-send.s3.{op}", self._count_request)
+            with self._lock:  # one client for all the batch's threads
+                if self._client is None:
+                    conc = getattr(self.options, "concurrency", 8)
+                    client = make_client(self.config, pool=conc * self.config.transfer_concurrency + 4)
+                    for op in ("PutObject", "UploadPart"):
+                        client.meta.events.register(f"before-send.s3.{op}", self._count_request)
+                    self._client = client
         return self._client
 
     def _count_request(self, request: Any = None, **_: Any) -> None:
@@ -338,6 +341,12 @@ class S3Destination(Destination):
         return True
 
     def _put_file(self, path: Any, key: str, extra: dict) -> None:
+        """One PUT below the multipart threshold (botocore rewinds the file to retry);
+        boto3's managed transfer in parts above it."""
+        if os.stat(path).st_size < self.config.multipart_threshold_mb * MiB:
+            with open(path, "rb") as fh:
+                self.client.put_object(Bucket=self.config.bucket, Key=key, Body=fh, **extra)
+            return
         if isinstance(path, bytes):  # a non-UTF-8 local name: hand boto3 an open file
             with open(path, "rb") as fh:
                 self.client.upload_fileobj(fh, self.config.bucket, key, ExtraArgs=extra, Config=self._transfer())

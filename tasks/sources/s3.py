@@ -26,6 +26,7 @@ import fnmatch
 import hashlib
 import os
 import random
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -59,13 +60,16 @@ class S3Source(Source):
     def __init__(self, config: S3SourceConfig, **kw: Any) -> None:
         super().__init__(config, **kw)
         self._client = None
+        self._lock = threading.Lock()
         pats = config.pattern if isinstance(config.pattern, list) else ([config.pattern] if config.pattern else [])
         self.patterns = [p.lower() for p in pats]
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = make_client(self.config, pool=int(getattr(self.options, "concurrency", 8)) + 2)
+            with self._lock:  # one client for all the batch's threads
+                if self._client is None:
+                    self._client = make_client(self.config, pool=int(getattr(self.options, "concurrency", 8)) + 2)
         return self._client
 
     def close(self) -> None:

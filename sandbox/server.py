@@ -28,7 +28,8 @@ class Server:
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"sandbox-{self.port}", daemon=True)
 
     def start(self) -> "Server":
-        self._thread.start()
+        if not self._thread.is_alive():
+            self._thread.start()
         return self
 
     def stop(self) -> None:

@@ -32,7 +32,7 @@ from photo_escape.plugins import make_destination, make_source
 from tasks.ledger import Ledger, new_run_id
 from tasks.stages import capture_time_batch, deliver_batch, fetch_batch, hash_batch
 
-BATCHES_IN_FLIGHT = 3
+BATCHES_IN_FLIGHT = 3  # batches fetching at once; later stages overlap them
 
 
 def job_spec(job: JobSpec | dict | str | Path) -> JobSpec:
@@ -120,7 +120,7 @@ class _Batch:
         self.stage = -1
 
 
-@flow(name="escape", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
+@flow(name="escape", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
 def escape(
     job: dict | str,
     dry_run: bool = False,
@@ -200,7 +200,8 @@ class EscapeRun:
         in_flight: dict[Any, _Batch] = {}
         exhausted = False
         while True:
-            while not exhausted and len(in_flight) < BATCHES_IN_FLIGHT:
+            # a new batch starts when fewer than BATCHES_IN_FLIGHT are still fetching
+            while not exhausted and sum(b.stage == 0 for b in in_flight.values()) < BATCHES_IN_FLIGHT:
                 items = next(batches, None)
                 if items is None:
                     exhausted = True
@@ -358,7 +359,7 @@ def task_runner_for(options) -> Any:
         return DaskTaskRunner(cluster_kwargs={"n_workers": options.dask_workers, "processes": True,
                                               "threads_per_worker": max(1, options.concurrency // 2),
                                               "dashboard_address": None})
-    return ThreadPoolTaskRunner(max_workers=4)
+    return ThreadPoolTaskRunner(max_workers=8)
 
 
 def escape_flow_for(spec: JobSpec):

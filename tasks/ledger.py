@@ -196,10 +196,11 @@ class Ledger:
     def schema_version(self) -> int:
         exists = self.con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         if not exists:
             return 0
-        row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        rows = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+        row = rows[0] if rows else None
         return int(row[0]) if row else 0
 
     def migrate(self) -> None:
@@ -326,10 +327,8 @@ class Ledger:
 
     def _append(self, job: str, run_id: str, rows: list[dict], *, settings: str | None, at: datetime) -> None:
         n = len(rows)
-        first = self.con.execute(
-            "SELECT nextval('event_seq') FROM range(?)", [n]
-        ).fetchall()
-        seqs = [r[0] for r in first]
+        start = self._reserve_seqs(n)
+        seqs = range(start, start + n)
 
         def col(key: str, default: Any = None) -> list:
             return [r.get(key, default) for r in rows]
@@ -358,6 +357,15 @@ class Ledger:
         self.con.execute(f"INSERT INTO events ({_QUOTED_EVENT_COLUMNS}) SELECT * FROM _new_events")
         self.con.unregister("_new_events")
 
+    def _reserve_seqs(self, n: int) -> int:
+        """The first of ``n`` new event sequence numbers. This process is the ledger's
+        only writer (DuckDB's file lock), so a counter read once at open is exact."""
+        if getattr(self, "_next_seq", None) is None:
+            self._next_seq = int(self.con.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchall()[0][0])
+        start = self._next_seq
+        self._next_seq += n
+        return start
+
     # -- planning a rerun ---------------------------------------------------------------
     def completed(self, job: str, item_ids: list[str], settings: str) -> dict[str, str]:
         """Which of these items need no more work with these settings: ``{item_id: fingerprint}``.
@@ -383,8 +391,8 @@ class Ledger:
         """Whether any earlier run did work for this job (else no item can be complete)."""
         row = self.con.execute(
             "SELECT 1 FROM events WHERE job = ? AND stage <> 'list' LIMIT 1", [job]
-        ).fetchone()
-        return row is not None
+        ).fetchall()
+        return bool(row)
 
     def failed_items(self, job: str) -> list[dict]:
         """Items whose latest outcome is ``failed``, rebuilt from what their listing recorded."""

@@ -378,11 +378,15 @@ class Downloader:
 
     # -- one request --------------------------------------------------------------------
     def get(self, url: str, *, session: requests.Session | None = None, stream: bool = False,
-            **kw: Any) -> requests.Response:
-        """One GET through the host gate; network errors become Transient/PermanentError."""
+            gated: bool = True, **kw: Any) -> requests.Response:
+        """One GET through the host gate (unless the caller holds a slot already);
+        network errors become Transient/PermanentError."""
         s = session or self.session
         try:
-            with self.gate.slot(url):
+            if gated:
+                with self.gate.slot(url):
+                    resp = s.get(url, timeout=self.timeout, stream=stream, **kw)
+            else:
                 resp = s.get(url, timeout=self.timeout, stream=stream, **kw)
         except requests.exceptions.RequestException as exc:
             reason = network_reason(exc)
@@ -458,12 +462,13 @@ class Downloader:
         retried: list[str] = []
 
         def once() -> Fetched:
-            resp = self.get(url, session=session, stream=True)
-            with resp:
-                err = status_error(resp)
-                if err is not None:
-                    raise err
-                return self._stream_to(resp, dest)
+            with self.gate.slot(url):  # held while the body streams, not just for the headers
+                resp = self.get(url, session=session, stream=True, gated=False)
+                with resp:
+                    err = status_error(resp)
+                    if err is not None:
+                        raise err
+                    return self._stream_to(resp, dest)
 
         try:
             got = self.retrying(once, retried)

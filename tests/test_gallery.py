@@ -216,3 +216,14 @@ def test_the_escape_flow_records_faults_and_a_rerun_completes_without_duplicates
     files = _files(tmp_path / "archive")
     assert len(files) == GALLERY_COUNT
     assert len({hashlib.sha256(p.read_bytes()).hexdigest() for p in files}) == GALLERY_COUNT
+
+
+def test_a_wrong_page_url_or_selector_says_so(gallery, tmp_path):
+    from photo_escape.outcomes import PermanentError
+
+    src = source_for(gallery, tmp_path, pages__url=f"{gallery.site_url}/Frame/NoSuchAlbum?p={{page}}")
+    with pytest.raises(PermanentError, match="first page .* answered 404"):
+        listing(src)
+    src = source_for(gallery, tmp_path, images__css="img.no-such-class")
+    assert listing(src) == []
+    assert "images.css" in src.report_facts()["warning"]

@@ -235,10 +235,16 @@ class GallerySource(Source):
             url = self.page_url(page)
             resp = self.get_page(url)
             if resp is None:
+                if page == pages.first:
+                    raise PermanentError("not_found", f"the first page {url} answered 404: check pages.url "
+                                                      "and pages.first")
                 ended = "page_not_found"
                 break
             found = self.image_urls(resp)
             if not found:
+                if page == pages.first:
+                    self.facts["warning"] = ("the first page had no image URLs: check images.css, "
+                                             "images.attribute and images.contains against the page's HTML")
                 ended = "empty_page"
                 break
             signature = tuple(found)

@@ -128,3 +128,28 @@ def test_resolve_command(album, tmp_path, hostile_files):
     n = len(album) + 2  # the album and the two good queries; the empty file is never cached
     assert f"{n + 1} files decoded (1 of them unreadable), 0 from the ledger cache" in runs[0].stderr
     assert f"1 files decoded (1 of them unreadable), {n} from the ledger cache" in runs[1].stderr
+
+
+def test_chunk_index_radius_search_is_exact():
+    """Multi-index hashing finds exactly what a full scan finds within the radius."""
+    from tasks.resolve import Album, ChunkIndex
+
+    rng = np.random.default_rng(3)
+    n = 5000
+    P = rng.integers(0, 2**64 - 1, size=n, dtype=np.uint64, endpoint=True)
+    D = rng.integers(0, 2**64 - 1, size=n, dtype=np.uint64, endpoint=True)
+    cands = [{"id": str(i), "phash": f"{int(p):016x}", "dhash": f"{int(d):016x}"} for i, (p, d) in enumerate(zip(P, D))]
+    album = Album(cands)
+    index = ChunkIndex(album)
+    for j in range(30):
+        base = cands[int(rng.integers(n))]
+        flipped = int(base["phash"], 16) ^ sum(1 << int(b) for b in rng.choice(64, int(rng.integers(0, 14)), replace=False))
+        q = {"phash": f"{flipped:016x}", "dhash": base["dhash"],
+             "phash_mirror": f"{int(rng.integers(0, 2**63)):016x}", "dhash_mirror": base["dhash"]}
+        for radius in (7, 15, 23, 31):
+            ids, dist = index.within(q, radius)
+            full = album.distances(q)
+            expect = np.flatnonzero(full <= radius)
+            assert sorted(ids.tolist()) == sorted(expect.tolist())
+            assert all(full[i] == d for i, d in zip(ids, dist))
+            assert list(dist) == sorted(dist)

@@ -383,3 +383,26 @@ def test_hostile_keys_become_safe_names(s3_server, s3_bucket, s3_credentials, s3
     assert names == ["a_b_c_.jpg", "jpg", "passwd.jpg"]
     (o,) = [o for o in src.fetch([i for p in src.list_pages() for i in p]) if o["item"]["name"] == "passwd.jpg"]
     assert Path(o["item"]["local_path"]).resolve().is_relative_to(tmp_path.resolve())
+
+
+def test_an_earlier_sync_of_the_same_bytes_counts_as_present(s3_server, s3_bucket, s3_credentials, s3_client,
+                                                             camera, tmp_path):
+    """Objects another tool put there (no sha256 metadata) holding the same bytes are
+    ``already_present``: by their MD5 ETag, or read back and hashed when the ETag is a
+    multipart one; other bytes of the same size are a conflict."""
+    s3_client.upload_file(camera[0]["local_path"], s3_bucket, "originals/2006/10/04/IMG_00001.JPG")
+    big = tmp_path / "IMG_00009.JPG"
+    big.write_bytes(os.urandom(11 * 1024 * 1024))
+    from boto3.s3.transfer import TransferConfig
+
+    s3_client.upload_file(str(big), s3_bucket, "originals/2006/10/04/IMG_00009.JPG",
+                          Config=TransferConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024))
+    same_size = bytearray(Path(camera[1]["local_path"]).read_bytes())
+    same_size[-10] ^= 0x55
+    s3_client.put_object(Bucket=s3_bucket, Key="originals/2006/10/05/IMG_00002.JPG", Body=bytes(same_size))
+    out = _final(_dest(s3_server, s3_bucket, s3_credentials, thumbnails=None).deliver([camera[0], _item(big), camera[1]]))
+    assert out[camera[0]["item_id"]]["reason"] == "already_present"
+    assert out[camera[0]["item_id"]]["detail"]["fixity"]["method"] == "etag_md5"
+    assert out["local:IMG_00009.JPG"]["reason"] == "already_present"
+    assert out["local:IMG_00009.JPG"]["detail"]["fixity"]["method"] == "download"
+    assert out[camera[1]["item_id"]]["reason"] == "key_conflict"

@@ -115,6 +115,7 @@ class S3Destination(Destination):
         self._lock = threading.RLock()
         self._requests: dict[str, int] = {}
         self._storage_class: str | None = None  # set when the store refused the default class
+        self._paths: dict[str, Any] = {}  # sha256 -> local file, for comparing with foreign objects
 
     # -- plumbing ----------------------------------------------------------------------
     @property
@@ -204,6 +205,7 @@ class S3Destination(Destination):
         sha = item["sha256"]
         path: Any = bytes.fromhex(item["local_path_hex"]) if item.get("local_path_hex") else item["local_path"]
         size = os.stat(path).st_size
+        self._paths[sha] = path
         keys = self.keys_for(item)
         state, head = self._existing(keys["original"], sha, size)
         if state == "different" and self.config.on_conflict == "suffix":
@@ -291,9 +293,35 @@ class S3Destination(Destination):
         if head is None:
             return "absent", {}
         meta = head.get("Metadata") or {}
-        if meta.get("sha256") == sha and head.get("ContentLength") == size:
+        if head.get("ContentLength") != size:
+            return "different", head
+        if meta.get("sha256") == sha:
             return "same", head
+        if "sha256" not in meta:  # put there by another tool (an earlier s3cmd sync): compare the bytes
+            matched = self._same_bytes(key, head, sha)
+            if matched:
+                return "same", dict(head, matched_by=matched)
         return "different", head
+
+    def _same_bytes(self, key: str, head: dict, sha: str) -> str | None:
+        """How an object without our sha256 metadata was found to hold our content:
+        ``etag_md5`` (a single-part ETag equal to the file's MD5) or ``download`` (read
+        back and hashed, when the ETag cannot tell); None if it holds something else."""
+        etag = (head.get("ETag") or "").strip('"')
+        path = self._paths.get(sha)
+        if path is not None and "-" not in etag and len(etag) == 32:
+            import hashlib
+
+            h = hashlib.md5()
+            with open(path, "rb") as fh:
+                while block := fh.read(MiB):
+                    h.update(block)
+            if h.hexdigest() == etag:
+                return "etag_md5"
+        if (head.get("StorageClass") or "STANDARD") in ARCHIVED:
+            return None
+        got, _ = sha256_stream(self.client.get_object(Bucket=self.config.bucket, Key=key)["Body"].iter_chunks(MiB))
+        return "download" if got == sha else None
 
     def _upload_original(self, path: Any, key: str, item: dict, size: int) -> tuple[dict, int]:
         """Upload, verify, and on a failed transfer or verification try again; returns
@@ -382,7 +410,11 @@ class S3Destination(Destination):
             return dict(rec, ok=False, reason="missing_after_upload")
         if rec["size"] != size:
             return dict(rec, ok=False, reason="size_mismatch")
-        if rec["sha256"] != sha:
+        if head.get("matched_by"):  # another tool's object holding our bytes (no sha256 metadata)
+            rec.update(method=head["matched_by"], sha256=sha)
+            if head["matched_by"] == "download":
+                return rec
+        elif rec["sha256"] != sha:
             return dict(rec, ok=False, reason="sha256_mismatch")
         if full:
             if storage_class in ARCHIVED:

@@ -204,7 +204,10 @@ class S3Destination(Destination):
     def _deliver_one(self, item: dict, dry_run: bool, sw: Stopwatch) -> list[dict]:
         sha = item["sha256"]
         path: Any = bytes.fromhex(item["local_path_hex"]) if item.get("local_path_hex") else item["local_path"]
-        size = os.stat(path).st_size
+        try:
+            size = os.stat(path).st_size
+        except OSError as exc:
+            raise PermanentError("missing", f"the fetched file is gone: {exc.strerror}") from None
         self._paths[sha] = path
         keys = self.keys_for(item)
         state, head = self._existing(keys["original"], sha, size)

@@ -112,12 +112,14 @@ class FaultProxy:
         self._skip = 0
         self._drops = 0
         self._min_body = 1
+        self._corrupt = 0
         self._cut_downloads = 0
         self._cut_after = 0
         self.requests: list[tuple[str, str]] = []
         #: access key ids seen in the requests' signatures (never the secret keys)
         self.access_keys: set[str] = set()
         self.resets: list[dict[str, Any]] = []
+        self.corrupted: list[str] = []
         self._socks: set[socket.socket] = set()
         self._running = True
         self._thread = threading.Thread(target=self._accept, name=f"s3-proxy-{self.port}", daemon=True)
@@ -148,6 +150,19 @@ class FaultProxy:
         ``min_body`` bytes), after letting ``skip`` of them through."""
         with self._lock:
             self._skip, self._drops, self._min_body = skip, count, min_body
+
+    def corrupt_uploads(self, count: int = 1) -> None:
+        """Flip one byte in the body of the next ``count`` upload requests (same length),
+        as a faulty link or NIC would: only a full read-back can tell."""
+        with self._lock:
+            self._corrupt = count
+
+    def _should_corrupt(self, method: str, length: int) -> bool:
+        with self._lock:
+            if method != "PUT" or length < 2 or self._corrupt <= 0:
+                return False
+            self._corrupt -= 1
+            return True
 
     def cut_downloads(self, count: int = 1, *, after_bytes: int = 4096) -> None:
         """Reset the connection of the next ``count`` object downloads (GET of a key)
@@ -267,6 +282,7 @@ class FaultProxy:
                     state.update(cut_after=self._cut_after, path=p)
                 upstream.sendall(head + b"\r\n\r\n")
                 drop = self._should_drop(m, length)
+                flip = None if drop else (length // 2 if self._should_corrupt(m, length) else None)
                 limit = length // 2 if drop else length
                 sent = 0
                 while sent < limit:
@@ -275,6 +291,11 @@ class FaultProxy:
                         if not buf:
                             return
                     piece, buf = buf[: limit - sent], buf[limit - sent:]
+                    if flip is not None and sent <= flip < sent + len(piece):
+                        at = flip - sent
+                        piece = piece[:at] + bytes([piece[at] ^ 0xFF]) + piece[at + 1:]
+                        with self._lock:
+                            self.corrupted.append(p)
                     upstream.sendall(piece)
                     sent += len(piece)
                 if drop:

@@ -124,6 +124,8 @@ def classify(exc: BaseException) -> Exception:
         code = error_code(exc)
         if code in _PERMANENT:
             return PermanentError(_PERMANENT[code], f"S3 said {code}")
+        if code in ("BadDigest", "XAmzContentSHA256Mismatch", "IncompleteBody"):
+            return TransientError("corrupted_in_transit", f"S3 said {code}")
         if code in ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "503", "500",
                     "InternalError", "ServiceUnavailable", "RequestTimeTooSkewed"):
             return TransientError("throttled" if code in ("SlowDown", "Throttling", "ThrottlingException") else "server_error",

@@ -406,3 +406,18 @@ def test_an_earlier_sync_of_the_same_bytes_counts_as_present(s3_server, s3_bucke
     assert out["local:IMG_00009.JPG"]["reason"] == "already_present"
     assert out["local:IMG_00009.JPG"]["detail"]["fixity"]["method"] == "download"
     assert out[camera[1]["item_id"]]["reason"] == "key_conflict"
+
+
+def test_bytes_damaged_on_the_way_are_caught_by_full_verification_and_sent_again(
+        s3_server, s3_bucket, s3_credentials, s3_client, camera):
+    """A byte flipped in transit keeps the size and our sha256 metadata: HEAD would pass.
+    With verify: full the read-back hash differs, the bad copy is deleted and sent again."""
+    with FaultProxy(s3_server.port) as proxy:
+        dest = _dest(s3_server, s3_bucket, s3_credentials, url=proxy.url, thumbnails=None, verify="full")
+        proxy.corrupt_uploads(1)
+        out = dest.deliver(camera[:1])
+    assert len(proxy.corrupted) == 1
+    o = _final(out)[camera[0]["item_id"]]
+    assert o["outcome"] == "ok" and o["attempt"] == 2 and o["detail"]["fixity"]["method"] == "full"
+    body = s3_client.get_object(Bucket=s3_bucket, Key="originals/2006/10/04/IMG_00001.JPG")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == camera[0]["sha256"]

@@ -375,8 +375,16 @@ class S3Destination(Destination):
         """One PUT below the multipart threshold (botocore rewinds the file to retry);
         boto3's managed transfer in parts above it."""
         if os.stat(path).st_size < self.config.multipart_threshold_mb * MiB:
-            with open(path, "rb") as fh:
-                self.client.put_object(Bucket=self.config.bucket, Key=key, Body=fh, **extra)
+            import base64
+            import hashlib
+
+            with open(path, "rb") as fh:  # Content-MD5: the store itself refuses bytes damaged on the way
+                md5 = hashlib.md5()
+                while block := fh.read(MiB):
+                    md5.update(block)
+                fh.seek(0)
+                self.client.put_object(Bucket=self.config.bucket, Key=key, Body=fh,
+                                       ContentMD5=base64.b64encode(md5.digest()).decode(), **extra)
             return
         if isinstance(path, bytes):  # a non-UTF-8 local name: hand boto3 an open file
             with open(path, "rb") as fh:

@@ -41,6 +41,7 @@ import struct
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path, PurePath
 from typing import Any, Iterable
@@ -160,6 +161,7 @@ def _tags_from_exifread(path: str | io.BytesIO) -> dict[str, Any]:
         return getattr(tag, "values", tag) if tag is not None else None
 
     return _normalise({
+        "make": v("Image Make"), "model": v("Image Model"),
         "dto": v("EXIF DateTimeOriginal"), "dtd": v("EXIF DateTimeDigitized"), "dt": v("Image DateTime"),
         "subsec_o": v("EXIF SubSecTimeOriginal"), "subsec_d": v("EXIF SubSecTimeDigitized"),
         "subsec": v("EXIF SubSecTime"),
@@ -186,6 +188,7 @@ def _tags_from_pillow(path: str) -> dict[str, Any]:
         ifd = exif.get_ifd(0x8769)
         gps = exif.get_ifd(0x8825)
         return _normalise({
+            "make": exif.get(0x010F), "model": exif.get(0x0110),
             "dto": ifd.get(0x9003), "dtd": ifd.get(0x9004), "dt": exif.get(0x0132),
             "subsec_o": ifd.get(0x9291), "subsec_d": ifd.get(0x9292), "subsec": ifd.get(0x9290),
             "off_o": ifd.get(0x9011), "off_d": ifd.get(0x9012), "off": ifd.get(0x9010),
@@ -237,6 +240,7 @@ def _tags_from_cr3(path: str) -> dict[str, Any]:
         return {}
     ifd0, ex, gps = ifds.get("CMT1", {}), ifds.get("CMT2", {}), ifds.get("CMT4", {})
     return _normalise({
+        "make": ifd0.get(0x010F), "model": ifd0.get(0x0110),
         "dto": ex.get(0x9003), "dtd": ex.get(0x9004), "dt": ifd0.get(0x0132),
         "subsec_o": ex.get(0x9291), "subsec_d": ex.get(0x9292), "subsec": ex.get(0x9290),
         "off_o": ex.get(0x9011), "off_d": ex.get(0x9012), "off": ex.get(0x9010),
@@ -249,7 +253,8 @@ def _tags_from_cr3(path: str) -> dict[str, Any]:
 def _normalise(t: dict[str, Any]) -> dict[str, Any]:
     """Plain, picklable values: texts, a GPS time triple and signed coordinates."""
     out: dict[str, Any] = {}
-    for key in ("dto", "dtd", "dt", "subsec_o", "subsec_d", "subsec", "off_o", "off_d", "off", "gps_date"):
+    for key in ("dto", "dtd", "dt", "subsec_o", "subsec_d", "subsec", "off_o", "off_d", "off", "gps_date",
+                "make", "model"):
         s = _text(t.get(key))
         if s:
             out[key] = s
@@ -991,9 +996,34 @@ def _apply_zone(rec: dict, local: datetime | None, zone: tuple, provenance: str)
     rec["conflicts"].extend(flags)
 
 
+@dataclass
+class _Photo:
+    """One photo on its way through the sequence pass."""
+
+    rec: dict[str, Any]
+    local: datetime | None
+    carry: tuple | None  # the zone a later photo may borrow from this one
+    name: str
+    folder: str
+    camera: str  # make and model: only the same camera's photos form a sequence
+
+    @property
+    def seq(self) -> tuple[str, str]:
+        return (self.folder, self.camera)
+
+    @property
+    def has_own_zone(self) -> bool:
+        return self.carry is not None and self.rec["provenance"] in OWN_EVIDENCE
+
+
+def _camera(read: dict[str, Any]) -> str:
+    tags = read.get("tags") or {}
+    return " ".join(x for x in (tags.get("make"), tags.get("model")) if x)
+
+
 def capture_times(entries: Iterable[dict[str, Any] | str | os.PathLike], *, rules: Iterable[Any] = (),
-                  default_tz: str | None = None, timeout: float = 10.0,
-                  workers: int | None = None, lookback: int = LOOKBACK) -> list[dict[str, Any]]:
+                  default_tz: str | None = None, timeout: float = 10.0, workers: int | None = None,
+                  lookback: int = LOOKBACK, carry: dict | None = None) -> list[dict[str, Any]]:
     """Capture-time records for photos, in the order given.
 
     ``entries`` are dicts with ``path`` and optionally ``item_id``, ``name`` and
@@ -1001,11 +1031,13 @@ def capture_times(entries: Iterable[dict[str, Any] | str | os.PathLike], *, rule
     default), or plain paths. ``rules`` are :class:`photo_escape.jobspec.TimeZoneRule`
     objects or dicts (tz, folder, pattern, start, end; first match wins). Each record:
     ``{path, item_id, status, error, local, utc, offset_minutes, tz, provenance, conflicts}``
-    plus ``source`` (which tag or rule) and ``reader``.
+    plus ``source`` (which tag, rule or previous photo) and ``reader``.
 
-    A folder's sequence may be cut into batches: when the first photos of a folder here
-    need the previous photo's zone, up to ``lookback`` files of the same folder on disk
-    that sort before them (and are not in this call) are read to find it.
+    The previous photo is the one before in the same folder *from the same camera*
+    (make and model), in order of local time, then name. A folder's sequence may be cut
+    into calls: pass the same ``carry`` dict to consecutive calls, or, where calls come
+    in any order (the flow's batches), let ``lookback`` files of the folder on disk that
+    sort before the first photo needing a zone be read to find it.
     """
     items = [e if isinstance(e, dict) else {"path": os.fspath(e)} for e in entries]
     paths = [os.fspath(e["path"]) for e in items]
@@ -1013,70 +1045,70 @@ def capture_times(entries: Iterable[dict[str, Any] | str | os.PathLike], *, rule
     rule_list = [_rule_fields(r) for r in rules]
     reads = read_all_tags(paths, timeout=timeout, workers=workers)
 
-    decided = []
+    photos = []
     for e, path, read in zip(items, paths, reads):
         try:
-            rec, local, carry = decide_own(path, e.get("item_id"), read)
+            rec, local, own = decide_own(path, e.get("item_id"), read)
         except Exception as exc:  # a value no parser foresaw: this photo fails, the rest go on
-            rec, local, carry = _blank(path, e.get("item_id")), None, None
+            rec, local, own = _blank(path, e.get("item_id")), None, None
             rec.update(status="error", error="unparsable_metadata",
                        conflicts=[{"kind": "exception", "type": type(exc).__name__}])
-        name = e.get("name") or PurePath(path).name
         folder = os.fspath(e.get("folder")) if e.get("folder") is not None else Path(path).parent.as_posix()
-        decided.append((rec, local, carry, name, folder))
+        photos.append(_Photo(rec, local, own, e.get("name") or PurePath(path).name, folder, _camera(read)))
 
-    # the sequence within each folder: by local time, then name
-    order = sorted(range(len(decided)), key=lambda i: (decided[i][4], decided[i][1] is None,
-                                                       decided[i][1] or datetime.min, decided[i][3]))
-    last_zone = _zones_before(decided, order, rule_list, paths, lookback, timeout) if lookback else {}
-    for i in order:
-        rec, local, carry, name, folder = decided[i]
-        if rec["status"] != "ok":
+    # the sequence within each folder and camera: by local time, then name
+    order = sorted(photos, key=lambda p: (p.seq, p.local is None, p.local or datetime.min, p.name))
+    last_zone: dict = carry if carry is not None else {}
+    if lookback:
+        for seq, found in _zones_before(order, rule_list, set(paths), lookback, timeout).items():
+            last_zone.setdefault(seq, found)
+    for p in order:
+        if p.rec["status"] != "ok":
             continue
-        if carry is not None and rec["provenance"] in OWN_EVIDENCE:
-            last_zone[folder] = (carry, name)
+        if p.has_own_zone:
+            last_zone[p.seq] = (p.carry, p.name)
             continue
-        if local is None and not rec.get("needs_local"):
+        if p.local is None and not p.rec.get("needs_local"):
             continue
-        _fill_borrowed(rec, local, name, folder, rule_list, last_zone, default)
-    for rec, *_ in decided:
-        rec.pop("needs_local", None)
-    return [d[0] for d in decided]
+        _fill_borrowed(p, rule_list, last_zone, default)
+    for p in photos:
+        p.rec.pop("needs_local", None)
+    return [p.rec for p in photos]
 
 
-def _needs_zone(rec: dict, local: datetime | None) -> bool:
+def _needs_zone(p: _Photo) -> bool:
     """A wall clock with no zone of its own, or a GPS UTC time with no local zone."""
-    return rec["status"] == "ok" and ((local is not None and rec["provenance"] == "unknown")
-                                      or bool(rec.get("needs_local")))
+    return p.rec["status"] == "ok" and ((p.local is not None and p.rec["provenance"] == "unknown")
+                                        or bool(p.rec.get("needs_local")))
 
 
-def _zones_before(decided: list[tuple], order: list[int], rules: list[dict], paths: list[str],
-                  lookback: int, timeout: float) -> dict[str, tuple[tuple, str]]:
-    """For each folder whose first photos here would want a previous photo's zone and find
-    none in this call: the zone of the nearest earlier file of that folder on disk."""
-    first_needy: dict[str, int] = {}
-    seen_own: set[str] = set()
-    for i in order:
-        rec, local, carry, name, folder = decided[i]
-        if carry is not None and rec["provenance"] in OWN_EVIDENCE:
-            seen_own.add(folder)
-        elif folder not in seen_own and folder not in first_needy and _needs_zone(rec, local) and not any(
-                rule_matches(r, path=rec["path"], name=name, folder=folder, local=local) for r in rules):
-            first_needy[folder] = i
-    here = set(paths)
-    found: dict[str, tuple[tuple, str]] = {}
-    for folder, i in first_needy.items():
-        before = _earlier_siblings(decided[i][0]["path"], folder, here, lookback)
+def _zones_before(order: list[_Photo], rules: list[dict], here: set[str], lookback: int,
+                  timeout: float) -> dict[tuple[str, str], tuple[tuple, str]]:
+    """For each sequence whose first photos here want a previous photo's zone and find none
+    here: the zone of the nearest earlier file of that folder and camera on disk."""
+    first_needy: dict[tuple[str, str], _Photo] = {}
+    seen_own: set[tuple[str, str]] = set()
+    for p in order:
+        if p.has_own_zone:
+            seen_own.add(p.seq)
+        elif p.seq not in seen_own and p.seq not in first_needy and _needs_zone(p) and not any(
+                rule_matches(r, path=p.rec["path"], name=p.name, folder=p.folder, local=p.local) for r in rules):
+            first_needy[p.seq] = p
+    found: dict[tuple[str, str], tuple[tuple, str]] = {}
+    for seq, p in first_needy.items():
+        before = _earlier_siblings(p.rec["path"], p.folder, here, lookback)
         if not before:
             continue
         reads = read_all_tags(before, timeout=timeout, workers=1)
         for path, read in zip(reversed(before), reversed(reads)):
+            if _camera(read) != p.camera:
+                continue
             try:
-                rec, _, carry = decide_own(path, None, read)
+                rec, _, own = decide_own(path, None, read)
             except Exception:  # noqa: BLE001 - a neighbour's oddity only means no zone from it
                 continue
-            if carry is not None and rec["provenance"] in OWN_EVIDENCE:
-                found[folder] = (carry, PurePath(path).name)
+            if own is not None and rec["provenance"] in OWN_EVIDENCE:
+                found[seq] = (own, PurePath(path).name)
                 break
     return found
 
@@ -1099,16 +1131,17 @@ def _earlier_siblings(path: str, folder: str, exclude: set[str], limit: int) -> 
     return [p for p in out if p not in exclude][-limit:]
 
 
-def _fill_borrowed(rec: dict, local: datetime | None, name: str, folder: str, rules: list[dict],
-                   last_zone: dict, default: tuple | None) -> None:
-    """Steps 6-9 for one photo with a local time but no zone of its own."""
+def _fill_borrowed(p: _Photo, rules: list[dict], last_zone: dict, default: tuple | None) -> None:
+    """Steps 6-9 for one photo with a local time (or a UTC time) but no zone of its own."""
+    rec, local = p.rec, p.local
+    borrowed = "rule" if local is not None else rec["provenance"]
     for k, rule in enumerate(rules):
-        if rule_matches(rule, path=rec["path"], name=name, folder=folder, local=local):
-            _apply_zone(rec, local, zone_spec(rule["tz"]), "rule" if local is not None else rec["provenance"])
+        if rule_matches(rule, path=rec["path"], name=p.name, folder=p.folder, local=local):
+            _apply_zone(rec, local, zone_spec(rule["tz"]), borrowed)
             rec.setdefault("source", {})["rule"] = k
             return
-    if folder in last_zone:
-        zone, prev = last_zone[folder]
+    if p.seq in last_zone:
+        zone, prev = last_zone[p.seq]
         _apply_zone(rec, local, zone, "previous" if local is not None else rec["provenance"])
         rec.setdefault("source", {})["previous"] = prev
         return

@@ -281,6 +281,24 @@ def test_previous_photo_is_found_across_a_batch_boundary(tmp_path):
     assert capture_times([shots[3]], default_tz="UTC", lookback=0)[0]["provenance"] == "default"
 
 
+def test_previous_photo_must_come_from_the_same_camera(tmp_path):
+    phone = jpeg(tmp_path / "mix" / "IMG_1.JPG", taken=datetime(2015, 5, 1, 10, 0), offset="+05:30",
+                 make="Apple", model="iPhone 6")
+    camera = jpeg(tmp_path / "mix" / "IMG_2.JPG", taken=datetime(2015, 5, 1, 11, 0), make="Canon", model="EOS 5D")
+    phone2 = jpeg(tmp_path / "mix" / "IMG_3.JPG", taken=datetime(2015, 5, 1, 12, 0), make="Apple", model="iPhone 6")
+    recs = capture_times([phone, camera, phone2])
+    assert [r["provenance"] for r in recs] == ["exif:offset", "unknown", "previous"]
+
+
+def test_carry_joins_consecutive_calls(tmp_path):
+    a = jpeg(tmp_path / "f" / "IMG_1.JPG", taken=datetime(2015, 5, 1, 10, 0), offset="-03:30")
+    b = jpeg(tmp_path / "f" / "IMG_2.JPG", taken=datetime(2015, 5, 1, 11, 0))
+    carry: dict = {}
+    capture_times([a], lookback=0, carry=carry)
+    assert capture_times([b], lookback=0, carry=carry)[0]["provenance"] == "previous"
+    assert capture_times([b], lookback=0)[0]["provenance"] == "unknown"
+
+
 def test_rule_comes_before_previous(tmp_path):
     first = jpeg(tmp_path / "f" / "IMG_1.JPG", taken=datetime(2015, 5, 1, 10, 0), offset="+05:30")
     second = jpeg(tmp_path / "f" / "IMG_2.JPG", taken=datetime(2015, 5, 1, 11, 0))
@@ -418,6 +436,10 @@ def test_capture_time_command_prints_a_line_per_file_without_prefect(tmp_path):
     assert lines[1]["provenance"] == "previous"  # same folder, after a photo with a zone
     assert [x["status"] for x in lines[2:]] == ["error"] * 3
     assert lines[4]["error"] == "timeout"
+    # alone, the same photo borrows nothing: only the files given count
+    alone = subprocess.run([sys.executable, "-m", "photo_escape.cli", "capture-time", plain, "--json"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert json.loads(alone.stdout)["provenance"] == "unknown"
 
 
 def test_capture_time_command_rejects_a_bad_zone(tmp_path):

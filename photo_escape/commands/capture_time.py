@@ -14,6 +14,7 @@ from pathlib import Path
 
 from photo_escape.output import emit
 
+CHUNK = 500  # files per call: output streams, memory stays flat
 FIELDS = ("path", "status", "error", "local", "utc", "offset_minutes", "tz", "provenance", "conflicts")
 
 
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="time limit for reading one file's metadata (default 10)")
     parser.add_argument("--no-previous", action="store_true",
-                        help="do not borrow the zone of the previous photo in the same folder")
+                        help="do not borrow the zone of the previous photo (same folder and camera)")
 
 
 def expand(paths: list[str]) -> list[str]:
@@ -67,10 +68,16 @@ def run(args: argparse.Namespace) -> int:
             entry["folder"] = f"#{k}"  # every photo its own sequence
         entries.append(entry)
     failed = 0
-    for rec in capture_times(entries, default_tz=args.default_tz, timeout=args.timeout):
-        record = {k: rec.get(k) for k in FIELDS}
-        if rec.get("source"):
-            record["source"] = rec["source"]
-        failed += rec["status"] != "ok"
-        emit(record, args.json, _text(rec))
+    # lines appear as each chunk is done; the previous photo's zone carries from one chunk
+    # to the next. Only the files given count: no other file on disk is read.
+    carry: dict = {}
+    for start in range(0, len(entries), CHUNK):
+        chunk = entries[start:start + CHUNK]
+        for rec in capture_times(chunk, default_tz=args.default_tz, timeout=args.timeout,
+                                 lookback=0, carry=carry):
+            record = {k: rec.get(k) for k in FIELDS}
+            if rec.get("source"):
+                record["source"] = rec["source"]
+            failed += rec["status"] != "ok"
+            emit(record, args.json, _text(rec))
     return 1 if failed and failed == len(entries) else 0

@@ -88,8 +88,9 @@ def run_photo_escape(site: str, password: str, out: Path, concurrency: int, batc
     return {"tool": "photo-escape", "images": ok, "seconds": seconds}
 
 
-def run_scrapy(site: str, password: str, out: Path, concurrency: int) -> dict:
-    """The original rescue's spider with ImagesPipeline, at the same concurrency."""
+def run_scrapy(site: str, password: str, out: Path, concurrency: int, pipeline: str = "images") -> dict:
+    """The original rescue's spider with ImagesPipeline (or, for reference, FilesPipeline,
+    which stores the bytes as they came), at the same concurrency."""
     import scrapy
     import scrapy.downloadermiddlewares.cookies as cookie_mw
     from scrapy.crawler import CrawlerProcess
@@ -101,6 +102,10 @@ def run_scrapy(site: str, password: str, out: Path, concurrency: int) -> dict:
     class ImageItem(scrapy.Item):
         image_urls = scrapy.Field()
         images = scrapy.Field()
+        file_urls = scrapy.Field()
+        files = scrapy.Field()
+
+    url_field = "image_urls" if pipeline == "images" else "file_urls"
 
     class KodakPulseSpider(scrapy.Spider):
         name = "KodakPulseSpider"
@@ -116,7 +121,7 @@ def run_scrapy(site: str, password: str, out: Path, concurrency: int) -> dict:
 
         def parse(self, response):
             images = [u for u in response.css("img").xpath("@src").getall() if "~t~" in u]
-            yield ImageItem(image_urls=[u.replace("~t~", "~a~") for u in images])
+            yield ImageItem(**{url_field: [u.replace("~t~", "~a~") for u in images]})
             if len(images) < 48:
                 return
             self.page += 1
@@ -124,8 +129,10 @@ def run_scrapy(site: str, password: str, out: Path, concurrency: int) -> dict:
 
     stats: dict = {}
     process = CrawlerProcess(settings={
-        "ITEM_PIPELINES": {"scrapy.pipelines.images.ImagesPipeline": 1},
+        "ITEM_PIPELINES": {"scrapy.pipelines.images.ImagesPipeline" if pipeline == "images"
+                           else "scrapy.pipelines.files.FilesPipeline": 1},
         "IMAGES_STORE": str(out / "images"),
+        "FILES_STORE": str(out / "images"),
         "CONCURRENT_REQUESTS": concurrency,
         "CONCURRENT_REQUESTS_PER_DOMAIN": concurrency,
         "DOWNLOAD_DELAY": 0,
@@ -144,7 +151,7 @@ def run_scrapy(site: str, password: str, out: Path, concurrency: int) -> dict:
     files = sum(1 for _ in (out / "images" / "full").glob("*.jpg")) if (out / "images" / "full").is_dir() else 0
     # scrapy's own clock, spider opened -> closed: leaves out the reactor's start-up (in its favour)
     seconds = float(stats.get("elapsed_time_seconds") or wall)
-    return {"tool": "scrapy", "images": files, "seconds": seconds, "wall_seconds": wall,
+    return {"tool": "scrapy" if pipeline == "images" else "scrapy-files", "images": files, "seconds": seconds, "wall_seconds": wall,
             "file_count": stats.get("file_count"), "requests": stats.get("downloader/request_count")}
 
 
@@ -154,7 +161,8 @@ def worker(args: argparse.Namespace) -> None:
     if args.worker == "photo-escape":
         res = run_photo_escape(args.site, args.password, out, args.concurrency, args.batch_size)
     else:
-        res = run_scrapy(args.site, args.password, out, args.concurrency)
+        res = run_scrapy(args.site, args.password, out, args.concurrency,
+                         "images" if args.worker == "scrapy" else "files")
     print("RESULT " + json.dumps(res), flush=True)
 
 
@@ -180,7 +188,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight, the same for both")
     ap.add_argument("--batch-size", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds; the median is reported")
-    ap.add_argument("--worker", choices=["photo-escape", "scrapy"], help=argparse.SUPPRESS)
+    ap.add_argument("--files-pipeline", action="store_true",
+                    help="also run scrapy with FilesPipeline (bytes stored as they came, no re-encoding), for reference")
+    ap.add_argument("--worker", choices=["photo-escape", "scrapy", "scrapy-files"], help=argparse.SUPPRESS)
     ap.add_argument("--site", help=argparse.SUPPRESS)
     ap.add_argument("--password", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -194,13 +204,14 @@ def main() -> None:
                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         sandbox = json.loads(server.stdout.readline())
-        results: dict[str, list[dict]] = {"photo-escape": [], "scrapy": []}
+        tools = ["photo-escape", "scrapy"] + (["scrapy-files"] if args.files_pipeline else [])
+        results: dict[str, list[dict]] = {t: [] for t in tools}
         for r in range(args.rounds):
-            order = ("photo-escape", "scrapy") if r % 2 == 0 else ("scrapy", "photo-escape")
+            order = tools if r % 2 == 0 else tools[::-1]
             for tool in order:
                 res = contender(tool, sandbox, args)
                 results[tool].append(res)
-                print(f"round {r + 1}: {tool:12s} {res['images']:5d} images in {res['seconds']:6.2f} s "
+                print(f"round {r + 1}: {tool:13s} {res['images']:5d} images in {res['seconds']:6.2f} s "
                       f"= {res['images'] / res['seconds']:7.1f} images/s", flush=True)
     finally:
         server.terminate()
@@ -218,6 +229,10 @@ def main() -> None:
     print(f"photo-escape {pe:.1f} images/s, scrapy ImagesPipeline {sc:.1f} images/s: "
           f"ratio {pe / sc:.2f}x (median of {args.rounds} round(s), {args.count} images of {args.size}, "
           f"concurrency {args.concurrency}; every image arrived: {complete})")
+    if args.files_pipeline:
+        sf = rate("scrapy-files")
+        summary.update(scrapy_files_images_per_s=round(sf, 1), ratio_vs_files_pipeline=round(pe / sf, 2))
+        print(f"for reference, scrapy FilesPipeline (no re-encoding) {sf:.1f} images/s: ratio {pe / sf:.2f}x")
     print(json.dumps(summary))
 
 

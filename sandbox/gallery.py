@@ -16,7 +16,8 @@ Two servers, as the real service had:
 Both are wrapped in :class:`sandbox.faults.FaultInjector`; ``gallery.site_faults``
 and ``gallery.cdn_faults`` are their plans. Past the last page the site shows an empty
 table (``past_end="empty"``), the last page again (``"repeat"``) or a 404
-(``"not_found"``). ``thumbs="relative"`` serves thumbnails from the site itself under
+(``"not_found"``). ``csrf=True`` makes the login form carry a one-time hidden token
+that the POST must send back, as ASP.NET sites do. ``thumbs="relative"`` serves thumbnails from the site itself under
 relative URLs (``../media/...``); ``lazy=True`` puts the URL in ``data-src``.
 
 Run it on its own with ``python -m sandbox.gallery --count 300`` (prints its URLs).
@@ -67,6 +68,7 @@ class Gallery:
         session_pages: int | None = None,
         thumbs: str = "cdn",
         lazy: bool = False,
+        csrf: bool = False,
         seed: int = 2011,
         start: datetime = datetime(2011, 6, 4, 10, 15),
     ) -> None:
@@ -83,6 +85,8 @@ class Gallery:
         self.session_pages = session_pages
         self.thumbs = thumbs
         self.lazy = lazy
+        self.csrf = csrf
+        self.csrf_tokens: set[str] = set()
         self.seed = seed
         self.first_taken = start
         self.cdn_url = ""  # set when the CDN server starts
@@ -176,10 +180,17 @@ class Gallery:
 
     def _login_page(self, error: str = "") -> Response:
         msg = f'<p class="error">{html.escape(error)}</p>' if error else ""
+        hidden = ""
+        if self.csrf:
+            token = secrets.token_hex(8)
+            with self._lock:
+                self.csrf_tokens.add(token)
+            hidden = f'<input type="hidden" name="__RequestVerificationToken" value="{token}"/>'
         body = f"""<!DOCTYPE html><html><head><title>KODAK Pulse - Sign in</title></head><body>
 <img src="/Content/spacer.gif" alt="" class="logo"/>
 <h1>Sign in to your frame</h1>{msg}
-<form method="post" action="/" id="loginForm">
+<form method="get" action="/search"><input type="hidden" name="scope" value="help"/><input name="q"/></form>
+<form method="post" action="/" id="loginForm">{hidden}
   <label>Email <input type="text" name="username"/></label>
   <label>Password <input type="password" name="password"/></label>
   <input type="submit" value="Sign in"/>
@@ -187,6 +198,14 @@ class Gallery:
         return Response(body, mimetype="text/html")
 
     def _login(self, req: Request) -> Response:
+        if self.csrf:
+            with self._lock:
+                fresh = req.form.get("__RequestVerificationToken", "") in self.csrf_tokens
+                self.csrf_tokens.discard(req.form.get("__RequestVerificationToken", ""))
+            if not fresh:
+                with self._lock:
+                    self.failed_logins += 1
+                return self._login_page("Your session has timed out. Please sign in again.")
         if req.form.get("username") != self.username or req.form.get("password") != self.password:
             with self._lock:
                 self.failed_logins += 1

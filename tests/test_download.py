@@ -208,3 +208,19 @@ def test_content_sniffing_and_retry_after_parsing(numbered_host):
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)
     assert parse_retry_after("soon") is None
+
+
+def test_faults_can_be_set_over_http_through_the_admin_endpoint(numbered_host, tmp_path):
+    import requests
+
+    admin = f"{numbered_host.url}/_admin/faults"
+    rule = requests.post(admin, json={"kind": "error", "match": r"/8\.jpg$", "times": 1, "status": 504}).json()
+    assert rule["kind"] == "error" and rule["status"] == 504
+    assert requests.post(admin, json={"kind": "meltdown"}).status_code == 400
+    out = one(numbered_host, 8, tmp_path)
+    assert out["outcome"] == "ok" and out["detail"]["retried"] == ["http_504"]
+    assert requests.get(admin).json()["rules"][0]["hits"] == 1
+    seen = requests.get(f"{numbered_host.url}/_admin/requests").json()["requests"]
+    assert [r["fault"] for r in seen if r["target"].endswith("/8.jpg")] == ["error", None]
+    assert requests.delete(admin).json() == {"cleared": True}
+    assert requests.get(admin).json()["rules"] == []

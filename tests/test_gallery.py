@@ -227,3 +227,32 @@ def test_a_wrong_page_url_or_selector_says_so(gallery, tmp_path):
     src = source_for(gallery, tmp_path, images__css="img.no-such-class")
     assert listing(src) == []
     assert "images.css" in src.report_facts()["warning"]
+
+
+def test_a_login_form_with_a_csrf_token_is_read_before_posting(make_gallery, tmp_path):
+    g = make_gallery(60, csrf=True)
+    src = source_for(g, tmp_path)
+    assert sum(len(p) for p in listing(src)) == 60
+    assert g.logins == 1
+    src = source_for(g, tmp_path, login={**g.job_source()["login"], "hidden_fields": False})
+    with pytest.raises(LoginFailed):
+        listing(src)
+
+
+def test_a_page_answered_401_logs_in_again(gallery, tmp_path):
+    gallery.site_faults.add("error", match=r"AllPictures\?p=2$", times=1, status=401)
+    src = source_for(gallery, tmp_path)
+    assert [len(p) for p in listing(src)] == [48, 48, 14]
+    assert src.logins == 2
+
+
+def test_image_cookies_can_be_withheld_even_on_the_site_itself(make_gallery, tmp_path):
+    g = make_gallery(12, thumbs="relative")
+    src = source_for(g, tmp_path, images__cookies="never")
+    items = listing(src)[0]
+    fetcher = source_for(g, tmp_path, images__cookies="never")
+    outs = fetcher.fetch(items)
+    fetcher.close()
+    assert [o["outcome"] for o in outs] == ["ok"] * 12
+    media = [r for r in g.site_faults.requests if "/media/" in r["target"]]
+    assert len(media) == 12 and not any(r["cookies"] for r in media)

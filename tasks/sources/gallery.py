@@ -57,6 +57,8 @@ class LoginConfig(BaseModel):
         default_factory=dict, description="form fields read from {env: VAR} or {block: prefect-secret-block}")
     login_form: str = Field("input[type=password]",
                             description="CSS selector found only on the login page (tells an expired session)")
+    hidden_fields: bool = Field(True, description="first read the form's hidden inputs (CSRF tokens) and send them too")
+    form_url: str | None = Field(None, description="page showing the login form, when it is not login.url")
 
 
 class PagesConfig(BaseModel):
@@ -96,6 +98,9 @@ class ImagesConfig(BaseModel):
     attribute: str = Field("src", description="attribute holding the URL (src, data-src, href...)")
     contains: str | None = Field(None, description="keep only URLs containing this text")
     rewrite: list[Rewrite] = Field(default_factory=list, description="applied in order to each kept URL")
+    cookies: Literal["same_host", "always", "never"] = Field(
+        "same_host", description="send the login cookies with image requests: only to the gallery's own host, "
+                                 "to any host the cookies are for, or never")
 
 
 class GallerySourceConfig(KindConfig):
@@ -138,7 +143,8 @@ class GallerySource(Source):
         cfg = self.config.login
         if cfg is None:
             return
-        form = dict(cfg.fields)
+        form = self._hidden_fields() if cfg.hidden_fields else {}
+        form.update(cfg.fields)
         for field, ref in cfg.secret_fields.items():
             form[field] = resolve(ref)
 
@@ -154,23 +160,43 @@ class GallerySource(Source):
             return resp
 
         resp = self.downloader.retrying(post, [])
-        if self._is_login_page(resp):
+        if self._shows_login_form(resp):
             raise LoginFailed(f"login at {cfg.url} failed: the site still shows its login form "
                               "(check login.fields and the secret's value)")
         self.logins += 1
         self._logged_in = True
 
+    def _hidden_fields(self) -> dict[str, str]:
+        """The login form's hidden inputs (CSRF tokens and the like), read as a browser
+        would before posting; nothing when the form page cannot be read."""
+        cfg = self.config.login
+        assert cfg is not None
+        try:
+            resp = self.downloader.get_page(cfg.form_url or cfg.url, session=self.site)
+        except (PermanentError, TransientError):
+            return {}
+        sel = Selector(text=resp.text)
+        forms = [f for f in sel.css("form") if f.css(cfg.login_form)] or sel.css("form")[:1]
+        if not forms:
+            return {}
+        return {el.attrib["name"]: el.attrib.get("value", "")
+                for el in forms[0].css("input[type=hidden]") if el.attrib.get("name")}
+
+    def _shows_login_form(self, resp: requests.Response) -> bool:
+        ctype = resp.headers.get("Content-Type", "")
+        if ctype and "html" not in ctype:
+            return False
+        return bool(Selector(text=resp.text).css(self.config.login.login_form))  # type: ignore[union-attr]
+
     def _is_login_page(self, resp: requests.Response) -> bool:
-        """Whether a response is the login form (the session is gone or never was)."""
+        """Whether a page came back as the login page (the session is gone or never was):
+        redirected to the login URL, or showing the login form."""
         cfg = self.config.login
         if cfg is None:
             return False
         if resp.history and _same_place(resp.url, cfg.url) and not _same_place(resp.url, self.config.pages.url):
             return True
-        ctype = resp.headers.get("Content-Type", "")
-        if "html" not in ctype and ctype:
-            return False
-        return bool(Selector(text=resp.text).css(cfg.login_form))
+        return self._shows_login_form(resp)
 
     def _ensure_login(self) -> None:
         with self._login_lock:
@@ -190,8 +216,10 @@ class GallerySource(Source):
             except PermanentError as exc:
                 if exc.reason == "not_found":
                     return None
-                raise
-            if not self._is_login_page(resp):
+                if not (self.config.login and exc.reason in ("http_401", "http_403")):
+                    raise
+                resp = None  # some sites answer an expired session with 401/403
+            if resp is not None and not self._is_login_page(resp):
                 return resp
             with self._login_lock:  # the session expired: log in again, ask again
                 self.facts["relogins"] = self.facts.get("relogins", 0) + 1
@@ -272,8 +300,10 @@ class GallerySource(Source):
 
     # -- fetching -----------------------------------------------------------------------
     def _session_for(self, url: str) -> requests.Session:
-        """Cookies only for the gallery's own host; a CDN gets a cookieless session."""
-        if self.config.login and urlsplit(url).netloc.lower() == urlsplit(self.config.pages.url).netloc.lower():
+        """By default cookies go only to the gallery's own host; a CDN gets a cookieless session."""
+        mode = self.config.images.cookies
+        same_host = urlsplit(url).netloc.lower() == urlsplit(self.config.pages.url).netloc.lower()
+        if self.config.login and (mode == "always" or (mode == "same_host" and same_host)):
             self._ensure_login()
             return self.site
         return self.downloader.session

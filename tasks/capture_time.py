@@ -29,6 +29,7 @@ No Prefect here: the task wrapper lives elsewhere.
 
 from __future__ import annotations
 
+import atexit
 import fnmatch
 import functools
 import io
@@ -529,6 +530,51 @@ class _Worker:
         self.kill()
 
 
+# Readers stay up between calls (a flow hands over batch after batch): starting one costs
+# about 0.1 s, which over thousands of batches would add up. Idle ones wait here.
+_IDLE: list[_Worker] = []
+_IDLE_LOCK = threading.Lock()
+MAX_IDLE = 4
+
+
+def _idle_worker() -> _Worker:
+    with _IDLE_LOCK:
+        while _IDLE:
+            worker = _IDLE.pop()
+            if worker.alive():
+                return worker
+    return _Worker()
+
+
+def _release(worker: _Worker) -> None:
+    """Keep a healthy reader for the next call; stop the rest."""
+    if worker.alive():
+        with _IDLE_LOCK:
+            if len(_IDLE) < MAX_IDLE:
+                _IDLE.append(worker)
+                return
+    worker.close()
+
+
+def _forget_parents_readers() -> None:
+    """In a forked child the idle readers belong to the parent: forget them, touch nothing."""
+    global _IDLE_LOCK
+    _IDLE_LOCK = threading.Lock()
+    _IDLE.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parents_readers)
+
+
+@atexit.register
+def close_readers() -> None:
+    """Stop the idle reader processes (at exit, or when a caller wants them gone)."""
+    with _IDLE_LOCK:
+        idle, _IDLE[:] = list(_IDLE), []
+    for worker in idle:
+        worker.close()
+
+
 STARTUP_TIMEOUT = 120.0  # seconds for a reader process to start (imports included)
 READ_CHUNK = 8  # paths sent to a reader at once: answers stream back, one time limit per file
 
@@ -546,7 +592,7 @@ def read_all_tags(paths: list[str], *, timeout: float = 10.0, workers: int | Non
         todo.put(i)
 
     def drive() -> None:
-        worker = _Worker()
+        worker = _idle_worker()
         try:
             while True:
                 chunk = []
@@ -563,7 +609,7 @@ def read_all_tags(paths: list[str], *, timeout: float = 10.0, workers: int | Non
                     else:
                         results[i] = answer
         finally:
-            worker.close()
+            _release(worker)
 
     if n == 1:
         drive()

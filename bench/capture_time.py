@@ -5,7 +5,9 @@ Makes ``--photos`` real pictures (sandbox.photos) with the mix of EXIF a trip gi
 
 * **photo-escape**: ``tasks.capture_time.capture_times`` — every file read in a
   time-limited reader subprocess (2 of them), then the full decision (15-minute GPS
-  rounding, timezonefinder lookups, DST checks, previous-photo carry-forward);
+  rounding, timezonefinder lookups, DST checks, previous-photo carry-forward); once in
+  one call (readers and timezonefinder started cold), once in batches of 200 as the
+  escape flow calls it (readers kept up between calls);
 * **peer A, the seed notebook's way**: ``exifread.process_file`` on each file in this
   process (maker notes and all, as the notebook called it), offset from the GPS hour;
 * **peer B, bare exifread**: the same in-process read with ``details=False`` and no
@@ -93,6 +95,10 @@ def main() -> None:
         recs = capture_times(paths)
         runs["photo-escape (guarded, full decision)"] = time.perf_counter() - t
         with_utc = sum(r["utc"] is not None for r in recs)
+        t = time.perf_counter()  # as the flow calls it: batch after batch, readers kept up
+        for k in range(0, len(paths), 200):
+            capture_times(paths[k:k + 200])
+        runs["photo-escape, batches of 200 (as the flow)"] = time.perf_counter() - t
         t = time.perf_counter()
         notebook_way(paths)
         runs["peer A: seed notebook (exifread in-process)"] = time.perf_counter() - t

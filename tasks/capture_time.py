@@ -478,18 +478,21 @@ class _Worker:
         ``{"error": "timeout"}`` (the worker is killed), one that kills the worker
         ``reader_crashed``; the files after it come back as None, to be read again."""
         out: list[dict[str, Any] | None] = [None] * len(paths)
-        if not self.alive():
+        for attempt in (1, 2):  # a reader kept from an earlier call may have died meanwhile
+            if not self.alive():
+                try:
+                    self._start()
+                except (ReaderUnavailable, OSError):
+                    # no child process possible here: read in this process, without the guard
+                    return [dict(read_tags(p), unguarded=True) for p in paths]
             try:
-                self._start()
-            except (ReaderUnavailable, OSError):
-                # no child process possible here: read in this process, without the guard
-                return [dict(read_tags(p), unguarded=True) for p in paths]
-        try:
-            self.send_conn.send(list(paths))
-        except (OSError, BrokenPipeError, ValueError):
-            self.kill()
-            out[0] = {"error": "reader_crashed"}
-            return out
+                self.send_conn.send(list(paths))
+                break
+            except (OSError, BrokenPipeError, ValueError):
+                self.kill()
+                if attempt == 2:
+                    out[0] = {"error": "reader_crashed"}
+                    return out
         for k in range(len(paths)):
             try:
                 if not self.recv_conn.poll(timeout):

@@ -448,3 +448,16 @@ def test_capture_time_command_rejects_a_bad_zone(tmp_path):
                            "Mars/Olympus", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert json.loads(proc.stdout)["error"] == "bad_default_tz"
+
+
+def test_a_reader_that_died_between_calls_is_replaced(tmp_path):
+    import signal
+
+    import tasks.capture_time as ct
+
+    path = jpeg(tmp_path / "a.jpg", taken=datetime(2019, 3, 9, 12, 20), offset="+05:30")
+    assert capture_time(path)["status"] == "ok"
+    for worker in list(ct._IDLE):  # the readers this test process started
+        os.kill(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait(timeout=10)
+    assert capture_time(path)["utc"] == "2019-03-09T06:50:00+00:00"

@@ -29,6 +29,7 @@ from photo_escape.secrets import MASK, redact
 from reports import queries as q
 
 TEMPLATES = Path(__file__).parent / "templates"
+SPEC_NUMBERS = {"expected_count", "start", "stop", "stop_after_missing"}  # numbers worth showing in "asked"
 SECRET_KEYS = re.compile(r"(pass(word)?|secret|token|api_?key|credential|auth)", re.I)
 
 
@@ -310,14 +311,29 @@ def _run_row(run: dict) -> dict:
 
 
 def describe_spec(spec: dict, job: str) -> dict:
-    """What was asked: job name, source and destination as 'kind: field=value...' lines,
-    with secrets shown only as their references (env:NAME / block:NAME)."""
+    """What was asked: job name, source and destination as 'kind: field=value...' lines.
+
+    Plain settings and addresses only (nested blocks contribute their ``url``/``path``);
+    secrets appear only as their references (env:NAME / block:NAME), listed once.
+    """
     def side(cfg: Any) -> str:
         if not isinstance(cfg, dict):
             return "(not recorded)"
         kind = cfg.get("kind", "?")
-        parts = [f"{k}={_show(k, v)}" for k, v in cfg.items() if k != "kind" and v not in (None, [], {})]
-        return f"{kind}: " + ", ".join(parts) if parts else str(kind)
+        parts = []
+        for k, v in cfg.items():
+            if k == "kind" or v in (None, [], {}, ""):
+                continue
+            if _is_ref(v) or isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)
+                                                     and k in SPEC_NUMBERS):
+                parts.append(f"{k}={_show(k, v)}")
+            elif isinstance(v, dict):
+                parts += [f"{k}.{sub}={v[sub]}" for sub in ("url", "path", "bucket") if isinstance(v.get(sub), str)]
+        refs = sorted({r for r in _refs(cfg)} - {_show("", v) for v in cfg.values() if _is_ref(v)})
+        if refs:
+            parts.append("secrets from " + ", ".join(refs))
+        text = f"{kind}: " + ", ".join(parts) if parts else str(kind)
+        return text if len(text) <= 400 else text[:399] + "…"
 
     if "source" not in spec and isinstance(spec.get("flickr"), dict):  # the hi-res replacement job
         fl, masters = spec["flickr"], spec.get("masters") or {}
@@ -331,9 +347,27 @@ def describe_spec(spec: dict, job: str) -> dict:
             "destination": side(spec.get("destination"))}
 
 
+def _is_ref(value: Any) -> bool:
+    """A secret reference as the spec stores it: {env: NAME} or {block: NAME}."""
+    return isinstance(value, dict) and bool(value) and set(value) <= {"env", "block"} \
+        and bool(value.get("env") or value.get("block"))
+
+
+def _refs(value: Any):
+    """Every secret reference inside a spec value, as 'env:NAME' / 'block:NAME'."""
+    if _is_ref(value):
+        yield _show("", value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _refs(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _refs(v)
+
+
 def _show(key: str, value: Any) -> str:
     """A spec value for people: secret references as references, secret-looking strings masked."""
-    if isinstance(value, dict) and set(value) <= {"env", "block"} and (value.get("env") or value.get("block")):
+    if _is_ref(value):
         return f"env:{value['env']}" if value.get("env") else f"block:{value['block']}"
     if isinstance(value, str) and SECRET_KEYS.search(key):
         return MASK

@@ -342,17 +342,27 @@ def _table_filter(scope: Scope, alias: str) -> tuple[str, list]:
 
 
 def prepare_stories(con, scope: Scope) -> None:
-    """Materialise the scope's capture times (latest per item) and matches (latest per query)."""
-    cond, params = _table_filter(scope, "c")
+    """Materialise the scope's capture times (latest per item) and matches (latest per query).
+
+    For a run, as the run left them: records up to the run's last event, so the photos
+    an earlier run finished (carried) keep the capture times and matches it recorded.
+    """
+    cutoff, params = "", [scope.job]
+    if scope.run_id:
+        cutoff = ' AND x."at" <= (SELECT max("at") FROM events WHERE run_id = ?)'
+        params = [scope.job, scope.run_id]
+    elif scope.since:
+        cutoff = ' AND x."at" >= ?'
+        params = [scope.job, scope.since]
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _rep_ct AS
-            SELECT c.* FROM capture_times c WHERE {cond}
-            QUALIFY row_number() OVER (PARTITION BY c.item_id ORDER BY c."at" DESC) = 1""", params)
-    cond, params = _table_filter(scope, "m")
+            SELECT x.* FROM capture_times x SEMI JOIN _rep_items i USING (item_id)
+            WHERE x.job = ? {cutoff}
+            QUALIFY row_number() OVER (PARTITION BY x.item_id ORDER BY x."at" DESC) = 1""", params)
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _rep_matches AS
-            SELECT m.* FROM matches m WHERE {cond}
-            QUALIFY dense_rank() OVER (PARTITION BY m.query ORDER BY m."at" DESC) = 1""", params)
+            SELECT x.* FROM matches x WHERE x.job = ? {cutoff}
+            QUALIFY dense_rank() OVER (PARTITION BY x.query ORDER BY x."at" DESC) = 1""", params)
 
 
 def release_stories(con) -> None:

@@ -126,32 +126,45 @@ def _higher_is_closer(ctx: dict) -> bool:
 
 
 def find_my_photo(con, facts: dict, ctx: dict) -> dict | None:
-    """The margin between the best matches and everything else (similarity scores)."""
-    if not ctx["matches"] or not (_higher_is_closer(ctx) or ctx["source"] == "numbered"):
+    """The numbered harvest (found, missing, where the numbers ended) and the margin
+    between the best matches and everything else (similarity scores)."""
+    numbered = ctx["source"] == "numbered"
+    if not (numbered or (ctx["matches"] and _higher_is_closer(ctx))):
         return None
-    higher = _higher_is_closer(ctx)
-    totals, per = q.query_margins(con, higher)
-    missing = _by_reason(ctx, "not_found", "fetch")
-    items = [_fact("references searched for", int(totals["queries"]), key="find-queries"),
-             _fact("numbers missing at the source", missing, key="find-missing")] if ctx["source"] == "numbered" else \
-            [_fact("references searched for", int(totals["queries"]), key="find-queries")]
-    lines = []
-    if totals["chosen"] and totals["best_other"] is not None:
-        lo, hi = totals["chosen_min"], totals["chosen_max"]
-        best_other = totals["best_other"]
-        word = "below" if higher else "above"
-        chosen_text = f"{lo:.2f}" if lo == hi else f"{lo:.2f} to {hi:.2f}"
-        items.append(_fact("best matches scored", chosen_text))
-        items.append(_fact(f"everything else scored {word}", f"{best_other:.2f}"))
-        margin = (lo - best_other) if higher else (best_other - hi)
-        items.append(_fact("margin", f"{margin:+.2f}", key="find-margin",
-                           note="clear: the matches stand apart" if margin > 0 else "⚠ no clear margin: review"))
-        lines.append(f"Find my photo: the matches scored {chosen_text}; everything else {word} {best_other:.2f}"
-                     f" (margin {margin:+.2f}).")
-    table = {"head": ["reference", "best candidate", "score", "runner-up", "runner-up score", "margin"],
-             "rows": [[r["name"], _base(r["best"]), _num(r["best_distance"]), _base(r["runner_up"]),
-                       _num(r["runner_up_distance"]), _num(r["margin"])] for r in per],
-             "more": max(0, int(totals["queries"]) - len(per))}
+    s, summ = facts["summary"], facts["run_summary"] or {}
+    items, lines, table = [], [], None
+    if numbered:
+        items += [_fact("numbers tried", s["listed"], key="find-tried",
+                        note=f"numbers {summ['numbers']}" if summ.get("numbers") else None),
+                  _fact("images found", s["done"] + _by_reason(ctx, "already_present", "deliver", "skipped"),
+                        key="find-found"),
+                  _fact("numbers missing at the source (404)", _by_reason(ctx, "not_found", "fetch"), key="find-missing")]
+        stopped = _by_reason(ctx, "stopped_after_missing", "fetch")
+        if stopped or summ.get("stop_after_missing"):
+            items.append(_fact("not tried after a long run of missing numbers", stopped, key="find-stopped",
+                               note=(f"stopped after {summ['stop_after_missing']} missing in a row"
+                                     + (f", the last number found being {summ['ended_at']}" if summ.get("ended_at") else ""))
+                               if summ.get("stop_after_missing") else None))
+    if ctx["matches"]:
+        higher = _higher_is_closer(ctx)
+        totals, per = q.query_margins(con, higher)
+        items.append(_fact("references searched for", int(totals["queries"]), key="find-queries"))
+        if totals["chosen"] and totals["best_other"] is not None:
+            lo, hi = totals["chosen_min"], totals["chosen_max"]
+            best_other = totals["best_other"]
+            word = "below" if higher else "above"
+            chosen_text = f"{lo:.2f}" if lo == hi else f"{lo:.2f} to {hi:.2f}"
+            margin = (lo - best_other) if higher else (best_other - hi)
+            items.append(_fact("best matches scored", chosen_text))
+            items.append(_fact(f"everything else scored {word}", f"{best_other:.2f}"))
+            items.append(_fact("margin", round(margin, 4), key="find-margin", shown=f"{margin:+.2f}",
+                               note="clear: the matches stand apart" if margin > 0 else "⚠ no clear margin: review"))
+            lines.append(f"Find my photo: the matches scored {chosen_text}; everything else {word} "
+                         f"{best_other:.2f} (margin {margin:+.2f}).")
+        table = {"head": ["reference", "best candidate", "score", "runner-up", "runner-up score", "margin"],
+                 "rows": [[r["name"], _base(r["best"]), _num(r["best_distance"]), _base(r["runner_up"]),
+                           _num(r["runner_up_distance"]), _num(r["margin"])] for r in per],
+                 "more": max(0, int(totals["queries"]) - len(per))}
     return _section("find", "Find my photo", facts=items, table=table, lines=lines)
 
 

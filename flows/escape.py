@@ -118,6 +118,7 @@ class _Batch:
     def __init__(self, items: list[dict]) -> None:
         self.items = items
         self.stage = -1
+        self.staged: list[str] = []  # files the fetch downloaded into the work folder
 
 
 @flow(name="escape", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
@@ -168,6 +169,7 @@ class EscapeRun:
             source = make_source(spec.source, workdir=Path(self.workdir), options=self.opts)
             source.protect(destination.protected_prefixes())
             self.stages = source.pipeline
+            self.downloads = source.downloads
             self.history = self.ledger.has_history(spec.name)
             self.ledger.start_run(self.run_id, spec.name, flow="escape", settings=self.settings,
                                   spec=spec.dump(), dry_run=self.dry_run, only_failed=self.only_failed,
@@ -267,10 +269,22 @@ class EscapeRun:
         if stage == "deliver":
             going_on, finished = [], len(batch.items)
         self.progress.add_finished(finished)
+        if stage == "fetch" and self.downloads:
+            batch.staged = [o["item"]["local_path"] for o in outcomes if (o.get("item") or {}).get("local_path")]
         batch.items = going_on
         if not going_on or batch.stage + 1 >= len(self.stages):
+            self._unstage(batch)
             return None
         return self._advance(batch)
+
+    def _unstage(self, batch: _Batch) -> None:
+        """Remove a finished batch's downloads from the work folder (disk stays flat)."""
+        root = Path(self.workdir).resolve()
+        for path in batch.staged:
+            p = Path(path).resolve()
+            if p.is_relative_to(root):
+                p.unlink(missing_ok=True)
+        batch.staged = []
 
     def _hash_outcomes(self, items: list[dict], records: list[dict]) -> list[dict]:
         self.ledger.add_assets([r for r in records if r.get("status") == "ok"])

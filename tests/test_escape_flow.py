@@ -154,3 +154,16 @@ def test_the_local_demo_runs_end_to_end(tmp_path):
 
     s = local.run(tmp_path, as_json=True)
     assert s["listed"] == 43 and s["done"] == 40 and s["failed"] == 3
+
+
+def test_downloads_leave_the_work_folder_once_delivered(tmp_path):
+    """Fetched files are staged in the work folder only while their batch is in flight."""
+    from flows.escape import escape
+    from sandbox.numbered import NumberedHost
+
+    with NumberedHost(count=12, missing={4}, cache_dir=tmp_path / "host") as host:
+        s = escape(_job(tmp_path, name="staging", source=host.job_source(1, 12, stop_after_missing=None),
+                        destination={"kind": "local", "path": str(tmp_path / "found"), "layout": "{name}"}))
+    assert s["done"] == 11 and s["skipped"] == 1
+    assert len([p for p in (tmp_path / "found").iterdir() if p.is_file()]) == 11
+    assert [p for p in (tmp_path / "work").rglob("*") if p.is_file()] == []

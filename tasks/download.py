@@ -490,7 +490,10 @@ class Downloader:
         """
         sw = Stopwatch()
         url = url or item.get("url") or item["source_ref"]
-        dest = Path(dest_dir) / item["name"]
+        name = str(item.get("name") or "")
+        if not name or name != os.path.basename(name) or name.startswith(".") or "\\" in name:
+            name = safe_name(url)  # never trust a name to stay inside dest_dir
+        dest = Path(dest_dir) / name
         try:
             got = self.download(url, dest, session=session)
         except (PermanentError, TransientError) as exc:

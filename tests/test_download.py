@@ -224,3 +224,11 @@ def test_faults_can_be_set_over_http_through_the_admin_endpoint(numbered_host, t
     assert [r["fault"] for r in seen if r["target"].endswith("/8.jpg")] == ["error", None]
     assert requests.delete(admin).json() == {"cleared": True}
     assert requests.get(admin).json()["rules"] == []
+
+
+def test_an_item_name_that_would_leave_the_folder_is_replaced(numbered_host, tmp_path):
+    it = dict(item(numbered_host, 25), name="../../escaped.jpg")
+    out = downloader().fetch_item(it, tmp_path / "in")
+    assert out["outcome"] == "ok"
+    assert Path(out["item"]["local_path"]).parent == tmp_path / "in"
+    assert not (tmp_path / "escaped.jpg").exists()

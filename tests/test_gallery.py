@@ -256,3 +256,20 @@ def test_image_cookies_can_be_withheld_even_on_the_site_itself(make_gallery, tmp
     assert [o["outcome"] for o in outs] == ["ok"] * 12
     media = [r for r in g.site_faults.requests if "/media/" in r["target"]]
     assert len(media) == 12 and not any(r["cookies"] for r in media)
+
+
+def test_the_password_can_come_from_a_prefect_secret_block(prefect_harness, gallery, tmp_path, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    Secret(value=gallery.password).save("sandbox-gallery-password", overwrite=True)
+    monkeypatch.delenv("KODAK_PASSWORD")
+    src = source_for(gallery, tmp_path, login={**gallery.job_source()["login"],
+                                               "secret_fields": {"password": {"block": "sandbox-gallery-password"}}})
+    assert sum(len(p) for p in listing(src)) == GALLERY_COUNT
+
+
+def test_an_error_page_served_with_200_does_not_end_the_listing(gallery, tmp_path):
+    gallery.site_faults.add("html", match=r"AllPictures\?p=2$", times=1)
+    src = source_for(gallery, tmp_path)
+    assert [len(p) for p in listing(src)] == [48, 48, 14]
+    assert src.report_facts()["empty_pages_retried"] == 1

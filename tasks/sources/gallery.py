@@ -69,6 +69,9 @@ class PagesConfig(BaseModel):
     first: int = Field(1, description="number of the first page")
     last_when_fewer_than: int | None = Field(None, ge=1, description="a page with fewer images is the last")
     max_pages: int = Field(100_000, ge=1, description="never ask for more pages than this")
+    confirm_empty: int = Field(2, ge=0, le=10, description="ask again this many times (with backoff) before "
+                                                          "believing a page is empty: an error page served "
+                                                          "with status 200 looks empty too")
 
     @field_validator("url")
     @classmethod
@@ -245,6 +248,18 @@ class GallerySource(Source):
             urls.append(url)
         return urls
 
+    def _confirm_empty(self, url: str) -> list[str]:
+        """Ask for an empty-looking page again (``pages.confirm_empty`` times, with
+        backoff); its image URLs if it turns out not to be empty after all."""
+        for attempt in range(self.config.pages.confirm_empty):
+            self.downloader.sleep(self.downloader.backoff_seconds * 2 ** attempt)
+            resp = self.get_page(url)
+            found = self.image_urls(resp) if resp is not None else []
+            if found:
+                self.facts["empty_pages_retried"] = self.facts.get("empty_pages_retried", 0) + 1
+                return found
+        return []
+
     def original(self, url: str) -> str:
         """A found URL rewritten into the original's URL (the rules, in order)."""
         for rule in self.config.images.rewrite:
@@ -269,6 +284,8 @@ class GallerySource(Source):
                 ended = "page_not_found"
                 break
             found = self.image_urls(resp)
+            if not found:
+                found = self._confirm_empty(url)
             if not found:
                 if page == pages.first:
                     self.facts["warning"] = ("the first page had no image URLs: check images.css, "

@@ -20,6 +20,7 @@ exactly once, the ledger says all done, killed runs are marked ``abandoned``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -33,7 +34,7 @@ import pytest
 
 from tasks.download import safe_name
 from tasks.ledger import Ledger
-from tests.fixtures.reliability import (escape_job, gallery_originals, photo_files, sha256_file,
+from tests.fixtures.reliability import (ROOT, escape_job, gallery_originals, photo_files, sha256_file,
                                         staging_files, wait_for, write_job)
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.timeout(420)]
@@ -74,9 +75,14 @@ class Driver:
             self.proc.kill()
 
 
-@pytest.fixture
-def driver(cli_env):
-    d = Driver(cli_env)
+@pytest.fixture(scope="module")
+def driver(prefect_harness):
+    """One fork server for the module, on the session's Prefect API."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONPATH=str(ROOT))
+    env.pop("PHOTO_ESCAPE_CRASH_AT", None)
+    d = Driver(env)
     yield d
     d.close()
 
@@ -119,7 +125,7 @@ def _check_ledger(path: Path, killed: dict | None) -> dict:
             assert commits == n - 1, (point, n, commits)
         # no item has two 'delivered' events: the destination never received it twice
         twice = led.query("SELECT item_id, count(*) AS n FROM events WHERE stage = 'deliver' "
-                          "AND reason = 'delivered' GROUP BY ALL HAVING count(*) > 1")
+                          "AND reason IN ('delivered', 'uploaded') GROUP BY ALL HAVING count(*) > 1")
         assert not twice, twice
         return job
 
@@ -138,34 +144,114 @@ def _plan(rng: random.Random) -> list[dict]:
     return plan
 
 
-def test_killed_runs_rerun_to_exactly_once(tmp_path, small_gallery, driver):
-    rng = random.Random(SEED)
-    g = small_gallery(COUNT, per_page=6)
-    originals = gallery_originals(g)
-    plan = _plan(rng)
+class FolderTarget:
+    """A local folder as the destination under test."""
+
+    name = "folder"
+
+    def __init__(self, originals: dict[str, str]) -> None:
+        self.originals = originals
+
+    def destination(self, root: Path) -> dict:
+        return {"kind": "local", "path": str(root / "archive")}
+
+    def progress(self, root: Path) -> int:
+        return _progress(root / "work", root / "archive")
+
+    def check(self, root: Path) -> list[str]:
+        return _check_destination(root / "archive", self.originals)
+
+    def check_final(self, root: Path) -> None:
+        assert sorted(self.check(root)) == sorted(self.originals), "not every picture arrived exactly once"
+        assert not staging_files(root / "archive"), staging_files(root / "archive")
+
+
+class BucketTarget:
+    """An S3 bucket (moto's server) as the destination under test: one bucket per round."""
+
+    name = "s3"
+
+    def __init__(self, originals: dict[str, str], s3_server, creds_var: str) -> None:
+        self.originals = originals
+        self.server = s3_server
+        self.client = s3_server.client()
+        self.creds_var = creds_var
+        self.buckets: dict[Path, str] = {}
+
+    def destination(self, root: Path) -> dict:
+        bucket = self.server.make_bucket(f"rel-crash-{len(self.buckets)}-{random.randrange(1 << 30):x}")
+        self.buckets[root] = bucket
+        return {"kind": "s3", "bucket": bucket, "endpoint_url": self.server.url,
+                "credentials": {"env": self.creds_var}, "verify": "full", "max_attempts": 2}
+
+    def _objects(self, root: Path) -> list[dict]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.buckets[root])
+        return [o for page in pages for o in page.get("Contents", [])]
+
+    def progress(self, root: Path) -> int:
+        return _progress(root / "work", root / "none") + len(self._objects(root))
+
+    def check(self, root: Path) -> list[str]:
+        """Every object is complete and verified (its bytes hash to its sha256 metadata and to an
+        original), each original once under its own name, each thumbnail beside its original."""
+        bucket, shas, originals_keys, thumbs = self.buckets[root], [], set(), []
+        for obj in self._objects(root):
+            key = obj["Key"]
+            got = self.client.get_object(Bucket=bucket, Key=key)
+            data = got["Body"].read()
+            if key.startswith("originals/"):
+                sha = hashlib.sha256(data).hexdigest()
+                assert sha in self.originals, f"{key} is not a complete original"
+                assert got["Metadata"].get("sha256") == sha, (key, got["Metadata"])
+                assert key.rsplit("/", 1)[-1] == safe_name(self.originals[sha]), f"{key}: not under its own name"
+                shas.append(sha)
+                originals_keys.add(key)
+            else:
+                assert key.startswith("thumbnails/") and data[:3] == b"\xff\xd8\xff", key
+                thumbs.append(key)
+        assert len(shas) == len(set(shas)), "a picture reached the bucket twice"
+        for t in thumbs:  # an original goes up (verified) before its thumbnail
+            assert "originals/" + t[len("thumbnails/"):-len(".jpg")] in originals_keys, t
+        return shas
+
+    def check_final(self, root: Path) -> None:
+        assert sorted(self.check(root)) == sorted(self.originals), "not every picture arrived exactly once"
+        keys = [o["Key"] for o in self._objects(root)]
+        thumbs = sorted(k for k in keys if k.startswith("thumbnails/"))
+        assert thumbs == sorted("thumbnails/" + k[len("originals/"):] + ".jpg" for k in keys
+                                if k.startswith("originals/"))
+        uploads = self.client.list_multipart_uploads(Bucket=self.buckets[root]).get("Uploads", [])
+        assert not uploads, uploads  # no half-done multipart upload left behind
+
+
+def _kill_rounds(tmp_path: Path, g, driver: "Driver", target, plan: list[dict], kills_wanted: int,
+                 extra_env: dict | None = None) -> list[dict]:
+    """Run the job again and again, each run killed as ``plan`` says, checking after every kill;
+    when a run gets to its end (or enough kills were made) a final rerun must finish the rest.
+    Returns the kills made."""
     kills: list[dict] = []
     round_no = 0
-    started = time.monotonic()
-    while len(kills) < KILLS_WANTED and plan:
+    base_env = {"KODAK_PASSWORD": g.password, **(extra_env or {})}
+    while len(kills) < kills_wanted and plan:
         round_no += 1
         assert round_no <= 6, f"only {len(kills)} kills after 5 rounds"
-        root = tmp_path / f"round{round_no}"
+        root = tmp_path / f"{target.name}-round{round_no}"
         root.mkdir()
-        archive, work = root / "archive", root / "work"
-        job = write_job(root / "job.yaml", escape_job(root, g.job_source(), name="rel-crash", batch_size=3,
-                                                      concurrency=3))
+        spec = escape_job(root, g.job_source(), name="rel-crash", batch_size=3, concurrency=3)
+        spec["destination"] = target.destination(root)
+        job = write_job(root / "job.yaml", spec)
         runs = 0
-        while plan and len(kills) < KILLS_WANTED:
+        while plan and len(kills) < kills_wanted:
             step = plan.pop(0)
             runs += 1
-            env = {"KODAK_PASSWORD": g.password}
+            env = dict(base_env)
             if "point" in step:
                 env["PHOTO_ESCAPE_CRASH_AT"] = f"{step['point']}:{step['n']}"
             out, err = root / f"run{runs}.out", root / f"run{runs}.err"
             pid = driver.start(["run", str(job), "--json"], out, err, env)
             if "after_progress" in step:
-                before = _progress(work, archive)
-                seen = wait_for(lambda: _progress(work, archive) >= before + step["after_progress"]
+                before = target.progress(root)
+                seen = wait_for(lambda: target.progress(root) >= before + step["after_progress"]
                                 or not _alive(pid), timeout=30)
                 assert seen, "the run made no progress in 30 s"
                 time.sleep(step["delay"])
@@ -176,7 +262,7 @@ def test_killed_runs_rerun_to_exactly_once(tmp_path, small_gallery, driver):
             res = driver.wait()
             if res["signal"] == signal.SIGKILL:
                 kills.append(dict(step, round=round_no))
-                _check_destination(archive, originals)
+                target.check(root)
                 _check_ledger(root / "ledger.duckdb", step if "point" in step else None)
                 continue
             # the run got to its end before the kill: this round is complete
@@ -184,15 +270,13 @@ def test_killed_runs_rerun_to_exactly_once(tmp_path, small_gallery, driver):
             break
         # the final rerun, never killed, finishes the rest
         out, err = root / "final.out", root / "final.err"
-        driver.start(["run", str(job), "--json"], out, err, {"KODAK_PASSWORD": g.password})
+        driver.start(["run", str(job), "--json"], out, err, base_env)
         res = driver.wait()
         assert res["rc"] == 0, err.read_text()[-3000:]
         summary = json.loads(out.read_text().strip().splitlines()[-1])
         assert summary["listed"] == summary["done"] == COUNT and summary["failed"] == 0, summary
         assert summary["status"] == "finished"
-        shas = _check_destination(archive, originals)
-        assert sorted(shas) == sorted(originals), "not every picture arrived exactly once"
-        assert not staging_files(archive), staging_files(archive)
+        target.check_final(root)
         job_counts = _check_ledger(root / "ledger.duckdb", None)
         assert job_counts["done"] == COUNT and job_counts["pending"] == 0
         with Ledger(root / "ledger.duckdb") as led:
@@ -200,19 +284,48 @@ def test_killed_runs_rerun_to_exactly_once(tmp_path, small_gallery, driver):
             present = led.query("SELECT count(*) AS n FROM events WHERE reason = 'already_present'")[0]["n"]
         assert statuses[-1] == "finished"
         assert all(s in ("abandoned", "finished") for s in statuses[:-1]), statuses
-        # every killed run that got as far as recording its start is now marked abandoned
-        # (a timed kill may strike while Prefect is still starting, before the run exists)
         in_round = [k for k in kills if k["round"] == round_no]
         if any(k.get("point") == "deliver" for k in in_round):
             # photos delivered by a run killed before it could record them were found in
             # place by the rerun (same content): recorded, not copied again
             assert present > 0
+        # every killed run that got as far as recording its start is now marked abandoned
+        # (a timed kill may strike while Prefect is still starting, before the run exists)
         assert sum(1 for k in in_round if "point" in k) <= statuses.count("abandoned") <= len(in_round)
+    return kills
+
+
+def _describe(kills: list[dict]) -> str:
+    return ", ".join(f"{k['point']}:{k['n']}" if "point" in k else f"timed@{k['after_progress']}" for k in kills)
+
+
+def test_killed_runs_rerun_to_exactly_once(tmp_path, small_gallery, driver):
+    """A local folder: 20+ kills, each followed by the checks, then final reruns."""
+    started = time.monotonic()
+    g = small_gallery(COUNT, per_page=6)
+    target = FolderTarget(gallery_originals(g))
+    kills = _kill_rounds(tmp_path, g, driver, target, _plan(random.Random(SEED)), KILLS_WANTED)
     assert len(kills) >= 20, kills
     kinds = {k.get("point", "timed") for k in kills}
     assert {"deliver", "ledger_write", "timed"} <= kinds, kinds
-    print(f"{len(kills)} kills in {round_no} rounds, {time.monotonic() - started:.0f} s: "
-          + ", ".join(f"{k['point']}:{k['n']}" if "point" in k else f"timed@{k['after_progress']}" for k in kills))
+    print(f"{len(kills)} kills, {time.monotonic() - started:.0f} s: {_describe(kills)}")
+
+
+def test_killed_runs_to_s3_rerun_to_exactly_once(tmp_path, small_gallery, driver, s3_server):
+    """An S3 bucket (moto server): fewer kills, the same promises, objects verified."""
+    from sandbox.s3 import SANDBOX_KEYS
+
+    started = time.monotonic()
+    g = small_gallery(COUNT, per_page=6)
+    target = BucketTarget(gallery_originals(g), s3_server, "REL_CRASH_S3_KEYS")
+    rng = random.Random(SEED + 1)
+    plan = [{"point": "deliver", "n": 1}, {"point": "ledger_write", "n": rng.randint(3, 6)}]
+    plan += [{"after_progress": rng.randint(2, COUNT), "delay": rng.uniform(0.0, 0.3)} for _ in range(5)]
+    plan.insert(3, {"point": "deliver", "n": 2})
+    kills = _kill_rounds(tmp_path, g, driver, target, plan, 7,
+                         extra_env={"REL_CRASH_S3_KEYS": json.dumps(SANDBOX_KEYS)})
+    assert len(kills) >= 5, kills
+    print(f"{len(kills)} kills (s3), {time.monotonic() - started:.0f} s: {_describe(kills)}")
 
 
 def _alive(pid: int) -> bool:

@@ -44,6 +44,7 @@ class PhotoStore:
     def __init__(self, folder: Path | None = None) -> None:
         self.lock = threading.Lock()
         self.photos: list[dict[str, Any]] = []
+        self.index: dict[tuple[str, str, int], dict[str, Any]] = {}  # (user, sha256, ms) -> photo
         self.received = 0
         self.ignored = 0
         self.folder = Path(folder) if folder else None
@@ -52,15 +53,16 @@ class PhotoStore:
         """Store one upload; returns (the photo, whether it was new). Same picture and same
         time (to the millisecond) is ignored; same picture at another time is a new photo."""
         sha = hashlib.sha256(data).hexdigest()
+        key = (user, sha, round(secs * 1000))
         with self.lock:
             self.received += 1
-            for p in self.photos:
-                if p["user"] == user and p["sha256"] == sha and round(p["capture_time_secs_utc"], 3) == round(secs, 3):
-                    self.ignored += 1
-                    return p, False
+            if key in self.index:
+                self.ignored += 1
+                return self.index[key], False
             photo = {"id": len(self.photos) + 1, "user": user, "sha256": sha, "capture_time_secs_utc": secs,
                      "filename": filename, "bytes": len(data), "at": time.time()}
             self.photos.append(photo)
+            self.index[key] = photo
         if self.folder:
             self.folder.mkdir(parents=True, exist_ok=True)
             (self.folder / f"{photo['id']:06d}-{sha[:12]}.jpg").write_bytes(data)
@@ -83,6 +85,7 @@ class PhotoStore:
     def reset(self) -> None:
         with self.lock:
             self.photos.clear()
+            self.index.clear()
             self.received = self.ignored = 0
 
 

@@ -344,12 +344,12 @@ def _table_filter(scope: Scope, alias: str) -> tuple[str, list]:
 def prepare_stories(con, scope: Scope) -> None:
     """Materialise the scope's capture times (latest per item) and matches (latest per query).
 
-    For a run, as the run left them: records up to the run's last event, so the photos
+    For a run, as the run left them: records up to the run's end, so the photos
     an earlier run finished (carried) keep the capture times and matches it recorded.
     """
     cutoff, params = "", [scope.job]
     if scope.run_id:
-        cutoff = ' AND x."at" <= (SELECT max("at") FROM events WHERE run_id = ?)'
+        cutoff = """ AND x."at" <= (SELECT coalesce(max(finished_at), now()) FROM runs WHERE run_id = ?)"""
         params = [scope.job, scope.run_id]
     elif scope.since:
         cutoff = ' AND x."at" >= ?'

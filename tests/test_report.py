@@ -16,6 +16,7 @@ import pytest
 from photo_escape import secrets
 from reports.build import write_reports
 from tasks.ledger import Ledger
+from photo_escape.outcomes import outcome
 from tests.fixtures.reports import counts
 
 KEYS = ("listed", "done", "skipped", "failed", "pending")
@@ -250,3 +251,65 @@ def test_the_hires_report_shows_the_storys_numbers(tmp_path):
         for key in ("report_html", "report_md", "outcomes_csv"):
             assert value not in Path(result[key]).read_text(), (name, key)
     assert "env:FLICKR_API_KEY" in html
+
+
+# -- story sections on ledgers written through the Ledger API ------------------------------
+def _set_summary(path: Path, run_id: str, summary: dict) -> None:
+    """Record the source's report facts as the flow does at the end of a run."""
+    with Ledger(path) as led:
+        led.finish_run(run_id, "finished", summary)
+
+
+@pytest.mark.parametrize("short_by", [0, 2])
+def test_gallery_section_says_whether_the_expected_count_arrived(story_ledger, tmp_path, short_by):
+    run2 = story_ledger.runs[-1]
+    expected = len(story_ledger.status[-1]) + short_by
+    _set_summary(story_ledger.path, run2, {"expected_count": expected, "pages": 1, "listing_ended": "fewer_than_48"})
+    result = write_reports(story_ledger.path, run_id=run2, out_dir=tmp_path / "g")
+    gallery = result["summary"]["stories"]["gallery"]
+    arrived = counts(story_ledger.status[-1])["done"]
+    assert gallery["gallery-expected"] == expected and gallery["gallery-arrived"] == arrived
+    assert gallery["gallery-met"] is (short_by == 0 and arrived >= expected)
+    html = Path(result["report_html"]).read_text()
+    assert f'id="story-gallery-expected" data-value="{expected}"' in html
+    assert ("⚠ no" in html) is not gallery["gallery-met"]
+
+
+def test_find_my_photo_section_shows_the_margin(tmp_path):
+    """Similarity scores (higher is closer): the two true matches stand above everything else."""
+    with Ledger(tmp_path / "l.duckdb") as led:
+        led.start_run("r1", "find", flow="escape", settings="s",
+                      spec={"name": "find", "source": {"kind": "numbered", "url": "http://x/{n}.jpg"},
+                            "destination": {"kind": "local", "path": "/tmp/x"}})
+        items = [{"item_id": f"n:{i}", "name": f"{i}.jpg"} for i in range(1, 41)]
+        led.add_items("find", "r1", items)
+        led.append_events("find", "r1", [outcome(i["item_id"], "fetch", "ok" if n % 3 else "skipped",
+                                                 None if n % 3 else "not_found")
+                                         for n, i in enumerate(items)])
+        scores = {"crop-a": {"n:7": 0.63}, "crop-b": {"n:19": 0.69}}
+        rows = []
+        for ref, true in scores.items():
+            others = [(f"n:{k}", 0.10 + 0.009 * k) for k in range(1, 41) if f"n:{k}" not in true]
+            ranked = sorted([*true.items(), *others], key=lambda x: -x[1])
+            rows += [{"query": ref, "candidate": c, "distance": d, "rank": r, "chosen": c in true, "method": "ssim"}
+                     for r, (c, d) in enumerate(ranked, start=1)]
+        led.add_matches("find", "r1", rows)
+        led.finish_run("r1", "finished", {})
+    result = write_reports(tmp_path / "l.duckdb", run_id="r1", out_dir=tmp_path / "out")
+    find = result["summary"]["stories"]["find"]
+    best_other = max(r["distance"] for r in rows if not r["chosen"])
+    assert find["find-queries"] == 2
+    assert find["find-margin"] == pytest.approx(min(0.63, 0.69) - best_other, abs=1e-4)
+    md = Path(result["report_md"]).read_text()
+    assert "0.63 to 0.69" in md and f"{best_other:.2f}" in md
+
+
+def test_since_limits_a_job_report_to_recent_listings(story_ledger, tmp_path):
+    with Ledger(story_ledger.path) as led:
+        led.con.execute("""UPDATE events SET "at" = TIMESTAMPTZ '2020-01-01 00:00:00+00'
+                           WHERE run_id = ?""", [story_ledger.runs[0]])
+    s = write_reports(story_ledger.path, job=story_ledger.job, since="2021-01-01", out_dir=tmp_path / "s")["summary"]
+    # run 2 listed every item again, so all are in; their status is the job's latest
+    assert {k: s[k] for k in KEYS} == counts(story_ledger.status[-1])
+    s = write_reports(story_ledger.path, job=story_ledger.job, since="2999-01-01", out_dir=tmp_path / "t")["summary"]
+    assert s["listed"] == 0 and s["reconciles"]

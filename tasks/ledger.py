@@ -149,6 +149,10 @@ EVENT_COLUMNS = [
 ]
 
 
+# skips that a rerun reconsiders: a dry run plans only; a photo with no capture time
+# may get one from a time-zone rule or default added to the job since
+RETRIED_SKIPS = ("dry_run", "no_capture_time")
+
 _QUOTED_EVENT_COLUMNS = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
 
 
@@ -371,7 +375,8 @@ class Ledger:
         """Which of these items need no more work with these settings: ``{item_id: fingerprint}``.
 
         An item is complete when its latest event is a final ``ok``, or a ``skipped``
-        other than a dry run, recorded under the same settings.
+        recorded under the same settings for a reason a rerun cannot change
+        (not one of :data:`RETRIED_SKIPS`).
         """
         if not item_ids:
             return {}
@@ -380,8 +385,8 @@ class Ledger:
             rows = self.con.execute(
                 """SELECT s.item_id, s.fingerprint FROM item_status s JOIN _ask USING (item_id)
                    WHERE s.job = ? AND s.settings = ?
-                     AND (s.status = 'done' OR (s.status = 'skipped' AND coalesce(s.reason, '') <> 'dry_run'))""",
-                [job, settings],
+                     AND (s.status = 'done' OR (s.status = 'skipped' AND coalesce(s.reason, '') NOT IN (SELECT unnest(?))))""",
+                [job, settings, list(RETRIED_SKIPS)],
             ).fetchall()
         finally:
             self.con.unregister("_ask")

@@ -93,6 +93,8 @@ def test_dry_runs_and_other_settings_do_not_count_as_complete(tmp_path):
     with Ledger(tmp_path / "l.duckdb") as led:
         _run(led, "r1", items, {"p0": "dry", "p1": "done", "p2": "done"})
         assert set(led.completed("job", ["p0", "p1", "p2"], "s1")) == {"p1", "p2"}
+        led.append_events("job", "r1", [outcome("p2", "deliver", "skipped", "no_capture_time")], settings="s1")
+        assert set(led.completed("job", ["p0", "p1", "p2"], "s1")) == {"p1"}  # a rule added later may date it
         assert led.completed("job", ["p0", "p1", "p2"], "another-destination") == {}
 
 

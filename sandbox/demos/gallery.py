@@ -71,6 +71,10 @@ def run(workdir: Path, as_json: bool) -> dict:
         (workdir / "gallery.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         bad_day(gallery)
         first = escape(spec)
+        if not as_json:
+            failures = ", ".join(f"{reason} x{n}" for reason, n in _failures(first["ledger"], first["run_id"]).items())
+            print(f"first run, on a bad day: {first['done']} of {COUNT} rescued, {first['failed']} failed "
+                  f"({failures or 'none'}); the CDN outage ends and the same job runs again:", flush=True)
         gallery.cdn_faults.clear()  # the outage is over
         second = escape(spec)
     second.setdefault("expected_count", COUNT)

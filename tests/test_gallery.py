@@ -273,3 +273,14 @@ def test_an_error_page_served_with_200_does_not_end_the_listing(gallery, tmp_pat
     src = source_for(gallery, tmp_path)
     assert [len(p) for p in listing(src)] == [48, 48, 14]
     assert src.report_facts()["empty_pages_retried"] == 1
+
+
+def test_the_gallery_demo_meets_its_expected_count_on_the_rerun(prefect_harness, tmp_path):
+    from sandbox.demos import gallery as demo
+
+    summary = demo.run(tmp_path, as_json=True, count=100)
+    assert summary["first_run"]["expected_count_met"] is False
+    assert summary["first_run"]["failures"] == {"http_503": 2, "not_an_image": 1}
+    assert (summary["listed"], summary["done"], summary["failed"]) == (100, 100, 0)
+    assert summary["expected_count"] == 100 and summary["expected_count_met"] is True
+    assert Path(summary["job_file"]).read_text().count("KODAK_PASSWORD") == 1  # a reference, not the value

@@ -29,6 +29,7 @@ from photo_escape.crashpoints import crash_point
 from photo_escape.jobspec import JobSpec, load_job, parse_job
 from photo_escape.outcomes import outcome
 from photo_escape.plugins import make_destination, make_source
+from photo_escape.secrets import scrubbed_exceptions
 from tasks.ledger import Ledger, new_run_id
 from tasks.stages import capture_time_batch, deliver_batch, fetch_batch, hash_batch
 
@@ -138,8 +139,9 @@ def escape(
     retried from the Prefect UI; the retry skips what is already done.
     """
     spec = job_spec(job)
-    return EscapeRun(spec, dry_run=dry_run, only_failed=only_failed, run_id=run_id,
-                     fail_on_failed_items=fail_on_failed_items).run()
+    with scrubbed_exceptions():  # an exception's text becomes the flow run's state message
+        return EscapeRun(spec, dry_run=dry_run, only_failed=only_failed, run_id=run_id,
+                         fail_on_failed_items=fail_on_failed_items).run()
 
 
 class EscapeRun:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -112,3 +113,55 @@ def _install_log_filter() -> None:
         handler.addFilter(f)
     for name in ("prefect", "urllib3", "requests", "botocore", "flickrapi"):
         logging.getLogger(name).addFilter(f)
+    _install_record_factory()
+
+
+def _install_record_factory() -> None:
+    """Redact every log record as it is made, whichever logger and handler it goes to
+    (filters on a logger miss records that propagate from its children, and handlers
+    added later, such as Prefect's API log handler, have no filter). A record carrying
+    an exception gets its traceback text formatted and redacted now, so no handler
+    prints the exception's message with a secret in it."""
+    make = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        if _KNOWN:
+            _RedactFilter().filter(record)
+            if record.exc_info and not record.exc_text:
+                try:
+                    record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+                except Exception:  # noqa: BLE001 - never lose a log line over this
+                    pass
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
+def scrub_exception(exc: BaseException) -> BaseException:
+    """Redact, in place, the message arguments of ``exc`` and of the exceptions it chains to,
+    so its text (a Prefect state message, a traceback) carries no secret. Returns ``exc``."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        try:
+            e.args = tuple(redact(a) for a in e.args)
+        except Exception:  # noqa: BLE001 - some exceptions refuse new args
+            pass
+        todo += [e.__cause__, e.__context__]
+    return exc
+
+
+@contextmanager
+def scrubbed_exceptions() -> Iterator[None]:
+    """Re-raise any exception from the block with secrets redacted from its message."""
+    try:
+        yield
+    except BaseException as exc:
+        if _KNOWN:
+            scrub_exception(exc)
+        raise

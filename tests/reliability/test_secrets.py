@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.reliability import escape_job, json_lines, run_cli, write_job
+from tests.fixtures.reliability import escape_job, json_lines, run_cli, wait_for, write_job
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.timeout(300)]
 
@@ -170,3 +170,49 @@ def test_a_failed_login_exception_carries_no_secret(tmp_path, small_gallery, mon
     text = "".join(traceback.format_exception(info.value))
     assert "login" in text.lower()
     assert not _leaks({"exception": text.encode()}), text
+
+
+def test_a_secret_in_an_exception_or_a_log_line_is_masked_where_it_leaves_the_process(tmp_path):
+    """Defence in depth, for a library that puts a secret in its message: log lines of any
+    logger (the API's too), tracebacks, and the escape flow's state message are redacted."""
+    import logging
+    import os
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from photo_escape.secrets import resolve, scrubbed_exceptions
+
+    token = f"tok-{uuid.uuid4().hex[:10]}"
+    os.environ["REL_LEAKY_TOKEN"] = token
+
+    @flow(name="rel-leaky")
+    def leaky() -> None:
+        with scrubbed_exceptions():
+            resolve({"env": "REL_LEAKY_TOKEN"})
+            logging.getLogger("prefect.flow_runs.rel").warning("a careless library logs %s", token)
+            try:
+                raise KeyError(token)
+            except KeyError:
+                logging.getLogger("rel.leaky").exception("and its traceback")
+            raise RuntimeError(f"GET https://api.example/v1?token={token} failed")
+
+    state = leaky(return_state=True)
+    assert state.is_failed() and token not in (state.message or "") and "***" in state.message
+    with get_client(sync_client=True) as client:
+        fr = client.read_flow_run(state.state_details.flow_run_id)
+
+        def shipped() -> str:  # the API log handler ships in the background: wait for our lines
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[fr.id])))
+            text = "\n".join(log.message for log in logs)
+            return text if "a careless library logs" in text and "Traceback" in text else ""
+
+        text = wait_for(shipped, timeout=30, interval=0.5)
+    assert token not in fr.model_dump_json()
+    assert "a careless library logs ***" in text, text
+    assert token not in text, text
+    with pytest.raises(RuntimeError) as info:
+        with scrubbed_exceptions():
+            raise RuntimeError(f"token={token}") from ValueError(token)
+    assert token not in str(info.value) and token not in str(info.value.__cause__)

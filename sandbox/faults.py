@@ -15,6 +15,7 @@ Faults (``kind``):
                     promises all of it; then the connection closes
 ``html``            status 200 with an HTML error page instead of the image
 ``slow``            the real answer, after ``delay`` seconds of silence
+``trickle``         the real answer, ``chunk`` bytes at a time with ``delay`` seconds between
 ``expire_session``  the app sees ``environ["sandbox.expire_session"]`` and drops the
                     visitor's session (the gallery then redirects to its login page)
 
@@ -36,7 +37,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
-KINDS = ("error", "rate_limit", "reset", "truncate", "html", "slow", "expire_session")
+KINDS = ("error", "rate_limit", "reset", "truncate", "html", "slow", "trickle", "expire_session")
 
 HTML_ERROR_PAGE = (
     b"<!DOCTYPE html><html><head><title>Service Unavailable</title></head>"
@@ -57,6 +58,7 @@ class Fault:
     retry_after: float = 1.0  # for "rate_limit" (seconds)
     delay: float = 2.0  # for "slow" (seconds)
     keep: float = 0.5  # for "truncate": fraction of the body actually sent
+    chunk: int = 1024  # for "trickle": bytes per piece
     hits: int = 0
     _seen: dict[str, int] = field(default_factory=dict, repr=False)
 
@@ -229,6 +231,22 @@ class FaultInjector:
     def _slow(self, fault: Fault, environ: dict, start_response: Callable) -> Iterable[bytes]:
         time.sleep(fault.delay)
         return self.app(environ, start_response)
+
+    def _trickle(self, fault: Fault, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        chunks = self.app(environ, start_response)
+        try:
+            body = b"".join(chunks)
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()
+
+        def pieces() -> Iterable[bytes]:
+            for i in range(0, len(body), fault.chunk):
+                if i:
+                    time.sleep(fault.delay)
+                yield body[i:i + fault.chunk]
+
+        return pieces()
 
     def _expire_session(self, fault: Fault, environ: dict, start_response: Callable) -> Iterable[bytes]:
         environ["sandbox.expire_session"] = True

@@ -75,6 +75,8 @@ class HttpSettings(BaseModel):
     connect_timeout: float = Field(10.0, gt=0, description="seconds to wait for a connection")
     read_timeout: float = Field(60.0, gt=0, description="seconds to wait for the next bytes of an answer")
     retry_after_max: float = Field(120.0, ge=0, description="longest Retry-After wait honoured (seconds)")
+    file_timeout: float = Field(900.0, gt=0, description="longest time one file may take to arrive (seconds): "
+                                                         "a server trickling bytes is a timeout too")
     backoff_max: float = Field(60.0, ge=0, description="longest wait between two retries (seconds)")
     user_agent: str = Field(f"photo-escape/{__version__}",
                             description="User-Agent header")
@@ -412,8 +414,11 @@ class Downloader:
         """Stream an answer's body to ``dest`` via a temporary file; validate; rename."""
         expected = resp.headers.get("Content-Length")
         expected_n = int(expected) if expected and expected.isdigit() else None
-        if expected_n is not None and expected_n > self.max_bytes:
+        if resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
+            expected_n = None  # the length is the compressed one; urllib3 checks that one itself
+        elif expected_n is not None and expected_n > self.max_bytes:
             raise PermanentError("too_large", f"{expected_n} bytes announced")
+        deadline = time.monotonic() + self.settings.file_timeout
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
         digest = hashlib.sha256()
         size = 0
@@ -434,6 +439,8 @@ class Downloader:
                         size += len(chunk)
                         if size > self.max_bytes:
                             raise PermanentError("too_large", f"over {self.max_bytes} bytes")
+                        if time.monotonic() > deadline:
+                            raise TransientError("timeout", f"still arriving after {self.settings.file_timeout} s")
                         digest.update(chunk)
                         fh.write(chunk)
                 except requests.exceptions.RequestException as exc:

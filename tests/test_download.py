@@ -232,3 +232,13 @@ def test_an_item_name_that_would_leave_the_folder_is_replaced(numbered_host, tmp
     assert out["outcome"] == "ok"
     assert Path(out["item"]["local_path"]).parent == tmp_path / "in"
     assert not (tmp_path / "escaped.jpg").exists()
+
+
+def test_a_server_trickling_bytes_is_a_timeout(numbered_host, tmp_path):
+    numbered_host.faults.add("trickle", match=r"/26\.jpg$", times=None, delay=0.05, chunk=512)
+    dl = downloader(retries=0)
+    dl.settings.file_timeout = 0.3
+    out = one(numbered_host, 26, tmp_path, dl)
+    assert (out["outcome"], out["reason"]) == ("failed", "timeout")
+    assert "still arriving" in out["detail"]["error"]
+    assert list(tmp_path.iterdir()) == []

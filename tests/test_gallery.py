@@ -284,3 +284,13 @@ def test_the_gallery_demo_meets_its_expected_count_on_the_rerun(prefect_harness,
     assert (summary["listed"], summary["done"], summary["failed"]) == (100, 100, 0)
     assert summary["expected_count"] == 100 and summary["expected_count_met"] is True
     assert Path(summary["job_file"]).read_text().count("KODAK_PASSWORD") == 1  # a reference, not the value
+
+
+def test_urls_are_read_from_srcset_and_style_attributes_too():
+    from tasks.sources.gallery import url_from_attribute
+
+    assert url_from_attribute(" /t/1.jpg ", "src") == "/t/1.jpg"
+    assert url_from_attribute("/s/1.jpg 320w, /m/1.jpg 800w, /l/1.jpg 1600w", "srcset") == "/l/1.jpg"
+    assert url_from_attribute("/a.jpg, /b.jpg 2x", "data-srcset") == "/b.jpg"
+    assert url_from_attribute("width: 90px; background-image: url('/thumbs/7~t~x.jpg')", "style") == \
+        "/thumbs/7~t~x.jpg"

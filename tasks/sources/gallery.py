@@ -98,7 +98,8 @@ class ImagesConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     css: str = Field("img", description="CSS selector of the elements")
-    attribute: str = Field("src", description="attribute holding the URL (src, data-src, href...)")
+    attribute: str = Field("src", description="attribute holding the URL (src, data-src, href; srcset: the "
+                                              "largest; style: its url(...))")
     contains: str | None = Field(None, description="keep only URLs containing this text")
     rewrite: list[Rewrite] = Field(default_factory=list, description="applied in order to each kept URL")
     cookies: Literal["same_host", "always", "never"] = Field(
@@ -118,6 +119,29 @@ class GallerySourceConfig(KindConfig):
 class LoginFailed(PermanentError):
     def __init__(self, message: str) -> None:
         super().__init__("login_failed", message)
+
+
+_CSS_URL = re.compile(r"""url\(\s*['"]?([^'")]+?)['"]?\s*\)""")
+
+
+def url_from_attribute(value: str, attribute: str) -> str:
+    """The image URL an attribute's value holds: itself for ``src``/``href``/``data-*``,
+    the largest candidate of a ``srcset``, the ``url(...)`` of a ``style``."""
+    value = value.strip()
+    if attribute.lower().endswith("srcset"):
+        best, best_size = "", -1.0
+        for candidate in value.split(","):
+            parts = candidate.split()
+            if not parts:
+                continue
+            size = 1.0
+            if len(parts) > 1 and re.fullmatch(r"\d+(\.\d+)?[wx]", parts[1]):
+                size = float(parts[1][:-1])
+            if size >= best_size:
+                best, best_size = parts[0], size
+        return best
+    m = _CSS_URL.search(value)
+    return m.group(1).strip() if m else value
 
 
 def _same_place(a: str, b: str) -> bool:
@@ -237,7 +261,7 @@ class GallerySource(Source):
         base_url = urljoin(resp.url, base) if base else resp.url
         urls = []
         for el in sel.css(cfg.css):
-            value = (el.attrib.get(cfg.attribute) or "").strip()
+            value = url_from_attribute(el.attrib.get(cfg.attribute) or "", cfg.attribute)
             if not value or value.startswith(("data:", "javascript:", "#")):
                 continue
             url = urljoin(base_url, value)

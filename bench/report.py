@@ -8,10 +8,13 @@ plus capture times and match records. Then it times:
 
 * ``reports.build.write_reports`` for the whole job and for the last run (queries,
   charts, templates, outcomes.csv and .parquet: the whole thing);
-* the peer, the way a script reading the ledger would do it: fetch every event into
+* peer 1, the way a script reading the ledger would do it: fetch every event into
   Python, keep the latest event per item and stage and per item in dicts, count,
-  and write the same outcomes CSV with the csv module. Its numbers are checked
-  against the report's.
+  and write the same outcomes CSV with the csv module;
+* peer 2, the ledger's own views used straight (``reconciliation_job``, and a pivot of
+  ``item_stage_latest`` joined to ``item_status`` written with DuckDB's COPY).
+
+Both peers' numbers are checked against the report's.
 
     .venv/bin/python bench/report.py                     # quick: 100,000 events
     .venv/bin/python bench/report.py --events 1000000    # the recorded figure
@@ -144,6 +147,26 @@ def peer(path: Path, out: Path) -> dict:
 CPU: dict[str, float] = {}
 
 
+def views_peer(path: Path, out: Path) -> dict:
+    """The ledger's own views, straight: ``reconciliation_job`` for the counts and a pivot of
+    ``item_stage_latest`` joined to ``item_status`` for the outcomes CSV (DuckDB COPY)."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        cur = con.execute("SELECT * FROM reconciliation_job WHERE job = ?", [JOB])
+        names = [d[0] for d in cur.description]
+        counts = dict(zip(names, cur.fetchall()[0]))
+        stages = ["list", *STAGES]
+        cols = ", ".join(f"max(l.outcome) FILTER (WHERE l.stage = '{s}') AS {s}" for s in stages)
+        con.execute(f"""COPY (SELECT s.item_id, any_value(s.name) AS name, any_value(s.status) AS status,
+                                     any_value(s.reason) AS reason, {cols}
+                              FROM item_status s LEFT JOIN item_stage_latest l USING (job, item_id)
+                              WHERE s.job = '{JOB}' GROUP BY s.item_id ORDER BY s.item_id)
+                        TO '{out / "outcomes_views.csv"}' (HEADER)""")
+    finally:
+        con.close()
+    return {k: int(counts[k]) for k in ("listed", "done", "skipped", "failed", "pending", "needs_review")}
+
+
 def timed(fn, *args, **kw):
     """(result, wall seconds); the process's CPU seconds (all threads) go to CPU[fn name]."""
     t, c = time.perf_counter(), time.process_time()
@@ -179,8 +202,9 @@ def main() -> int:
     cpu_run = CPU.pop("write_reports")
     (work / "peer").mkdir(exist_ok=True)
     counts, t_peer = timed(peer, path, work / "peer")
+    views, t_views = timed(views_peer, path, work / "peer")
     s = job["summary"]
-    same = all(s[k] == counts[k] for k in counts)
+    same = all(s[k] == counts[k] for k in counts) and all(s[k] == views[k] for k in views)
     load = os.getloadavg()[0]
     print(f"(load average {load:.1f} on {os.cpu_count()} cores: wall times include waiting for the CPU)")
     print(f"photo-escape write_reports, whole job : {t_job:6.2f} s wall, {cpu_job:5.2f} s CPU  (listed {s['listed']:,} = done {s['done']:,}"
@@ -193,9 +217,13 @@ def main() -> int:
           f"  (listed {run['summary']['listed']:,})")
     print(f"peer: Python loop over all events     : {t_peer:6.2f} s wall, {CPU['peer']:5.2f} s CPU"
           f"  (same numbers: {same})")
+    print(f"peer: the ledger's views + COPY        : {t_views:6.2f} s wall, {CPU['views_peer']:5.2f} s CPU"
+          f"  (same numbers: {all(s[k] == views[k] for k in views)})")
     print(f"ratio peer / photo-escape, whole report : {t_peer / t_job:6.1f}x wall, {CPU['peer'] / cpu_job:.1f}x CPU")
     print(f"ratio peer / photo-escape, summarising  : {t_peer / tj['summarise_s']:6.1f}x wall,"
           f" {CPU['peer'] / tj['summarise_cpu_s']:.1f}x CPU  (the peer only summarises)")
+    print(f"ratio views peer / photo-escape, summarising : {t_views / tj['summarise_s']:6.1f}x wall,"
+          f" {CPU['views_peer'] / tj['summarise_cpu_s']:.1f}x CPU")
     print(f"report.html {Path(job['report_html']).stat().st_size / 1e6:.2f} MB,"
           f" outcomes.parquet {Path(job['outcomes_parquet']).stat().st_size / 1e6:.1f} MB  in {work}")
     return 0 if same else 1

@@ -106,8 +106,9 @@ def prepare(con, scope: Scope) -> None:
     the run listed, as the run left it: its last event up to its last event in that
     run, so items finished by an earlier run count, as *carried*. The same numbers as
     ``reconciliation_job``/``reconciliation_run`` (the tests hold them equal), reached
-    with one grouping and one join on ``seq`` instead of the views' many ``arg_max``,
-    and with the reason of the very last event (``arg_max`` passes over NULL reasons).
+    with one grouping and one join on ``seq``, so the reason shown is that of the very
+    last event (the views' ``arg_max`` passes over NULL reasons and can show an older
+    one) and a run's items are cut off at that run's end.
     """
     if scope.run_id:
         scoped = """SELECT item_id, max(seq) AS cutoff FROM events

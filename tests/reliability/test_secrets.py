@@ -17,6 +17,7 @@ folder (the upload journal...), and, through the Prefect client, the flow runs
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -32,7 +33,9 @@ GALLERY_PASSWORD = f"Gallery-Pw-{TAG}-zebra7741"
 WRONG_PASSWORD = f"Wrong-Pw-{TAG}-okapi3303"
 UPLOAD_PASSWORD = f"Upload-Pw-{TAG}-heron5150"
 API_KEY = f"ak_{TAG}_narwhal9092"
-SECRETS = (GALLERY_PASSWORD, WRONG_PASSWORD, UPLOAD_PASSWORD, API_KEY)
+S3_SECRET_KEY = f"S3sk/{TAG}+walrus4471"
+S3_SESSION_TOKEN = f"FwoGZXIvYXdz{TAG}ibis8808"
+SECRETS = (GALLERY_PASSWORD, WRONG_PASSWORD, UPLOAD_PASSWORD, API_KEY, S3_SECRET_KEY, S3_SESSION_TOKEN)
 
 
 def _files_text(root: Path) -> dict[str, bytes]:
@@ -155,6 +158,34 @@ def test_no_secret_is_left_anywhere_after_a_failed_and_a_successful_run(tmp_path
     assert not _leaks(texts), _leaks(texts)
     # the searches do find the values where they must be: the test would see a leak
     assert _leaks({"probe": f"x{GALLERY_PASSWORD}x".encode()}) == [("probe", GALLERY_PASSWORD)]
+
+
+def test_s3_keys_never_leave_the_process(tmp_path, small_gallery, s3_server, monkeypatch):
+    """The S3 destination's secret access key and session token (JSON in an env var)."""
+    import duckdb
+
+    from flows.escape import escape
+
+    g = small_gallery(4, password=GALLERY_PASSWORD)
+    monkeypatch.setenv("REL_S3_KEYS", json.dumps({"aws_access_key_id": f"AKIA{TAG.upper()}",
+                                                  "aws_secret_access_key": S3_SECRET_KEY,
+                                                  "aws_session_token": S3_SESSION_TOKEN}))
+    job = escape_job(tmp_path, g.job_source(), name="rel-secrets-s3")
+    job["destination"] = {"kind": "s3", "bucket": s3_server.make_bucket(f"rel-secrets-{TAG}"),
+                          "endpoint_url": s3_server.url, "credentials": {"env": "REL_S3_KEYS"}}
+    s = escape(job)
+    assert s["done"] == s["listed"] == 4, s
+    texts = _ledger_text(tmp_path / "ledger.duckdb")
+    texts.update(_files_text(tmp_path / "reports"))
+    texts.update(_files_text(tmp_path / "work"))
+    con = duckdb.connect(s["ledger"], read_only=True)
+    try:
+        ids = [r[0] for r in con.execute("SELECT flow_run_id FROM runs").fetchall() if r[0]]
+    finally:
+        con.close()
+    texts.update(_prefect_text(ids))
+    texts["summary"] = json.dumps(s).encode()
+    assert not _leaks(texts), _leaks(texts)
 
 
 def test_a_failed_login_exception_carries_no_secret(tmp_path, small_gallery, monkeypatch):

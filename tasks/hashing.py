@@ -37,8 +37,10 @@ How close this stays to imagehash on the full-size image is measured in
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor, TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -293,14 +295,58 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
 
 
+_SHARED: dict[str, Any] = {"pool": None, "workers": 0}
+POOL_START_TIMEOUT_S = 60.0
+_SHARED_LOCK = threading.RLock()
+
+
+def _shared_pool(workers: int, kw: dict) -> ProcessPoolExecutor | None:
+    """One worker pool per process, kept between calls (a flow hashes batch after
+    batch; starting workers costs about a second each time). None when no worker
+    can start here (an odd ``__main__``, no /dev/shm): then hash in this process."""
+    with _SHARED_LOCK:
+        if _SHARED.get("unavailable"):
+            return None
+        pool = _SHARED["pool"]
+        if pool is not None and _SHARED["workers"] == workers and not getattr(pool, "_broken", False):
+            return pool
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        pool = _pool(workers)
+        try:
+            pool.submit(_hash_chunk, [], kw).result(timeout=POOL_START_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - remembered: later calls do not wait again
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            _SHARED.update(pool=None, workers=0, unavailable=True)
+            return None
+        if _SHARED["pool"] is None and not _SHARED.get("atexit"):
+            atexit.register(_shutdown_shared)
+            _SHARED["atexit"] = True
+        _SHARED.update(pool=pool, workers=workers)
+        return pool
+
+
+def _shutdown_shared() -> None:
+    """Stop the shared workers (at exit, or when a test wants a clean slate)."""
+    with _SHARED_LOCK:
+        if _SHARED["pool"] is not None:
+            _SHARED["pool"].shutdown(wait=True, cancel_futures=True)
+        _SHARED.update(pool=None, workers=0)
+
+
 def _kill(pool: ProcessPoolExecutor) -> None:
     """Stop a pool whose worker hangs or died (terminating its processes)."""
-    for proc in list(getattr(pool, "_processes", {}).values()):
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
         try:
             proc.terminate()
         except Exception:
             pass
     pool.shutdown(wait=False, cancel_futures=True)
+    with _SHARED_LOCK:
+        if _SHARED["pool"] is pool:
+            _SHARED.update(pool=None, workers=0)
 
 
 def _crashed(path: str, why: str) -> dict:
@@ -332,13 +378,11 @@ def hash_files(paths: Iterable[str | os.PathLike], *, processes: int = 0, chunk:
     chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
     results: dict[int, list[dict]] = {}
     retry: list[int] = []
-    pool = _pool(workers)
+    pool = _shared_pool(workers, kw)
+    if pool is None:  # no worker can start here: hash in this process
+        return [hash_file(p, **kw) for p in paths]
+    futures: list = []
     try:
-        try:  # a pool that cannot even start (odd __main__, no /dev/shm) hashes here instead
-            pool.submit(_hash_chunk, [], kw).result(timeout=120)
-        except Exception:  # noqa: BLE001
-            _kill(pool)
-            return [hash_file(p, **kw) for p in paths]
         futures = [pool.submit(_hash_chunk, c, kw) for c in chunks]
         for i, fut in enumerate(futures):
             try:
@@ -355,7 +399,8 @@ def hash_files(paths: Iterable[str | os.PathLike], *, processes: int = 0, chunk:
             except Exception:  # noqa: BLE001 - hash_file never raises; pickling might
                 retry.append(i)
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        for f in futures:  # after a failure, nothing of this call stays queued
+            f.cancel()
     for i in sorted(set(retry)):
         results[i] = [_isolated(p, kw, timeout_s) for p in chunks[i]]
     return [rec for i in range(len(chunks)) for rec in results[i]]

@@ -144,3 +144,20 @@ def test_the_escape_flow_harvests_and_a_rerun_completes_what_failed(prefect_harn
     files = [p for p in (tmp_path / "harvest").rglob("*.jpg") if ".photo-escape-staging" not in p.parts]
     assert sorted(p.name for p in files) == sorted(f"{n}.jpg" for n in range(1, NUMBERED_COUNT + 1)
                                                    if n not in NUMBERED_MISSING)
+
+
+def test_a_soft_404_page_can_count_as_missing(numbered_host, tmp_path):
+    numbered_host.faults.add("html", match=r"/(2[4-9])\.jpg$", times=None)  # 24..29: "not found" pages with 200
+    pages, outs, lister = harvest(numbered_host, tmp_path, start=20, stop=60, stop_after_missing=5)
+    by_n = {int(o["item_id"].rsplit("/", 1)[1][:-4]): o for o in outs}
+    assert (by_n[24]["outcome"], by_n[24]["reason"]) == ("failed", "not_an_image")
+    assert lister.report_facts()["ended_at"] is None
+    numbered_host.faults.requests.clear()
+    src = dict(numbered_host.job_source(start=20, stop=60, stop_after_missing=5), soft_404=True)
+    spec = parse_job(job(src, tmp_path / "soft"))
+    lister = make_source(spec.source, workdir=tmp_path / "soft", options=spec.options)
+    outs = [o for page in lister.list_pages() for o in lister.fetch(page)]
+    by_n = {int(o["item_id"].rsplit("/", 1)[1][:-4]): o for o in outs}
+    assert (by_n[24]["outcome"], by_n[24]["reason"]) == ("skipped", "not_found")
+    assert by_n[24]["detail"]["soft_404"] is True
+    assert lister.report_facts()["ended_at"] == 27  # 23 (a real 404) and 24..27: five in a row

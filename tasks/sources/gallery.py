@@ -274,9 +274,13 @@ class GallerySource(Source):
 
     def _confirm_empty(self, url: str) -> list[str]:
         """Ask for an empty-looking page again (``pages.confirm_empty`` times, with
-        backoff); its image URLs if it turns out not to be empty after all."""
+        backoff, logging in afresh first: some sites show an empty album to an expired
+        session); its image URLs if it turns out not to be empty after all."""
         for attempt in range(self.config.pages.confirm_empty):
             self.downloader.sleep(self.downloader.backoff_seconds * 2 ** attempt)
+            if attempt == 0 and self.config.login is not None:
+                with self._login_lock:
+                    self.login()
             resp = self.get_page(url)
             found = self.image_urls(resp) if resp is not None else []
             if found:

@@ -39,6 +39,8 @@ class NumberedSourceConfig(KindConfig):
     start: int = Field(1, ge=0, description="first number")
     stop: int = Field(description="last number (inclusive)")
     stop_after_missing: int | None = Field(None, ge=1, description="end after this many consecutive misses")
+    soft_404: bool = Field(False, description="an answer that is not an image (a 'not found' page served "
+                                              "with status 200) means the number is missing too")
     http: HttpSettings = Field(default_factory=HttpSettings)
 
     @field_validator("url")
@@ -134,7 +136,7 @@ class NumberedSource(Source):
         stops it as soon as it is seen."""
         dest = self.workdir / "numbered"
         if self.config.stop_after_missing is None:
-            return self.downloader.fetch_items(items, dest, missing="skipped")
+            return [self._missing(o) for o in self.downloader.fetch_items(items, dest, missing="skipped")]
         ordered = sorted(items, key=lambda i: i.get("n", 0))
         step = max(1, self.downloader.concurrency)
         results: dict[str, dict] = {}
@@ -149,9 +151,16 @@ class NumberedSource(Source):
                 else:
                     todo.append(it)
             for it, out in zip(todo, self.downloader.fetch_items(todo, dest, missing="skipped")):
+                out = self._missing(out)
                 self.misses.saw(it["n"], present=out["reason"] != "not_found")
                 results[it["item_id"]] = out
         return [results[i["item_id"]] for i in items]
+
+    def _missing(self, out: dict) -> dict:
+        """With ``soft_404``, a 'not found' page served with status 200 is a miss, not a failure."""
+        if self.config.soft_404 and out["outcome"] == "failed" and out["reason"] == "not_an_image":
+            return dict(out, outcome="skipped", reason="not_found", detail=dict(out["detail"], soft_404=True))
+        return out
 
     def report_facts(self) -> dict[str, Any]:
         c = self.config

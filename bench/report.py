@@ -89,6 +89,14 @@ def build_ledger(path: Path, events: int, batch: int = 5000, seed: int = 7) -> d
                 {"item_id": e["item_id"], "sha256": e["sha256"], "local": start, "utc": start,
                  "offset_minutes": 60, "tz": "Europe/Paris", "provenance": e["reason"], "conflicts": []}
                 for e in evs if e["stage"] == "capture_time"])
+            # the photos needing review were compared with candidates (thumbnails kept)
+            review = [e for e in evs if e["outcome"] == "needs_review"]
+            led.add_assets([{"sha256": e["sha256"], "width": 4000, "height": 3000, "format": "JPEG",
+                             "thumb": rng.randbytes(32 * 32)} for e in review])
+            led.add_matches(JOB, run1, [
+                {"query": e["item_id"], "candidate": ids[(k + r) % len(ids)], "distance": 8 + 3 * r, "rank": r,
+                 "chosen": False, "method": "direct", "detail": {"threshold": 10}}
+                for k, e in enumerate(review) for r in (1, 2, 3)])
             written += len(ids) + len(evs)
         # spread run 1 over ten hours, as a real run would be
         led.con.execute("""UPDATE events SET "at" = TIMESTAMPTZ '2024-01-01 00:00:00+00'

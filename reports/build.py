@@ -178,32 +178,55 @@ def decorate(con, facts: dict) -> None:
         f"{finished:,} items finished within {_duration(span)}, too short a time for a chart"
         + (f" (about {finished * 3600 / span:,.0f} per hour)." if span >= 1 else "."))
     facts["attention_thumbs"] = False
-    matches = q.best_matches(con, [a["item_id"] for a in facts["attention"]])
-    assets = q.asset_thumbs(con, [a["sha256"] for a in facts["attention"] if a.get("sha256")])
-    for a in facts["attention"]:
+    for a, row in zip(facts["attention"], side_by_side(con, facts["attention"])):
         a["link"] = thumbs.link(a.get("source_ref"))
-        a["thumbs"] = attention_thumbs(con, a, matches.get(a["item_id"], []), assets)
-        facts["attention_thumbs"] |= any(t["src"] for t in a["thumbs"])
+        a["thumbs"] = row
+        facts["attention_thumbs"] |= any(t["src"] for t in row)
     facts["stories"], facts["story_lines"] = stories.sections(con, facts)
     s["stories"] = {st["id"]: {f["key"]: f["value"] for f in st["facts"] if f.get("key")}
                     for st in facts["stories"]}
 
 
-def attention_thumbs(con, item: dict, ranked: list[dict], assets: dict) -> list[dict]:
-    """[source, chosen candidate, runner-up] thumbnails with captions (distances)."""
+def side_by_side(con, items: list[dict], source_label: str = "source") -> list[list[dict]]:
+    """For each item: [source, chosen candidate, runner-up] thumbnails with captions.
+
+    Batched: one query for the items' best matches, one for the candidates' content
+    hashes, one for the stored thumbnails, whatever the number of rows.
+    """
     from reports import thumbs
 
-    detail = item.get("detail") if isinstance(item.get("detail"), dict) else {}
-    src = asset_src(assets.get(item.get("sha256"))) or thumbs.from_file(
-        detail.get("local_path") or detail.get("path"))
-    out = [{"src": src, "caption": "source"}]
-    for label, m in zip(("chosen", "runner-up"), (ranked + [None, None])[:2]):
-        if m is None:
-            out.append({"src": None, "caption": f"no {label}"})
-            continue
-        out.append({"src": candidate_src(con, m),
-                    "caption": f"{label}: {thumbs.short_name(m['candidate'])} · {m['distance']:g}"
-                    if m.get("distance") is not None else f"{label}: {thumbs.short_name(m['candidate'])}"})
+    matches = q.best_matches(con, [i["item_id"] for i in items])
+    wanted: list[str] = []
+    for ranked in matches.values():
+        for m in ranked:
+            d = _json(m.get("detail")) or {}
+            d = d if isinstance(d, dict) else {}
+            m["_sha"] = d.get("sha256") or d.get("candidate_sha256")
+            m["_path"] = d.get("path") or d.get("local_path")
+            if not m["_sha"]:
+                wanted.append(m["candidate"])
+    known = q.shas_of(con, wanted)
+    for ranked in matches.values():
+        for m in ranked:
+            m["_sha"] = m["_sha"] or known.get(m["candidate"])
+    assets = q.asset_thumbs(con, [i.get("sha256") for i in items]
+                            + [m["_sha"] for ranked in matches.values() for m in ranked])
+    out = []
+    for item in items:
+        detail = item.get("detail") if isinstance(item.get("detail"), dict) else {}
+        src = asset_src(assets.get(item.get("sha256"))) or thumbs.from_file(
+            detail.get("local_path") or detail.get("path"))
+        row = [{"src": src, "caption": source_label}]
+        ranked = matches.get(item["item_id"], [])
+        for label, m in zip(("chosen", "runner-up"), (ranked + [None, None])[:2]):
+            if m is None:
+                row.append({"src": None, "caption": f"no {label}"})
+                continue
+            name = thumbs.short_name(m["candidate"])
+            row.append({"src": asset_src(assets.get(m["_sha"])) or thumbs.from_file(m["_path"] or m["candidate"]),
+                        "caption": f"{label}: {name} · {m['distance']:g}" if m.get("distance") is not None
+                        else f"{label}: {name}"})
+        out.append(row)
     return out
 
 
@@ -216,19 +239,6 @@ def asset_src(asset: dict | None) -> str | None:
     d = _json(asset.get("detail")) or {}
     shape = d.get("thumb_size") if isinstance(d, dict) else None
     return thumbs.from_blob(asset["thumb"], tuple(shape) if shape else None)
-
-
-def candidate_src(con, match: dict) -> str | None:
-    """Thumbnail of a match candidate: its asset (by sha256 or item), else its file on disk."""
-    from reports import thumbs
-
-    d = _json(match.get("detail")) or {}
-    d = d if isinstance(d, dict) else {}
-    sha = d.get("sha256") or d.get("candidate_sha256")
-    if not sha:
-        sha = q.sha_of(con, match.get("candidate"))
-    src = asset_src(q.asset_thumbs(con, [sha]).get(sha)) if sha else None
-    return src or thumbs.from_file(d.get("path") or d.get("local_path") or match.get("candidate"))
 
 
 def bucket_seconds(first: Any, last: Any) -> int:

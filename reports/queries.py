@@ -321,15 +321,22 @@ def asset_thumbs(con, shas: list[str]) -> dict[str, dict]:
     return {r["sha256"]: r for r in found}
 
 
-def sha_of(con, item_or_sha: str | None) -> str | None:
-    """The content hash of an item id (its latest event with one), or the value itself if it is a sha256."""
-    if not item_or_sha:
-        return None
-    if len(item_or_sha) == 64 and all(c in "0123456789abcdef" for c in item_or_sha):
-        return item_or_sha
-    r = con.execute("SELECT arg_max(sha256, seq) FROM events WHERE item_id = ? AND sha256 IS NOT NULL",
-                    [item_or_sha]).fetchall()
-    return r[0][0] if r else None
+def shas_of(con, keys: list[str]) -> dict[str, str]:
+    """``{key: sha256}`` for match candidates named by item id (their latest content hash)
+    or by the hash itself; one query for all of them."""
+    out = {k: k for k in keys if k and len(k) == 64 and all(c in "0123456789abcdef" for c in k)}
+    ask = sorted({k for k in keys if k and k not in out})
+    if ask:
+        import pyarrow as pa
+
+        con.register("_rep_keys", pa.table({"item_id": ask}))
+        try:
+            out.update({r[0]: r[1] for r in con.execute(
+                """SELECT item_id, arg_max(sha256, seq) FROM events SEMI JOIN _rep_keys USING (item_id)
+                   WHERE sha256 IS NOT NULL GROUP BY item_id""").fetchall()})
+        finally:
+            con.unregister("_rep_keys")
+    return out
 
 
 # -- story queries ------------------------------------------------------------------------

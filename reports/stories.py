@@ -229,16 +229,12 @@ def _person_list(con, item_ids: list[str], source_label: str) -> dict | None:
         [r["last_seq"] for r in info.values()])} if info else {}
     for r in info.values():
         r["detail"] = details.get(r.get("last_seq"))
-    matches = q.best_matches(con, item_ids)
-    assets = q.asset_thumbs(con, [r["sha256"] for r in info.values() if r.get("sha256")])
-    rows = []
-    for item_id in item_ids:
-        r = info.get(item_id, {"item_id": item_id})
+    ordered = [info.get(i, {"item_id": i}) for i in item_ids]
+    for r in ordered:
         r["detail"] = build._json(r.get("detail"))
-        t = build.attention_thumbs(con, r, matches.get(item_id, []), assets)
-        t[0]["caption"] = source_label
-        rows.append({"label": r.get("name") or item_id, "link": thumbs.link(r.get("source_ref")),
-                     "verdict": r.get("reason") or "", "thumbs": t})
+    rows = [{"label": r.get("name") or r["item_id"], "link": thumbs.link(r.get("source_ref")),
+             "verdict": r.get("reason") or "", "thumbs": t}
+            for r, t in zip(ordered, build.side_by_side(con, ordered, source_label))]
     return {"head": ["item", source_label, "best candidate", "runner-up"], "rows": rows, "more": more}
 
 

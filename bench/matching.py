@@ -19,8 +19,8 @@ For each query the resolver's verdict is compared with the truth:
 The peer is the State Library's first attempt in the same run: a single phash with
 the threshold of 13 out of 64 (best candidate within 13 = match).
 
-    .venv/bin/python bench/matching.py            # quick: album 120, 15 queries per transform
-    .venv/bin/python bench/matching.py --full     # recorded: album 200, 50 per transform, 190 absent
+    .venv/bin/python bench/matching.py            # quick: one album of 120, 15 queries per transform
+    .venv/bin/python bench/matching.py --full     # recorded: 3 albums of 150, 20 per transform, 140 absent
     .venv/bin/python bench/matching.py --dump out.jsonl   # every query's distances and scores
 """
 
@@ -209,27 +209,13 @@ def library_phash_peer(q: dict, album: list[dict], threshold: int = 13) -> tuple
     return ("match", album[i]["id"]) if ds[i] <= threshold else ("not_in_album", None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--full", action="store_true", help="the recorded size")
-    ap.add_argument("--album", type=int, help="album size")
-    ap.add_argument("--per-transform", type=int, help="present queries per transform")
-    ap.add_argument("--absent", type=int, help="absent queries")
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--dump", help="write every query's result as JSON lines here")
-    args = ap.parse_args(argv)
-    n_album = args.album or (200 if args.full else 120)
-    per = args.per_transform or (50 if args.full else 15)
-    n_absent = args.absent or (190 if args.full else 100)
-    rng = random.Random(args.seed)
-
+def one_round(seed: int, n_album: int, per: int, n_absent: int, edits_per_absent: int) -> dict:
+    """One album and its queries: every present and absent query's verdict."""
+    rng = random.Random(seed)
     t0 = time.perf_counter()
-    pool = picture_pool(n_album + n_absent, args.seed)
+    pool = picture_pool(n_album + n_absent, seed)
     album_imgs = dict(pool[:n_album])
     absent_imgs = [img for _, img in pool[n_album:]]
-    if len(absent_imgs) < n_absent:
-        print(f"note: only {len(absent_imgs)} absent pictures distinct enough from the album")
-    n_absent = len(absent_imgs)
     album = [{"id": k, **as_file_hash(v)} for k, v in album_imgs.items()]
     packed = Album(album)
     keys = list(album_imgs)
@@ -240,48 +226,75 @@ def main(argv: list[str] | None = None) -> int:
             truth.append(k)
             kinds.append(name)
     for img in absent_imgs:
-        name = rng.choice(sorted(TRANSFORMS))
-        queries.append(as_file_hash(TRANSFORMS[name](img, rng)))
-        truth.append(None)
-        kinds.append("absent:" + name)
+        for name in rng.sample(sorted(TRANSFORMS), edits_per_absent):
+            queries.append(as_file_hash(TRANSFORMS[name](img, rng)))
+            truth.append(None)
+            kinds.append("absent:" + name)
     t_hash = time.perf_counter() - t0
-
     t1 = time.perf_counter()
     results = resolve_many(queries, packed, limit=5)
     t_resolve = time.perf_counter() - t1
     peer = [library_phash_peer(q, album) for q in queries]
+    return {"album": n_album, "absent_pictures": len(absent_imgs), "queries": queries, "truth": truth,
+            "kinds": kinds, "results": results, "peer": peer, "t_hash": t_hash, "t_resolve": t_resolve}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="the recorded size")
+    ap.add_argument("--rounds", type=int, help="albums, each from its own seed (default 1; --full 3)")
+    ap.add_argument("--album", type=int, help="album size")
+    ap.add_argument("--per-transform", type=int, help="present queries per transform and album")
+    ap.add_argument("--absent", type=int, help="absent pictures per album (each edited twice)")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--dump", help="write every query's result as JSON lines here")
+    args = ap.parse_args(argv)
+    rounds = args.rounds or (3 if args.full else 1)
+    n_album = args.album or (150 if args.full else 120)
+    per = args.per_transform or (20 if args.full else 15)
+    n_absent = args.absent or (140 if args.full else 60)
 
     per_kind: dict[str, list[int]] = {}
-    false_matches, wrong, absent_fm, peer_fm, peer_hits = 0, 0, 0, 0, {}
+    peer_hits: dict[str, list[int]] = {}
+    wrong = absent_fm = peer_fm = n_abs_q = n_abs_pics = 0
     verdicts: dict[str, int] = {}
-    for q, res, t, kind, (pv, pb) in zip(queries, results, truth, kinds, peer):
-        verdicts[res["verdict"]] = verdicts.get(res["verdict"], 0) + 1
-        if t is None:
-            absent_fm += res["verdict"] == "match"
-            peer_fm += pv == "match"
-            continue
-        hit = res["verdict"] == "match" and res["best"] == t
-        wrong += res["verdict"] == "match" and res["best"] != t
-        per_kind.setdefault(kind, []).append(int(hit))
-        peer_hits.setdefault(kind, []).append(int(pv == "match" and pb == t))
-    if args.dump:
-        with open(args.dump, "w") as f:
-            for q, res, t, kind in zip(queries, results, truth, kinds):
-                f.write(json.dumps({"kind": kind, "truth": t, **{k: res[k] for k in ("verdict", "best", "distance", "runner_up_distance")},
-                                    "rerank": res["rerank"], "candidates": res["candidates"]}) + "\n")
+    t_hash = t_resolve = 0.0
+    dump = open(args.dump, "w") if args.dump else None
+    for r in range(rounds):
+        out = one_round(args.seed + 1000 * r, n_album, per, n_absent, edits_per_absent=2)
+        t_hash += out["t_hash"]
+        t_resolve += out["t_resolve"]
+        n_abs_pics += out["absent_pictures"]
+        for res, t, kind, (pv, pb) in zip(out["results"], out["truth"], out["kinds"], out["peer"]):
+            verdicts[res["verdict"]] = verdicts.get(res["verdict"], 0) + 1
+            if dump:
+                dump.write(json.dumps({"round": r, "kind": kind, "truth": t, **{k: res[k] for k in (
+                    "verdict", "best", "distance", "runner_up_distance", "rerank", "candidates")}}) + "\n")
+            if t is None:
+                n_abs_q += 1
+                absent_fm += res["verdict"] == "match"
+                peer_fm += pv == "match"
+                continue
+            per_kind.setdefault(kind, []).append(int(res["verdict"] == "match" and res["best"] == t))
+            wrong += res["verdict"] == "match" and res["best"] != t
+            peer_hits.setdefault(kind, []).append(int(pv == "match" and pb == t))
+    if dump:
+        dump.close()
 
     main_kinds = [k for k in per_kind if k != "combo"]
     overall = sum(sum(per_kind[k]) for k in main_kinds) / sum(len(per_kind[k]) for k in main_kinds)
     peer_overall = sum(sum(peer_hits[k]) for k in main_kinds) / sum(len(peer_hits[k]) for k in main_kinds)
-    print(f"album {n_album} pictures, {len(queries) - n_absent} present queries ({per} per transform), "
-          f"{n_absent} absent queries; hashing {t_hash:.1f} s, resolving {t_resolve:.2f} s")
+    n_present = sum(len(v) for v in per_kind.values())
+    print(f"{rounds} album(s) of {n_album} pictures; {n_present} present queries ({per} per transform and album), "
+          f"{n_abs_q} absent queries ({n_abs_pics} pictures not in the album, 2 edits each); "
+          f"hashing {t_hash:.1f} s, resolving {t_resolve:.1f} s ({t_resolve / (n_present + n_abs_q) * 1000:.0f} ms a query)")
     print(f"{'transform':<10} {'recall':>7} {'peer':>7}")
     for k in per_kind:
         print(f"{k:<10} {np.mean(per_kind[k]):7.3f} {np.mean(peer_hits[k]):7.3f}")
     print(f"overall recall (all transforms but combo): {overall:.3f}   peer (phash <= 13 of 64): {peer_overall:.3f}")
     print(f"matched to the wrong album picture: {wrong}")
-    print(f"false matches on absent queries: {absent_fm}/{n_absent} = {absent_fm / max(1, n_absent):.4f}   "
-          f"peer: {peer_fm}/{n_absent} = {peer_fm / max(1, n_absent):.4f}")
+    print(f"false matches on absent queries: {absent_fm}/{n_abs_q} = {absent_fm / max(1, n_abs_q):.4f}   "
+          f"peer: {peer_fm}/{n_abs_q} = {peer_fm / max(1, n_abs_q):.4f}")
     print("verdicts:", json.dumps(verdicts, sort_keys=True))
     ok = overall >= 0.95 and absent_fm == 0 and wrong == 0
     print("targets (recall >= 0.95, no false match):", "met" if ok else "NOT met")

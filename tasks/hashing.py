@@ -68,6 +68,26 @@ _IMAGE_MAGIC = (
 )
 
 
+def _looks_like_image(head: bytes) -> bool:
+    return any(head.startswith(m) for m in _IMAGE_MAGIC) or (head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS)
+
+
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif")
+
+
+def _register_heif() -> None:
+    """Let Pillow open HEIC/HEIF (phone photos) through pillow-heif, once, if installed."""
+    if getattr(_register_heif, "done", False):
+        return
+    _register_heif.done = True  # type: ignore[attr-defined]
+    try:
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+    except Exception:  # noqa: BLE001 - without it a HEIC file is reported, not hashed
+        pass
+
+
 # -- the DCT of phash --------------------------------------------------------------------
 def _dct_rows(n: int = 32, keep: int = 8) -> np.ndarray:
     """The first ``keep`` rows of the (unnormalised) DCT-II matrix of size ``n``.
@@ -251,6 +271,8 @@ def hash_file(path: str | os.PathLike, *, max_pixels: int = 250_000_000,
             return _fail(rec, "empty", "the file has zero bytes")
     except OSError as exc:
         return _fail(rec, "unreadable", f"cannot read the file: {exc.strerror or exc}")
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        _register_heif()
     try:
         with _pixel_limit(max_pixels), Image.open(p) as img:
             rec["format"] = img.format
@@ -267,12 +289,13 @@ def hash_file(path: str | os.PathLike, *, max_pixels: int = 250_000_000,
     except MemoryError:
         return _fail(rec, "too_large", "not enough memory to decode this image")
     except UnidentifiedImageError:
-        if any(head.startswith(m) for m in _IMAGE_MAGIC):
+        if _looks_like_image(head):
             return _fail(rec, "corrupt", "the file starts like an image but its header does not decode")
         return _fail(rec, "not_an_image", f"not an image (starts with {head[:12]!r})")
     except Exception as exc:  # noqa: BLE001 - every failure becomes a reason code
         text = str(exc)
-        if "truncated" in text.lower() or isinstance(exc, EOFError):
+        low = text.lower()
+        if "truncated" in low or "end of file" in low or "outside of file" in low or isinstance(exc, EOFError):
             return _fail(rec, "truncated", f"the image data stops early: {text or type(exc).__name__}")
         return _fail(rec, "corrupt", f"the image does not decode: {type(exc).__name__}: {text}"[:300])
     rec.update(out)

@@ -41,7 +41,7 @@ How a verdict is reached (thresholds measured by ``bench/matching.py``, figures 
    runner-up is at least ``gap`` (GAP) further: resize, recompression, tints,
    darkening and gamma land here.
 3. Otherwise the ``rerank_top`` nearest candidates by hash, plus the ``thumb_top``
-   whose whole thumbnails correlate best with the query's, are reranked by
+   whose thumbnails (whole or centre) correlate best with the query's, are reranked by
    *aligned correlation* of the 32x32 thumbnails: the mean of the normalised
    correlation of luma and of gradients, maximised over crops of either picture by
    up to 12-16% per side (border crops, zoom) and over the mirror image. Tints,
@@ -73,7 +73,7 @@ ACCEPT = 0.85         # aligned correlation at or above which the rerank winner 
 REJECT = 0.70         # a winner scoring below this is not in the album
 MARGIN = 0.05         # the winner must lead the runner-up by this much (unless the hashes agree)
 RERANK_TOP = 5        # how many nearest candidates by hash are reranked ...
-THUMB_TOP = 3         # ... plus how many nearest by whole-thumbnail correlation
+THUMB_TOP = 4         # ... plus how many nearest by thumbnail correlation (whole or centre)
 
 DEFAULTS = dict(sure=SURE_DISTANCE, gap=GAP, far=FAR_DISTANCE, accept=ACCEPT, reject=REJECT,
                 margin=MARGIN, rerank_top=RERANK_TOP, thumb_top=THUMB_TOP)
@@ -114,25 +114,27 @@ class Album:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _whole_thumbs(self) -> np.ndarray | None:
-        """Every candidate's thumbnail on the 24x24 grid, normalised (N, 576), made once."""
-        if getattr(self, "_wt", None) is None:
+    def _net_thumbs(self) -> np.ndarray:
+        """Every candidate's thumbnail, whole and its centre (10% off each side), on
+        the 24x24 grid, normalised: (N, 2, 576), made once."""
+        if getattr(self, "_net", None) is None:
             if not self.thumbs or any(t is None for t in self.thumbs):
-                self._wt = np.zeros((0, ALIGN_SIDE * ALIGN_SIDE), np.float32)
+                self._net = np.zeros((0, 2, ALIGN_SIDE * ALIGN_SIDE), np.float32)
             else:
                 stack = np.stack([_thumb(t) for t in self.thumbs])
-                self._wt = _normalise((_WHOLE_M @ stack @ _WHOLE_M.T).reshape(len(self.thumbs), -1))
-        return self._wt
+                self._net = np.stack([_normalise((m @ stack @ m.T).reshape(len(stack), -1)) for m in (_WHOLE_M, _CENTRE_M)], axis=1)
+        return self._net
 
     def nearest_by_thumbnail(self, query: dict, k: int) -> list[int]:
-        """The k candidates whose whole thumbnails correlate best with the query's
-        (plain or mirrored): a cheap net for crops and zooms the hashes miss."""
-        wt = self._whole_thumbs()
-        if k <= 0 or query.get("thumb") is None or not len(wt):
+        """The k candidates whose thumbnails correlate best with the query's, whole or
+        centre against whole or centre, plain or mirrored: a cheap net for the crops,
+        zooms and other edits that move the hashes too far."""
+        net = self._net_thumbs()
+        if k <= 0 or query.get("thumb") is None or not len(net):
             return []
         q = _thumb(query["thumb"])
-        sig = np.stack([_normalise(_whole(q).reshape(-1)), _normalise(_whole(q[:, ::-1]).reshape(-1))])
-        corr = (wt @ sig.T).max(axis=1)
+        sig = np.stack([_normalise((m @ t @ m.T).reshape(-1)) for t in (q, q[:, ::-1]) for m in (_WHOLE_M, _CENTRE_M)])
+        corr = (net.reshape(-1, net.shape[-1]) @ sig.T).reshape(len(net), -1).max(axis=1)
         return [int(i) for i in np.argsort(-corr, kind="stable")[:k]]
 
     def distances(self, query: dict) -> np.ndarray:
@@ -377,6 +379,7 @@ def _crop_stack(t: np.ndarray, row_m: np.ndarray, col_m: np.ndarray) -> np.ndarr
 
 
 _WHOLE_M = _resample_matrix(0.0, 1.0).astype(np.float32)
+_CENTRE_M = _resample_matrix(0.1, 0.9).astype(np.float32)
 _COARSE_M = _COARSE_M.astype(np.float32)
 
 

@@ -313,3 +313,17 @@ def test_since_limits_a_job_report_to_recent_listings(story_ledger, tmp_path):
     assert {k: s[k] for k in KEYS} == counts(story_ledger.status[-1])
     s = write_reports(story_ledger.path, job=story_ledger.job, since="2999-01-01", out_dir=tmp_path / "t")["summary"]
     assert s["listed"] == 0 and s["reconciles"]
+
+
+def test_a_run_that_listed_nothing_still_gets_a_report(tmp_path):
+    with Ledger(tmp_path / "l.duckdb") as led:
+        led.start_run("empty-run", "nothing", flow="escape", settings="s",
+                      spec={"name": "nothing", "source": {"kind": "local", "path": "/nowhere"},
+                            "destination": {"kind": "local", "path": "/tmp/x"}})
+        led.finish_run("empty-run", "finished", {})
+    result = write_reports(tmp_path / "l.duckdb", run_id="empty-run", out_dir=tmp_path / "out")
+    s = result["summary"]
+    assert (s["listed"], s["reconciles"]) == (0, True)
+    assert "Nothing was listed" in Path(result["report_html"]).read_text()
+    with open(result["outcomes_csv"]) as f:
+        assert len(f.read().splitlines()) == 1  # the header alone

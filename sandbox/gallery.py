@@ -14,7 +14,8 @@ Two servers, as the real service had:
   when first asked for and cached on disk.
 
 Both are wrapped in :class:`sandbox.faults.FaultInjector`; ``gallery.site_faults``
-and ``gallery.cdn_faults`` are their plans. Past the last page the site shows an empty
+and ``gallery.cdn_faults`` are their plans (rules can also be given to the
+constructor, or posted to ``/_admin/faults`` on either server). Past the last page the site shows an empty
 table (``past_end="empty"``), the last page again (``"repeat"``) or a 404
 (``"not_found"``). ``csrf=True`` makes the login form carry a one-time hidden token
 that the POST must send back, as ASP.NET sites do. ``thumbs="relative"`` serves thumbnails from the site itself under
@@ -69,6 +70,8 @@ class Gallery:
         thumbs: str = "cdn",
         lazy: bool = False,
         csrf: bool = False,
+        site_faults: list[dict[str, Any]] | None = None,
+        cdn_faults: list[dict[str, Any]] | None = None,
         seed: int = 2011,
         start: datetime = datetime(2011, 6, 4, 10, 15),
     ) -> None:
@@ -96,8 +99,8 @@ class Gallery:
         self._lock = threading.Lock()
         self.keys = [self._key(i) for i in range(count)]
         self.index = {KEY_RE.match(k.replace("~t~", "~a~")).group(3): i for i, k in enumerate(self.keys)}  # type: ignore[union-attr]
-        self.site_faults = FaultPlan()
-        self.cdn_faults = FaultPlan()
+        self.site_faults = FaultPlan(site_faults or ())
+        self.cdn_faults = FaultPlan(cdn_faults or ())
         self.site_app = FaultInjector(self._site, self.site_faults)
         self.cdn_app = FaultInjector(self._cdn, self.cdn_faults)
 

@@ -41,6 +41,7 @@ class NumberedHost:
         missing_rate: float = 0.25,
         cache_dir: str | Path | None = None,
         size: tuple[int, int] = (320, 240),
+        faults: list[dict[str, Any]] | None = None,
         seed: int = 2009,
         start: datetime = datetime(2009, 11, 23, 18, 0),
     ) -> None:
@@ -53,7 +54,7 @@ class NumberedHost:
         if missing is None:
             missing = {n for n in range(1, count + 1) if random.Random(seed * 7919 + n).random() < missing_rate}
         self.missing = set(missing)
-        self.faults = FaultPlan()
+        self.faults = FaultPlan(faults or ())
         self.app = FaultInjector(self._app, self.faults)
 
     def present(self, n: int) -> bool:

@@ -294,3 +294,11 @@ def test_urls_are_read_from_srcset_and_style_attributes_too():
     assert url_from_attribute("/a.jpg, /b.jpg 2x", "data-srcset") == "/b.jpg"
     assert url_from_attribute("width: 90px; background-image: url('/thumbs/7~t~x.jpg')", "style") == \
         "/thumbs/7~t~x.jpg"
+
+
+def test_faults_given_to_the_constructor_apply_from_the_first_request(make_gallery, tmp_path):
+    g = make_gallery(20, cdn_faults=[{"kind": "error", "match": "~a~", "times": None, "status": 500}])
+    src = source_for(g, tmp_path)
+    items = listing(src)[0]
+    outs = source_for(g, tmp_path).fetch(items[:2])
+    assert [(o["outcome"], o["reason"]) for o in outs] == [("failed", "http_500")] * 2

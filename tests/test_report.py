@@ -150,6 +150,15 @@ def test_command_line_report(story_ledger, tmp_path):
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {k: record[k] for k in KEYS} == counts(story_ledger.status[-1])
     assert Path(record["report"]).is_file() and record["reconciles"] is True
+    # a job file whose source is gone (an unplugged disk) still names its ledger and job
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(f"name: {story_ledger.job}\nledger: {story_ledger.path}\n"
+                        "source: {kind: local, path: /gone}\ndestination: {kind: local, path: /gone2}\n")
+    by_file = subprocess.run(
+        [sys.executable, "-m", "photo_escape.cli", "report", "--job-file", str(job_file), "--out", str(out), "--json"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert by_file.returncode == 0, by_file.stderr
+    assert json.loads(by_file.stdout.strip().splitlines()[-1])["listed"] == record["listed"]
     bad = subprocess.run([sys.executable, "-m", "photo_escape.cli", "report", "--ledger", str(tmp_path / "none.duckdb")],
                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
     assert bad.returncode == 2 and "no ledger" in bad.stderr and "Traceback" not in bad.stderr

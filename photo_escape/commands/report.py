@@ -29,6 +29,24 @@ def _since(text: str | None) -> datetime | None:
         raise SystemExit(f"photo-escape report: --since {text!r} is not a date (use YYYY-MM-DD or ISO 8601)")
 
 
+def _job_file(path: str) -> tuple[str, str]:
+    """(job name, ledger path) from a job file. Only these two are needed to report, so a
+    job whose source is gone (an unplugged disk) can still be reported on."""
+    import yaml
+
+    from photo_escape.jobspec import home
+
+    try:
+        data = yaml.safe_load(open(path, encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read job file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        raise ValueError(f"{path}: a job file needs a 'name'")
+    return data["name"], str(data.get("ledger") or home() / "ledgers" / f"{data['name']}.duckdb")
+
+
 def run(args: argparse.Namespace) -> int:
     """Write report.html, report.md, outcomes.csv and outcomes.parquet; print their paths."""
     from reports.build import write_reports
@@ -36,18 +54,19 @@ def run(args: argparse.Namespace) -> int:
 
     ledger, job = args.ledger, args.job
     if args.job_file:
-        from photo_escape.jobspec import JobSpecError, load_job
-
         try:
-            spec = load_job(args.job_file)
-        except JobSpecError as exc:
+            name, job_ledger = _job_file(args.job_file)
+        except ValueError as exc:
             print(f"photo-escape report: {exc}", file=sys.stderr)
             return 2
-        ledger = ledger or str(spec.ledger_path)
+        ledger = ledger or job_ledger
         if not args.run_id:
-            job = job or spec.name
+            job = job or name
     if not ledger:
         print("photo-escape report: give --ledger PATH (or --job-file JOB.yaml)", file=sys.stderr)
+        return 2
+    if args.since and args.run_id:
+        print("photo-escape report: --since goes with --job (a run is reported whole)", file=sys.stderr)
         return 2
     since = _since(args.since)
     try:
@@ -65,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     record = {"report": result["report_html"], "report_md": result["report_md"],
               "outcomes_csv": result["outcomes_csv"], "outcomes_parquet": result["outcomes_parquet"],
               **{k: s[k] for k in ("job", "run_id", "scope", "listed", "done", "skipped", "failed",
-                                   "pending", "needs_review", "reconciles")}}
+                                   "pending", "needs_review", "reconciles")},
+              "stories": s.get("stories", {})}
     mark = "✔ reconciles" if s["reconciles"] else "⚠ does NOT reconcile"
     text = (f"{s['job']} ({s['scope']}): {s['listed']} listed = {s['done']} done + {s['skipped']} skipped"
             f" + {s['failed']} failed + {s['pending']} pending  {mark}"

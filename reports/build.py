@@ -203,6 +203,7 @@ def side_by_side(con, items: list[dict], source_label: str = "source") -> list[l
             d = d if isinstance(d, dict) else {}
             m["_sha"] = d.get("sha256") or d.get("candidate_sha256")
             m["_path"] = d.get("path") or d.get("local_path")
+            m["_link"] = thumbs.link(d.get("candidate_url") or d.get("url") or m["_path"] or m["candidate"])
             if not m["_sha"]:
                 wanted.append(m["candidate"])
     known = q.shas_of(con, wanted)
@@ -216,14 +217,17 @@ def side_by_side(con, items: list[dict], source_label: str = "source") -> list[l
         detail = item.get("detail") if isinstance(item.get("detail"), dict) else {}
         src = asset_src(assets.get(item.get("sha256"))) or thumbs.from_file(
             detail.get("local_path") or detail.get("path"))
-        row = [{"src": src, "caption": source_label}]
+        row = [{"src": src, "caption": source_label, "link": thumbs.link(item.get("source_ref"))}]
         ranked = matches.get(item["item_id"], [])
         for label, m in zip(("chosen", "runner-up"), (ranked + [None, None])[:2]):
             if m is None:
-                row.append({"src": None, "caption": f"no {label}"})
+                row.append({"src": None, "caption": f"no {label}", "link": None})
                 continue
             name = thumbs.short_name(m["candidate"])
+            if label == "chosen" and not m.get("chosen"):
+                label = "best (not chosen)"
             row.append({"src": asset_src(assets.get(m["_sha"])) or thumbs.from_file(m["_path"] or m["candidate"]),
+                        "link": m["_link"],
                         "caption": f"{label}: {name} · {m['distance']:g}" if m.get("distance") is not None
                         else f"{label}: {name}"})
         out.append(row)

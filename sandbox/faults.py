@@ -10,7 +10,8 @@ Faults (``kind``):
 
 ``error``           an HTTP error status (``status``, default 500) with a short text body
 ``rate_limit``      429 Too Many Requests with ``Retry-After: retry_after`` seconds
-``reset``           the TCP connection is reset (RST) before any byte of the answer
+``reset``           the TCP connection is reset (RST) before any byte of the answer, or
+                    after the headers and ``after_bytes`` bytes of the body
 ``truncate``        the real answer, but only ``keep`` of its body while Content-Length
                     promises all of it; then the connection closes
 ``html``            status 200 with an HTML error page instead of the image
@@ -59,6 +60,7 @@ class Fault:
     delay: float = 2.0  # for "slow" (seconds)
     keep: float = 0.5  # for "truncate": fraction of the body actually sent
     chunk: int = 1024  # for "trickle": bytes per piece
+    after_bytes: int = 0  # for "reset": reset mid-body, after this many bytes (0: before answering)
     hits: int = 0
     _seen: dict[str, int] = field(default_factory=dict, repr=False)
 
@@ -201,8 +203,22 @@ class FaultInjector:
         return [body]
 
     def _reset(self, fault: Fault, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        _reset_connection(environ)
-        raise ConnectionResetError("sandbox fault: connection reset")  # werkzeug drops it quietly
+        if fault.after_bytes <= 0:
+            _reset_connection(environ)
+            raise ConnectionResetError("sandbox fault: connection reset")  # werkzeug drops it quietly
+        chunks = self.app(environ, start_response)
+        try:
+            body = b"".join(chunks)
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()
+
+        def partial_then_reset() -> Iterable[bytes]:
+            yield body[: fault.after_bytes]
+            _reset_connection(environ)
+            raise ConnectionResetError("sandbox fault: connection reset mid-body")
+
+        return partial_then_reset()
 
     def _truncate(self, fault: Fault, environ: dict, start_response: Callable) -> Iterable[bytes]:
         captured: dict[str, Any] = {}

@@ -61,6 +61,7 @@ def test_a_photo_arrives_whole_with_its_sha256(numbered_host, tmp_path):
     ("error", {"status": 503}, "http_503"),
     ("rate_limit", {"retry_after": 0.05}, "http_429"),
     ("reset", {}, "connection_reset"),
+    ("reset", {"after_bytes": 3000}, "connection_reset"),
     ("truncate", {"keep": 0.4}, "truncated"),
     ("slow", {"delay": 0.8}, "timeout"),
 ])

@@ -2,7 +2,6 @@
 #   make demo   sets everything up and runs the main story end to end on the sandbox
 #   make test   sets everything up and runs the test suite
 PYTHON ?= python3
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 VENV := .venv
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export UV_PYTHON_DOWNLOADS := never
@@ -11,10 +10,12 @@ export UV_PYTHON_DOWNLOADS := never
 
 setup: $(VENV)/.synced
 
-# uv: use the one on PATH, else install it with pip (idempotent)
+# uv: the one on PATH, else `python3 -m uv`, installed with pip when missing (idempotent)
 $(VENV)/.synced: pyproject.toml uv.lock
-	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || $(PYTHON) -m pip install --quiet --user uv || $(PYTHON) -m pip install --quiet uv
-	@UV=$$(command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv); \
+	@if command -v uv >/dev/null 2>&1; then :; \
+	 elif $(PYTHON) -m uv --version >/dev/null 2>&1; then :; \
+	 else echo "installing uv with pip"; $(PYTHON) -m pip install --quiet uv || $(PYTHON) -m pip install --quiet --user uv; fi
+	@if command -v uv >/dev/null 2>&1; then UV=uv; else UV="$(PYTHON) -m uv"; fi; \
 	  $$UV sync --frozen --python $(PYTHON) --quiet
 	@touch $@
 

@@ -62,8 +62,10 @@ def test_rerun_report_counts_carried_items(story_ledger, tmp_path):
     run2 = story_ledger.runs[1]
     s = write_reports(story_ledger.path, run_id=run2, out_dir=tmp_path / "r2")["summary"]
     assert {k: s[k] for k in KEYS} == counts(story_ledger.status[1])
+    view = ledger_view(story_ledger.path, "SELECT * FROM reconciliation_run WHERE run_id = ?", [run2])
+    assert {k: s[k] for k in (*KEYS, "needs_review")} == {k: view[k] for k in (*KEYS, "needs_review")}
     # the rerun worked on one item; the others were left as earlier runs left them
-    assert s["carried_from_earlier_runs"] == s["listed"] - 1
+    assert s["carried_from_earlier_runs"] == view["carried_from_earlier_runs"] == s["listed"] - 1
 
 
 def test_every_failed_item_is_listed_with_its_reason(story_ledger, tmp_path):

@@ -10,6 +10,7 @@ reconciles, and holds exactly one run; a later run on it works.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -32,8 +33,9 @@ def test_a_second_run_on_the_same_ledger_fails_fast_and_corrupts_nothing(tmp_pat
     env = dict(cli_env, KODAK_PASSWORD=g.password)
     job = write_job(tmp_path / "job.yaml", escape_job(tmp_path, g.job_source(), name="rel-busy",
                                                       concurrency=2, batch_size=5))
-    # every original takes 0.4 s to come: the first run holds the ledger for a few seconds
-    g.cdn_faults.add("slow", match="~a~", times=None, delay=0.4)
+    # the first picture takes 20 s to come: the first run holds the ledger at least that long,
+    # time enough for a second process to start, ask, and be turned away (even on a busy machine)
+    g.cdn_faults.add("slow", match=re.escape(g.original_key(0)), times=1, delay=20.0)
     first = _start(job, env, tmp_path / "a.out", tmp_path / "a.err")
     second = None
     try:

@@ -48,8 +48,10 @@ How a verdict is reached (thresholds measured by ``bench/matching.py``, figures 
    sepia, darkening and gamma barely move a normalised correlation; crops and zoom
    are undone by the alignment search; gradients keep two different pictures with
    the same broad light and shade apart.
-   ``match`` when the winner scores at least ``accept`` (ACCEPT) and leads the
-   runner-up by ``margin`` (MARGIN), or the hashes also put it first by ``gap``;
+   ``match`` when the winner scores at least ``accept`` (ACCEPT; plus ``slope``
+   for each bit of its hash distance beyond ``slope_from``: 0.85 at 20, 0.916 at 64)
+   and leads the runner-up by ``margin`` (MARGIN), or the hashes also put it first
+   by ``gap``;
    ``not_in_album`` when the winner scores below ``reject`` (REJECT);
    ``ambiguous`` otherwise (two candidates too close to call, or a score in the
    grey zone between REJECT and ACCEPT): ``best`` is then the rerank's favourite,
@@ -69,13 +71,16 @@ from tasks.hashing import THUMB_SIZE, hex_to_int
 SURE_DISTANCE = 10    # out of 128: within this and a clear gap, the hashes decide alone
 GAP = 12              # ... the runner-up being at least this much further
 FAR_DISTANCE = 52     # with no thumbnails to compare, beyond this is not in the album
-ACCEPT = 0.85         # aligned correlation at or above which the rerank winner is a match
+ACCEPT = 0.85         # aligned correlation at or above which the rerank winner is a match,
+SLOPE = 0.0015        # ... plus this for each bit its hash distance is beyond SLOPE_FROM
+SLOPE_FROM = 20
 REJECT = 0.70         # a winner scoring below this is not in the album
 MARGIN = 0.05         # the winner must lead the runner-up by this much (unless the hashes agree)
 RERANK_TOP = 5        # how many nearest candidates by hash are reranked ...
 THUMB_TOP = 4         # ... plus how many nearest by thumbnail correlation (whole or centre)
 
-DEFAULTS = dict(sure=SURE_DISTANCE, gap=GAP, far=FAR_DISTANCE, accept=ACCEPT, reject=REJECT,
+DEFAULTS = dict(sure=SURE_DISTANCE, gap=GAP, far=FAR_DISTANCE, accept=ACCEPT, slope=SLOPE,
+                slope_from=SLOPE_FROM, reject=REJECT,
                 margin=MARGIN, rerank_top=RERANK_TOP, thumb_top=THUMB_TOP)
 
 _M1 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -450,11 +455,18 @@ def _decide(query: dict, album: Album, p: dict, limit: int | None) -> dict:
     backed = rr["winner"] == album.ids[best_i] and (gap is None or gap >= p["gap"])
     if rr["score"] < p["reject"]:
         out.update(verdict="not_in_album")
-    elif rr["score"] >= p["accept"] and (rr["margin"] >= p["margin"] or backed):
+    elif rr["score"] >= _needed(p, int(d[album.ids.index(rr["winner"])])) and (rr["margin"] >= p["margin"] or backed):
         out.update(verdict="match", best=rr["winner"])
     else:
         out.update(verdict="ambiguous", best=rr["winner"])
     return out
+
+
+def _needed(p: dict, winner_distance: int) -> float:
+    """The score a rerank winner needs to be a match: ``accept``, plus ``slope`` for
+    every bit of hash distance beyond ``slope_from``. The two kinds of evidence add
+    up: a winner whose hashes are far needs the pixels to agree more."""
+    return p["accept"] + p["slope"] * max(0, winner_distance - p["slope_from"])
 
 
 def _rerank(query: dict, album: Album, pool: list[int], d: np.ndarray) -> dict | None:

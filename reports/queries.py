@@ -393,13 +393,32 @@ def provenance(con) -> list[dict]:
                 'default', 'unknown', 'none'], any_value(provenance)) NULLS LAST, count DESC""")
 
 
+PLAN_SQL = """SELECT coalesce(i.name, c.item_id) AS name, c.item_id, c."local", c.utc,
+                     c.offset_minutes, c.tz, c.provenance, c.conflicts,
+                     json_extract_string(e.detail, '$.plan') AS would
+              FROM _rep_ct c LEFT JOIN _rep_items i USING (item_id)
+              LEFT JOIN _rep_stage_latest l ON l.item_id = c.item_id AND l.stage = 'deliver'
+              LEFT JOIN events e ON e.seq = l.seq
+              ORDER BY c.utc NULLS LAST, name"""
+
+
 def capture_plan(con, limit: int | None) -> list[dict]:
-    """Every photo with its local and UTC capture time and provenance, in capture order."""
-    lim = f"LIMIT {int(limit)}" if limit else ""
-    return rows(con, f"""SELECT coalesce(i.name, c.item_id) AS name, c.item_id, c."local", c.utc,
-                   c.offset_minutes, c.tz, c.provenance, c.conflicts
-            FROM _rep_ct c LEFT JOIN _rep_items i USING (item_id)
-            ORDER BY c.utc NULLS LAST, name {lim}""")
+    """Every photo with its local and UTC capture time, provenance and, on a dry run, what
+    the destination would do with it (``would``: upload, hold_for_review...), in capture order."""
+    return rows(con, PLAN_SQL + (f" LIMIT {int(limit)}" if limit else ""))
+
+
+def capture_plan_table(con):
+    """The whole plan as an Arrow table (for plan.csv)."""
+    return con.sql(PLAN_SQL).to_arrow_table()
+
+
+def plan_counts(con) -> list[dict]:
+    """How many photos the dry run would upload, hold, skip... (the deliver events' ``plan``)."""
+    return rows(con, """SELECT json_extract_string(e.detail, '$.plan') AS would, count(*) AS count
+           FROM events e SEMI JOIN _rep_stage_latest l USING (seq)
+           WHERE e.stage = 'deliver' AND json_extract_string(e.detail, '$.plan') IS NOT NULL
+           GROUP BY ALL ORDER BY count DESC""")
 
 
 def distance_histogram(con) -> list[dict]:

@@ -14,7 +14,6 @@ and may add one-line facts to the ten-second summary.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,14 @@ PROVENANCE_WORDS = {
     "default": "the job's default zone (default)",
     "unknown": "no zone found: UTC unknown (unknown)",
     "none": "no capture time at all (none)",
+}
+PLAN_WORDS = {  # what a dry run says the destination would do with a photo
+    "upload": "would upload",
+    "keep": "already there, would keep",
+    "hold_for_review": "would hold for review",
+    "already_uploaded": "already uploaded, would not upload again",
+    "refuse_time_changed": "would refuse: capture time changed since its upload",
+    "no_capture_time": "would skip: no capture time",
 }
 SIMILARITY_METHODS = ("ssim", "similarity", "correlation", "score")
 
@@ -333,9 +340,14 @@ def capture_times(con, facts: dict, ctx: dict) -> dict | None:
         lines.append(f"Capture times: {by['none']:,} photos carry no capture time at all.")
     if dry:
         plan = q.capture_plan(con, PLAN_LIMIT)
-        table = {"head": ["photo", "local time (camera)", "UTC", "offset", "zone", "provenance", "conflicts"],
+        would = q.plan_counts(con)
+        items += [_fact(PLAN_WORDS.get(w["would"], f"would: {w['would']}"), int(w["count"]),
+                        key=f"plan-{w['would']}") for w in would]
+        head = ["photo", "local time (camera)", "UTC", "offset", "zone", "provenance", "conflicts"]
+        table = {"head": head + (["the run would"] if would else []),
                  "rows": [[p["name"], _when(p["local"]), _when(p["utc"]), _offset(p["offset_minutes"]),
-                           p["tz"] or "", p["provenance"] or "", _conflicts(p["conflicts"])] for p in plan],
+                           p["tz"] or "", p["provenance"] or "", _conflicts(p["conflicts"])]
+                          + ([(p["would"] or "").replace("_", " ")] if would else []) for p in plan],
                  "more": max(0, total - len(plan))}
         if facts.get("out_dir") and not facts.get("plan_given"):
             facts.setdefault("extra_files", {})["plan_csv"] = str(write_plan_csv(con, facts["out_dir"]))
@@ -348,14 +360,14 @@ def capture_times(con, facts: dict, ctx: dict) -> dict | None:
 
 
 def write_plan_csv(con, out: Path) -> Path:
-    """Every photo of a dry run with its UTC time and provenance (all rows, not just the HTML's)."""
+    """Every photo of a dry run with its UTC time, provenance and what the run would do
+    (all rows, not just the HTML's), written from Arrow with secrets masked."""
+    import pyarrow.csv as pacsv
+
+    from reports.build import redact_table
+
     path = out / "plan.csv"
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["name", "item_id", "local", "utc", "offset_minutes", "tz", "provenance", "conflicts"])
-        for p in q.capture_plan(con, None):
-            w.writerow([p["name"], p["item_id"], p["local"], p["utc"], p["offset_minutes"], p["tz"],
-                        p["provenance"], p["conflicts"]])
+    pacsv.write_csv(redact_table(q.capture_plan_table(con)), path)
     return path
 
 

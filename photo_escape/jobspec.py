@@ -141,6 +141,10 @@ def _by_kind(v: Any, kinds: dict[str, type], what: str) -> KindConfig:
         raise _KindError(_format(exc, prefix=what)) from None
 
 
+# never echo what was written under a field that may hold a credential
+_SECRETISH = re.compile(r"secret|password|passwd|token|key|credential|auth", re.I)
+
+
 class JobSpecError(Exception):
     """A job spec that does not validate; the message lists each bad field."""
 
@@ -160,7 +164,8 @@ def _format_errors(errors: list[Any], prefix: str = "") -> str:
         elif err["type"] == "extra_forbidden":
             msg = "is not a known field (check its spelling and indentation)"
         inp = err.get("input")
-        got = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(inp, dict) else f" (got {inp!r})"
+        hide = err["type"] in ("missing", "extra_forbidden") or isinstance(inp, dict) or _SECRETISH.search(loc)
+        got = "" if hide else f" (got {inp!r})"
         lines.append(f"{loc}: {msg}{got}")
     return "\n".join(lines)
 

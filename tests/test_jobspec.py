@@ -72,3 +72,17 @@ def test_bad_yaml_and_missing_file(tmp_path):
     notmap.write_text("- a\n- b\n")
     with pytest.raises(JobSpecError, match="expected a mapping"):
         load_job(notmap)
+
+
+def test_a_password_written_into_the_job_is_refused_without_echoing_it(tmp_path):
+    spec = _spec(tmp_path, source={
+        "kind": "gallery",
+        "login": {"url": "http://127.0.0.1:9/", "fields": {"username": "alice"},
+                  "secret_fields": {"password": "hunter2-Plain-Text"}},
+        "pages": {"url": "http://127.0.0.1:9/p?p={page}"},
+        "images": {"css": "img"},
+    })
+    with pytest.raises(JobSpecError) as err:
+        parse_job(spec)
+    assert "source.login.secret_fields.password" in str(err.value)
+    assert "hunter2-Plain-Text" not in str(err.value)

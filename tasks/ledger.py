@@ -34,7 +34,7 @@ from photo_escape import TOOL_VERSION
 from photo_escape.crashpoints import crash_point
 from photo_escape.secrets import redact
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each migration moves the schema from version n-1 to n. Append, never edit.
 MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -139,6 +139,56 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                        count(*) FILTER (WHERE status = 'pending') AS pending,
                        count(*) FILTER (WHERE outcome = 'needs_review') AS needs_review
                 FROM item_status GROUP BY ALL""",
+        ],
+    ),
+    (
+        2,
+        [
+            # arg_max skips NULLs, so a photo's latest reason/sha256/fingerprint could come
+            # from an older event; arg_max_null takes the latest event's value as it is
+            """CREATE OR REPLACE VIEW item_run_last AS
+                SELECT job, run_id, item_id, max(seq) AS seq,
+                       arg_max_null(stage, seq) AS stage, arg_max_null(outcome, seq) AS outcome,
+                       arg_max_null(reason, seq) AS reason, arg_max_null(final, seq) AS final,
+                       arg_max_null(settings, seq) AS settings, arg_max_null(fingerprint, seq) AS fingerprint,
+                       arg_max_null(sha256, seq) AS sha256
+                FROM events WHERE stage <> 'list' GROUP BY ALL""",
+            """CREATE OR REPLACE VIEW item_status AS
+                WITH last AS (
+                    SELECT job, item_id, max(seq) AS seq, arg_max_null(stage, seq) AS stage,
+                           arg_max_null(outcome, seq) AS outcome, arg_max_null(reason, seq) AS reason,
+                           arg_max_null(final, seq) AS final, arg_max_null(settings, seq) AS settings,
+                           arg_max_null(fingerprint, seq) AS fingerprint, arg_max_null(sha256, seq) AS sha256,
+                           arg_max_null(run_id, seq) AS run_id
+                    FROM events WHERE stage <> 'list' GROUP BY ALL)
+                SELECT i.job, i.item_id, i.source_ref, i.name, l.run_id, l.stage, l.outcome,
+                       l.reason, l.settings, l.fingerprint, l.sha256,
+                       CASE WHEN l.outcome = 'failed' THEN 'failed'
+                            WHEN l.outcome = 'skipped' THEN 'skipped'
+                            WHEN l.outcome = 'ok' AND l.final THEN 'done'
+                            ELSE 'pending' END AS status
+                FROM items i LEFT JOIN last l USING (job, item_id)""",
+            """CREATE OR REPLACE VIEW run_item_status AS
+                WITH listed AS (
+                    SELECT job, run_id, item_id, min(seq) AS list_seq
+                    FROM events WHERE stage = 'list' GROUP BY ALL),
+                joined AS (
+                    SELECT l.job, l.run_id, l.item_id,
+                           CASE WHEN w.seq IS NOT NULL THEN w.stage ELSE p.stage END AS stage,
+                           CASE WHEN w.seq IS NOT NULL THEN w.outcome ELSE p.outcome END AS outcome,
+                           CASE WHEN w.seq IS NOT NULL THEN w.reason ELSE p.reason END AS reason,
+                           CASE WHEN w.seq IS NOT NULL THEN w.final ELSE p.final END AS final,
+                           w.seq IS NULL AND p.seq IS NOT NULL AS carried
+                    FROM listed l
+                    LEFT JOIN item_run_last w
+                        ON w.job = l.job AND w.run_id = l.run_id AND w.item_id = l.item_id
+                    ASOF LEFT JOIN item_run_last p
+                        ON p.job = l.job AND p.item_id = l.item_id AND l.list_seq > p.seq)
+                SELECT *, CASE WHEN outcome = 'failed' THEN 'failed'
+                               WHEN outcome = 'skipped' THEN 'skipped'
+                               WHEN outcome = 'ok' AND final THEN 'done'
+                               ELSE 'pending' END AS status
+                FROM joined""",
         ],
     ),
 ]

@@ -141,3 +141,29 @@ def test_a_second_writer_fails_fast_with_a_clear_message(tmp_path):
         holder.stdin.close()
         holder.wait(timeout=30)
     Ledger(path).close()  # free again once the other run ends
+
+
+def test_the_latest_event_gives_the_reason_even_when_it_has_none(tmp_path):
+    with Ledger(tmp_path / "l.duckdb") as led:
+        led.start_run("r1", "job", flow="escape", settings="s")
+        led.add_items("job", "r1", _items(1))
+        led.append_events("job", "r1", [outcome("p0", "deliver", "failed", "http_503")], settings="s")
+        led.append_events("job", "r1", [outcome("p0", "deliver", "ok", None, final=True)], settings="s")
+        row = led.query("SELECT status, reason FROM item_status")[0]
+        assert row == {"status": "done", "reason": None}
+        assert led.query("SELECT reason FROM run_item_status")[0]["reason"] is None
+
+
+def test_an_older_ledger_is_migrated_forward(tmp_path):
+    path = tmp_path / "old.duckdb"
+    import tasks.ledger as ledger_mod
+
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    for sql in ledger_mod.MIGRATIONS[0][1]:
+        con.execute(sql)
+    con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    con.close()
+    with Ledger(path) as led:
+        assert led.schema_version() == SCHEMA_VERSION
+        assert "arg_max_null" in led.query("SELECT sql FROM duckdb_views() WHERE view_name = 'item_status'")[0]["sql"]

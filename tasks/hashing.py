@@ -315,7 +315,28 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     import multiprocessing as mp
 
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
+                               initializer=_die_with, initargs=(os.getpid(),))
+
+
+def _die_with(pid: int) -> None:
+    """Pool worker initializer: end this worker soon after process ``pid`` (the one that
+    made the pool) is gone. A flow process killed with SIGKILL cannot shut its pool
+    down, and a forkserver worker's parent is the fork server, so without this the
+    idle workers would outlive the run forever."""
+    import time
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # pragma: no cover - alive, another user's pid
+                pass
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 _SHARED: dict[str, Any] = {"pool": None, "workers": 0}

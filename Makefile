@@ -10,13 +10,15 @@ export UV_PYTHON_DOWNLOADS := never
 
 setup: $(VENV)/.synced
 
-# uv: the one on PATH, else `python3 -m uv`, installed with pip when missing (idempotent)
+# uv: the one on PATH, else `python3 -m uv`, installed with pip when missing (idempotent).
+# Bytecode is compiled at install: this environment sets PYTHONDONTWRITEBYTECODE, and
+# every command and test process would otherwise recompile Prefect at start.
 $(VENV)/.synced: pyproject.toml uv.lock
 	@if command -v uv >/dev/null 2>&1; then :; \
 	 elif $(PYTHON) -m uv --version >/dev/null 2>&1; then :; \
 	 else echo "installing uv with pip"; $(PYTHON) -m pip install --quiet uv || $(PYTHON) -m pip install --quiet --user uv; fi
 	@if command -v uv >/dev/null 2>&1; then UV=uv; else UV="$(PYTHON) -m uv"; fi; \
-	  $$UV sync --frozen --python $(PYTHON) --quiet
+	  $$UV sync --frozen --compile-bytecode --python $(PYTHON) --quiet
 	@touch $@
 
 # Debian's Chromium for the report's browser test (no browser download at run time)

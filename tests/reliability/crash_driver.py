@@ -8,7 +8,7 @@ API in ``PREFECT_API_URL``, and may be SIGKILLed at any moment (by the test, or 
 itself at a ``PHOTO_ESCAPE_CRASH_AT`` point).
 
 Protocol, one JSON object per line. In (stdin): ``{"args": [...], "env": {...},
-"out": PATH, "err": PATH}`` or ``{"quit": true}``. Out (stdout): ``{"ready": true}``
+"out": PATH, "err": PATH, "leave_helpers": bool}`` or ``{"quit": true}``. Out (stdout): ``{"ready": true}``
 once loaded; per run ``{"started": PID}`` then ``{"pid": PID, "rc": N, "signal": S}``.
 """
 
@@ -70,10 +70,11 @@ def main() -> None:
             child(cmd)
         print(json.dumps({"started": pid}), flush=True)
         _, status = os.waitpid(pid, 0)
-        try:  # helpers the child started (metadata readers) die with it
-            os.killpg(pid, 9)
-        except (ProcessLookupError, PermissionError):
-            pass
+        if not cmd.get("leave_helpers"):
+            try:  # helpers the child started (metadata readers, hash workers) die with it
+                os.killpg(pid, 9)
+            except (ProcessLookupError, PermissionError):
+                pass
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         rc = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         print(json.dumps({"pid": pid, "rc": rc, "signal": sig}), flush=True)

@@ -58,8 +58,10 @@ class Driver:
         assert line, "the crash driver died"
         return json.loads(line)
 
-    def start(self, args: list[str], out: Path, err: Path, env: dict | None = None) -> int:
-        self.proc.stdin.write(json.dumps({"args": args, "out": str(out), "err": str(err), "env": env or {}}) + "\n")
+    def start(self, args: list[str], out: Path, err: Path, env: dict | None = None, *,
+              leave_helpers: bool = False) -> int:
+        self.proc.stdin.write(json.dumps({"args": args, "out": str(out), "err": str(err), "env": env or {},
+                                          "leave_helpers": leave_helpers}) + "\n")
         self.proc.stdin.flush()
         return self._read()["started"]
 
@@ -338,3 +340,41 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def _group(pgid: int) -> list[int]:
+    """Live processes in a process group (zombies left out)."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(d))
+    return found
+
+
+def test_a_killed_run_leaves_no_process_behind(tmp_path, driver):
+    """SIGKILL only the run's own process (as the OOM killer would) once its hash workers and
+    metadata reader are up: they notice and end by themselves, none lingers."""
+    from sandbox import photos
+
+    photos.make_collection(tmp_path / "camera", count=6, bad=False, size=(96, 72))
+    job = write_job(tmp_path / "job.yaml", escape_job(tmp_path, {"kind": "local", "path": str(tmp_path / "camera")},
+                                                      name="rel-orphans", batch_size=4, processes=2))
+    pid = driver.start(["run", str(job), "--json"], tmp_path / "out", tmp_path / "err",
+                       {"PHOTO_ESCAPE_CRASH_AT": "capture_time:1"}, leave_helpers=True)
+    res = driver.wait()
+    assert res["signal"] == signal.SIGKILL, (tmp_path / "err").read_text()[-2000:]
+    try:
+        left = wait_for(lambda: not _group(pid), timeout=20, interval=0.2)
+        assert left, [open(f"/proc/{p}/cmdline").read().replace("\0", " ")[:150] for p in _group(pid)]
+    finally:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

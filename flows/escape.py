@@ -26,9 +26,11 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from photo_escape.crashpoints import crash_point
+from flows import flow_run_id
 from photo_escape.jobspec import JobSpec, load_job, parse_job
 from photo_escape.outcomes import outcome
 from photo_escape.plugins import make_destination, make_source
+from reports.artifacts import artifact_key
 from photo_escape.secrets import scrubbed_exceptions
 from tasks.ledger import Ledger, new_run_id
 from tasks.stages import capture_time_batch, deliver_batch, fetch_batch, hash_batch
@@ -75,7 +77,7 @@ class _Progress:
             from prefect.artifacts import create_progress_artifact
 
             self.artifact_id = create_progress_artifact(
-                0.0, key=_artifact_key(job, "progress"), description=f"{job}: photos finished in run {run_id}"
+                0.0, key=artifact_key(f"{job}-progress"), description=f"{job}: photos finished in run {run_id}"
             )
         except Exception:  # no API (plain call outside Prefect): the bar alone
             self.artifact_id = None
@@ -105,12 +107,6 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _artifact_key(job: str, what: str) -> str:
-    import re
-
-    return re.sub(r"[^a-z0-9-]+", "-", f"{job}-{what}".lower()).strip("-")
 
 
 class _Batch:
@@ -175,7 +171,7 @@ class EscapeRun:
             self.history = self.ledger.has_history(spec.name)
             self.ledger.start_run(self.run_id, spec.name, flow="escape", settings=self.settings,
                                   spec=spec.dump(), dry_run=self.dry_run, only_failed=self.only_failed,
-                                  flow_run_id=_flow_run_id())
+                                  flow_run_id=flow_run_id())
             self.progress = _Progress(spec.name, self.run_id)
             self.log.info("run %s of job %s: %s -> %s%s", self.run_id, spec.name, spec.source.kind,
                           spec.destination.kind, " (dry run)" if self.dry_run else "")
@@ -340,24 +336,11 @@ class EscapeRun:
         return summary
 
     def _report(self, summary: dict) -> str | None:
-        """Write the run's report; a report problem never loses the run's record."""
-        try:
-            from reports.build import write_reports
-        except ImportError:
-            return None
-        try:
-            out_dir = self.spec.reports_dir / self.spec.name / self.run_id
-            result = write_reports(self.ledger, run_id=self.run_id, out_dir=out_dir)
-        except Exception as exc:  # noqa: BLE001 - the run's outcomes are already safe in the ledger
-            self.log.error("report could not be written: %s", exc)
-            return None
-        try:
-            from reports.artifacts import publish
+        """Write and publish the run's report; a report problem never loses the run's record."""
+        from reports.artifacts import report_run
 
-            publish(result, key_prefix=_artifact_key(self.spec.name, "report"))
-        except Exception as exc:  # noqa: BLE001
-            self.log.warning("report artifacts not published: %s", exc)
-        return str(Path(result["report_html"]).resolve())
+        return report_run(self.ledger, job=self.spec.name, run_id=self.run_id,
+                          reports_dir=self.spec.reports_dir, log=self.log)
 
 
 def task_runner_for(options) -> Any:
@@ -390,12 +373,3 @@ class ItemsFailed(Exception):
 def _folder(item: dict) -> str:
     rel = item.get("relpath") or item.get("source_ref") or ""
     return rel.rsplit("/", 1)[0] if "/" in rel else ""
-
-
-def _flow_run_id() -> str | None:
-    try:
-        from prefect.runtime import flow_run
-
-        return str(flow_run.id) if flow_run.id else None
-    except Exception:
-        return None

@@ -25,6 +25,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows import flow_run_id
+from reports.artifacts import report_run
+
 from tasks import hires
 from tasks.hires_tasks import build_master_index, list_flickr_page, match_and_find_masters, replace_restore_verify
 from tasks.ledger import Ledger, new_run_id
@@ -52,7 +55,7 @@ def replace_hires(job: dict | str, dry_run: bool = False, only_failed: bool = Fa
     ledger = Ledger(spec.ledger_path)
     try:
         ledger.start_run(run_id, spec.name, flow="replace_hires", settings=settings, spec=plain,
-                         dry_run=dry_run, only_failed=only_failed, flow_run_id=_flow_run_id())
+                         dry_run=dry_run, only_failed=only_failed, flow_run_id=flow_run_id())
         status = "crashed"
         try:
             failed_before = {i["item_id"] for i in ledger.failed_items(spec.name)} if only_failed else None
@@ -117,30 +120,8 @@ def _finish(ledger: Ledger, spec: hires.HiresJob, run_id: str, status: str, dry_
         "dry_run": dry_run, "only_failed": only_failed, "status": status,
     }
     ledger.finish_run(run_id, status, summary)
-    summary["report"] = _report(ledger, spec, run_id)
+    summary["report"] = report_run(ledger, job=spec.name, run_id=run_id, reports_dir=spec.reports_dir,
+                                   log=get_run_logger())
     if summary["report"]:
         ledger.finish_run(run_id, status, summary)
     return summary
-
-
-def _report(ledger: Ledger, spec: hires.HiresJob, run_id: str) -> str | None:
-    """The run's report (reports.build); a report problem never loses the run's record."""
-    try:
-        from reports.build import write_reports
-    except ImportError:
-        return None
-    try:
-        result = write_reports(ledger, run_id=run_id, out_dir=spec.reports_dir / spec.name / run_id)
-    except Exception as exc:  # noqa: BLE001 - the outcomes are already safe in the ledger
-        get_run_logger().error("report could not be written: %s", exc)
-        return None
-    return str(Path(result["report_html"]).resolve())
-
-
-def _flow_run_id() -> str | None:
-    try:
-        from prefect.runtime import flow_run
-
-        return str(flow_run.id) if flow_run.id else None
-    except Exception:  # noqa: BLE001
-        return None

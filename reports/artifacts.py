@@ -46,3 +46,26 @@ def publish(result: dict, *, key_prefix: str) -> list[str]:
     create_link_artifact(link=html.as_uri(), link_text=f"report.html ({summary.get('scope')})",
                          key=f"{key}-html", description="The full report (self-contained HTML)")
     return [f"{key}-report", f"{key}-counts", f"{key}-html"]
+
+
+def report_run(ledger, *, job: str, run_id: str, reports_dir: str | Path, log=None) -> str | None:
+    """Write a finished run's report and publish it to Prefect; the path of report.html.
+
+    Every flow ends with this. A problem with the report is logged and never loses
+    the run's record: the outcomes are already in the ledger, and
+    ``photo-escape report`` can write it again.
+    """
+    from reports.build import write_reports
+
+    try:
+        result = write_reports(ledger, run_id=run_id, out_dir=Path(reports_dir) / job / run_id)
+    except Exception as exc:  # noqa: BLE001
+        if log is not None:
+            log.error("report could not be written: %s", redact(str(exc)))
+        return None
+    try:
+        publish(result, key_prefix=f"{job}-report")
+    except Exception as exc:  # noqa: BLE001
+        if log is not None:
+            log.warning("report artifacts not published: %s", redact(str(exc)))
+    return str(Path(result["report_html"]).resolve())

@@ -14,7 +14,7 @@ Plain code (no Prefect). Public API (stable; the Flickr helper and the flows cal
              "candidates": [{"id", "distance", "rank"}, ...]   every candidate, nearest first,
              "rerank": None, or when the hash distances alone did not decide:
                  {"method": "aligned-correlation", "winner", "score", "runner_up",
-                  "runner_up_score", "margin",
+                  "runner_up_score", "margin", "detail",
                   "scores": [{"id", "score", "distance"}, ...]}}   (score: 1 = same picture)
 
         ``best`` is set for ``match`` and for ``ambiguous`` (the rerank's favourite,
@@ -49,7 +49,8 @@ How a verdict is reached (thresholds measured by ``bench/matching.py``, figures 
    are undone by the alignment search; gradients keep two different pictures with
    the same broad light and shade apart.
    ``match`` when the winner scores at least ``accept`` (ACCEPT; plus ``slope``
-   for each bit of its hash distance beyond ``slope_from``: 0.85 at 20, 0.916 at 64)
+   for each bit of its hash distance beyond ``slope_from``: 0.85 at 20, 0.916 at 64;
+   plus ``blur_extra`` when either thumbnail has little ``detail``)
    and leads the runner-up by ``margin`` (MARGIN), or the hashes also put it first
    by ``gap``;
    ``not_in_album`` when the winner scores below ``reject`` (REJECT);
@@ -74,13 +75,15 @@ FAR_DISTANCE = 52     # with no thumbnails to compare, beyond this is not in the
 ACCEPT = 0.85         # aligned correlation at or above which the rerank winner is a match,
 SLOPE = 0.0015        # ... plus this for each bit its hash distance is beyond SLOPE_FROM
 SLOPE_FROM = 20
+BLUR_BELOW = 0.25     # a thumbnail with less detail than this (see ``detail``) ...
+BLUR_EXTRA = 0.07     # ... makes a match need this much more score
 REJECT = 0.70         # a winner scoring below this is not in the album
 MARGIN = 0.05         # the winner must lead the runner-up by this much (unless the hashes agree)
 RERANK_TOP = 5        # how many nearest candidates by hash are reranked ...
 THUMB_TOP = 4         # ... plus how many nearest by thumbnail correlation (whole or centre)
 
 DEFAULTS = dict(sure=SURE_DISTANCE, gap=GAP, far=FAR_DISTANCE, accept=ACCEPT, slope=SLOPE,
-                slope_from=SLOPE_FROM, reject=REJECT,
+                slope_from=SLOPE_FROM, blur_below=BLUR_BELOW, blur_extra=BLUR_EXTRA, reject=REJECT,
                 margin=MARGIN, rerank_top=RERANK_TOP, thumb_top=THUMB_TOP)
 
 _M1 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -112,6 +115,7 @@ class Album:
         # a candidate whose file did not decode has no hashes: it cannot be compared
         candidates = [c for c in candidates if c.get("phash") is not None and c.get("dhash") is not None]
         self.ids = [str(c.get("id", c.get("path", i))) for i, c in enumerate(candidates)]
+        self.index_of = {cid: i for i, cid in enumerate(self.ids)}
         self.phash = _u64(candidates, "phash")
         self.dhash = _u64(candidates, "dhash")
         self.thumbs = [c.get("thumb") for c in candidates]
@@ -455,18 +459,33 @@ def _decide(query: dict, album: Album, p: dict, limit: int | None) -> dict:
     backed = rr["winner"] == album.ids[best_i] and (gap is None or gap >= p["gap"])
     if rr["score"] < p["reject"]:
         out.update(verdict="not_in_album")
-    elif rr["score"] >= _needed(p, int(d[album.ids.index(rr["winner"])])) and (rr["margin"] >= p["margin"] or backed):
+    elif rr["score"] >= _needed(p, int(d[album.index_of[rr["winner"]]]), rr["detail"]) and (rr["margin"] >= p["margin"] or backed):
         out.update(verdict="match", best=rr["winner"])
     else:
         out.update(verdict="ambiguous", best=rr["winner"])
     return out
 
 
-def _needed(p: dict, winner_distance: int) -> float:
+def _needed(p: dict, winner_distance: int, detail: float | None = None) -> float:
     """The score a rerank winner needs to be a match: ``accept``, plus ``slope`` for
-    every bit of hash distance beyond ``slope_from``. The two kinds of evidence add
-    up: a winner whose hashes are far needs the pixels to agree more."""
-    return p["accept"] + p["slope"] * max(0, winner_distance - p["slope_from"])
+    every bit of hash distance beyond ``slope_from`` (the two kinds of evidence add
+    up: a winner whose hashes are far needs the pixels to agree more), plus
+    ``blur_extra`` when either picture has little detail (``detail`` below
+    ``blur_below``): two soft, blurred pictures correlate well whatever they show."""
+    need = p["accept"] + p["slope"] * max(0, winner_distance - p["slope_from"])
+    if detail is not None and detail < p["blur_below"]:
+        need += p["blur_extra"]
+    return need
+
+
+def detail(thumb: bytes | np.ndarray) -> float:
+    """How much fine structure a thumbnail has: the RMS of its gradients once its
+    contrast is normalised (about 0.35-0.8 for photographs; under 0.25 for a
+    blurred or enlarged picture with little left to compare)."""
+    x = _thumb(thumb)
+    x = (x - x.mean()) / (x.std() + 1e-6)
+    g = _gradients(_WHOLE_M @ x @ _WHOLE_M.T)
+    return float(np.sqrt((g * g).mean()))
 
 
 def _rerank(query: dict, album: Album, pool: list[int], d: np.ndarray) -> dict | None:
@@ -478,8 +497,10 @@ def _rerank(query: dict, album: Album, pool: list[int], d: np.ndarray) -> dict |
     winner, score, _ = scores[0]
     runner, runner_score = (scores[1][0], scores[1][1]) if len(scores) > 1 else (None, None)
     margin = score - runner_score if runner_score is not None else score
+    win_thumb = album.thumbs[album.index_of[winner]]
     return {
         "method": "aligned-correlation", "winner": winner, "score": round(score, 4),
+        "detail": round(min(detail(query["thumb"]), detail(win_thumb)), 4),
         "runner_up": runner, "runner_up_score": None if runner_score is None else round(runner_score, 4),
         "margin": round(margin, 4),
         "scores": [{"id": i, "score": round(sc, 4), "distance": dd} for i, sc, dd in scores],

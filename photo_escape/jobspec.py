@@ -71,19 +71,16 @@ def _check_zone(v: str) -> str:
     return v
 
 
-class JobSpec(BaseModel):
+class JobBase(BaseModel):
+    """What every story's job has: a name, a ledger, a work folder, reports and options."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="a short name: letters, digits, '-', '_' and '.'")
-    flow: Literal["escape"] = Field("escape", description="which flow runs this job")
     ledger: Path | None = Field(None, description="DuckDB ledger file; default <home>/ledgers/<name>.duckdb")
     work_dir: Path | None = Field(None, description="where downloads are staged; default <home>/work/<name>")
     reports_dir: Path = Field(Path("reports/out"), description="reports go to <reports_dir>/<name>/<run_id>/")
-    source: KindConfig
-    destination: KindConfig
     options: Options = Field(default_factory=Options)
-    default_tz: str | None = None
-    time_zones: list[TimeZoneRule] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -91,6 +88,24 @@ class JobSpec(BaseModel):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v):
             raise ValueError("use letters, digits, '.', '-' and '_' (it names files and folders)")
         return v
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.ledger or home() / "ledgers" / f"{self.name}.duckdb"
+
+    @property
+    def work_path(self) -> Path:
+        return self.work_dir or home() / "work" / self.name
+
+
+class JobSpec(JobBase):
+    """A job of the escape flow: a source, a destination, and the capture-time rules."""
+
+    flow: Literal["escape"] = Field("escape", description="which flow runs this job")
+    source: KindConfig
+    destination: KindConfig
+    default_tz: str | None = None
+    time_zones: list[TimeZoneRule] = Field(default_factory=list)
 
     @field_validator("default_tz")
     @classmethod
@@ -106,14 +121,6 @@ class JobSpec(BaseModel):
     @classmethod
     def _destination(cls, v: Any) -> KindConfig:
         return _by_kind(v, destination_kinds(), "destination")
-
-    @property
-    def ledger_path(self) -> Path:
-        return self.ledger or home() / "ledgers" / f"{self.name}.duckdb"
-
-    @property
-    def work_path(self) -> Path:
-        return self.work_dir or home() / "work" / self.name
 
     def dump(self) -> dict[str, Any]:
         """The spec as plain data (secret references, never secret values)."""

@@ -38,7 +38,7 @@ from urllib.parse import urljoin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from photo_escape.jobspec import Options, home
+from photo_escape.jobspec import JobBase
 from photo_escape.outcomes import PermanentError, Stopwatch, TransientError, outcome
 from photo_escape.secrets import SecretRef, redact
 from photo_escape.secrets import resolve as resolve_secret
@@ -116,30 +116,15 @@ class MasterSettings(BaseModel):
         return check_regex(v)
 
 
-class HiresJob(BaseModel):
+class HiresJob(JobBase):
     """The hi-res replacement job (``flow: replace_hires`` in a job file)."""
 
-    model_config = ConfigDict(extra="forbid")
     flow: Literal["replace_hires"] = "replace_hires"
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-    ledger: Path | None = None
-    work_dir: Path | None = None
-    reports_dir: Path = Path("reports/out")
     flickr: FlickrSettings = Field(default_factory=FlickrSettings)
     catalogue: CatalogueSettings = Field(default_factory=CatalogueSettings)
     masters: MasterSettings
     matching: dict[str, float] = Field(default_factory=dict,
                                        description="resolver thresholds (tasks.resolve.DEFAULTS names)")
-    options: Options = Field(default_factory=Options)
-
-    @property
-    def ledger_path(self) -> Path:
-        return self.ledger or home() / "ledgers" / f"{self.name}.duckdb"
-
-    @property
-    def work_path(self) -> Path:
-        return self.work_dir or home() / "work" / self.name
-
     @property
     def index_path(self) -> Path:
         return self.masters.index or self.work_path / "masters.duckdb"

@@ -159,7 +159,9 @@ def distinct_pictures(count: int, seed: int, max_overlap: float = 0.5):
     makes them) of a real photograph at its own position and scale, none
     showing more than ``max_overlap`` of another crop of the same photograph (or
     the other way round): different pictures of the same subject, as an album has
-    them, but never the same picture twice, nor a zoomed-in part of another.
+    them, but never the same picture twice, nor a zoomed-in part of another, nor
+    (since a flip must match) the mirror-image position of another: the two halves
+    of a symmetric subject (a clock face, a retina) mirror each other.
     Yields (name, PIL image)."""
     bases = [b for b in (*photos.BASES, *EXTRA_BASES) if b != "motorcycle_right"]  # a stereo twin
     arrays = {b: base_photo(b) for b in bases}
@@ -179,7 +181,8 @@ def distinct_pictures(count: int, seed: int, max_overlap: float = 0.5):
         ch = min(h, int(cw / aspect))
         y, x = rng.randint(0, h - ch), rng.randint(0, w - cw)
         box = (x, y, x + cw, y + ch)
-        if any(_overlap(box, other) > max_overlap for other in taken[b]):
+        mirrored = (w - box[2], box[1], w - box[0], box[3])  # the same region seen in a mirror
+        if any(max(_overlap(box, other), _overlap(mirrored, other)) > max_overlap for other in taken[b]):
             continue
         taken[b].append(box)
         made += 1
@@ -216,27 +219,30 @@ def one_round(seed: int, n_album: int, per: int, n_absent: int, edits_per_absent
     pool = picture_pool(n_album + n_absent, seed)
     album_imgs = dict(pool[:n_album])
     absent_imgs = [img for _, img in pool[n_album:]]
+    absent_names = [name for name, _ in pool[n_album:]]
     album = [{"id": k, **as_file_hash(v)} for k, v in album_imgs.items()]
     packed = Album(album)
     keys = list(album_imgs)
-    queries, truth, kinds = [], [], []
+    queries, truth, kinds, sources = [], [], [], []
     for name, fn in [*TRANSFORMS.items(), ("combo", combo)]:
         for k in rng.sample(keys, min(per, len(keys))):
             queries.append(as_file_hash(fn(album_imgs[k], rng)))
             truth.append(k)
             kinds.append(name)
-    for img in absent_imgs:
+            sources.append(k)
+    for src, img in zip(absent_names, absent_imgs):
         for name in rng.sample(sorted(TRANSFORMS), edits_per_absent):
             queries.append(as_file_hash(TRANSFORMS[name](img, rng)))
             truth.append(None)
             kinds.append("absent:" + name)
+            sources.append(src)
     t_hash = time.perf_counter() - t0
     t1 = time.perf_counter()
     results = resolve_many(queries, packed, limit=5)
     t_resolve = time.perf_counter() - t1
     peer = [library_phash_peer(q, album) for q in queries]
     return {"album": n_album, "absent_pictures": len(absent_imgs), "queries": queries, "truth": truth,
-            "kinds": kinds, "results": results, "peer": peer, "t_hash": t_hash, "t_resolve": t_resolve}
+            "kinds": kinds, "sources": sources, "results": results, "peer": peer, "t_hash": t_hash, "t_resolve": t_resolve}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,10 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         t_hash += out["t_hash"]
         t_resolve += out["t_resolve"]
         n_abs_pics += out["absent_pictures"]
-        for res, t, kind, (pv, pb) in zip(out["results"], out["truth"], out["kinds"], out["peer"]):
+        for res, t, kind, src, (pv, pb) in zip(out["results"], out["truth"], out["kinds"], out["sources"], out["peer"]):
             verdicts[res["verdict"]] = verdicts.get(res["verdict"], 0) + 1
             if dump:
-                dump.write(json.dumps({"round": r, "kind": kind, "truth": t, **{k: res[k] for k in (
+                dump.write(json.dumps({"round": r, "kind": kind, "source": src, "truth": t, **{k: res[k] for k in (
                     "verdict", "best", "distance", "runner_up_distance", "rerank", "candidates")}}) + "\n")
             if t is None:
                 n_abs_q += 1

@@ -80,8 +80,9 @@ def load_job(job: FindJob | dict | str | Path) -> FindJob:
     data["folder"] = rel(data["folder"])
     data["references"] = [rel(r) for r in data.get("references") or []]
     data["ledger"] = rel(data.get("ledger", "find-my-photo.duckdb"))
-    if data.get("cache"):
-        data["cache"] = rel(data["cache"])
+    for key in ("cache", "reports_dir"):
+        if data.get(key):
+            data[key] = rel(data[key])
     return FindJob(**data)
 
 

@@ -39,6 +39,10 @@ def prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # temporary Prefect servers of runs that were killed (SIGKILL) would otherwise pile up
+    from photo_escape.orphans import stop_orphaned_prefect_servers
+
+    stop_orphaned_prefect_servers()
 
 
 def run_flow(flow_name: str, job, *, as_json: bool, **params) -> int:

@@ -378,3 +378,36 @@ def test_a_killed_run_leaves_no_process_behind(tmp_path, driver):
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_temporary_prefect_servers_of_killed_runs_are_stopped(tmp_path):
+    """A killed run's temporary Prefect server (re-parented to PID 1) is stopped by the next
+    run; a server whose run is alive, or of another PREFECT_HOME, is left alone."""
+    from photo_escape.orphans import orphaned_prefect_servers, stop_orphaned_prefect_servers
+
+    home = str(tmp_path / "prefect-home")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+    def orphan(prefect_home: str) -> int:
+        """A sleeping process marked as a temporary server, whose parent has exited."""
+        code = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], start_new_session=True, "
+                "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, "
+                f"env=dict(os.environ, PREFECT__SERVER_EPHEMERAL='1', PREFECT_HOME={prefect_home!r})); print(p.pid)")
+        out = subprocess.run([sys.executable, "-c", code, *sleeper], capture_output=True, text=True, check=True)
+        return int(out.stdout)
+
+    mine, others = orphan(home), orphan(home + "-other")
+    alive_run = subprocess.Popen(sleeper, env=dict(os.environ, PREFECT__SERVER_EPHEMERAL="1", PREFECT_HOME=home))
+    try:
+        assert wait_for(lambda: mine in orphaned_prefect_servers(home), timeout=10)
+        assert stop_orphaned_prefect_servers(home) == [mine]
+        assert wait_for(lambda: not _alive(mine), timeout=10)
+        assert _alive(others) and alive_run.poll() is None
+    finally:
+        for pid in (mine, others):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        alive_run.kill()
+        alive_run.wait()

@@ -20,7 +20,7 @@ The peer is the State Library's first attempt in the same run: a single phash wi
 the threshold of 13 out of 64 (best candidate within 13 = match).
 
     .venv/bin/python bench/matching.py            # quick: one album of 120, 15 queries per transform
-    .venv/bin/python bench/matching.py --full     # recorded: 3 albums of 150, 20 per transform, 140 absent
+    .venv/bin/python bench/matching.py --full     # recorded: 4 albums of 100, 15 per transform, the rest absent
     .venv/bin/python bench/matching.py --dump out.jsonl   # every query's distances and scores
 """
 
@@ -248,17 +248,17 @@ def one_round(seed: int, n_album: int, per: int, n_absent: int, edits_per_absent
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="the recorded size")
-    ap.add_argument("--rounds", type=int, help="albums, each from its own seed (default 1; --full 3)")
+    ap.add_argument("--rounds", type=int, help="albums, each from its own seed (default 1; --full 4)")
     ap.add_argument("--album", type=int, help="album size")
     ap.add_argument("--per-transform", type=int, help="present queries per transform and album")
     ap.add_argument("--absent", type=int, help="absent pictures per album (each edited twice)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--dump", help="write every query's result as JSON lines here")
     args = ap.parse_args(argv)
-    rounds = args.rounds or (3 if args.full else 1)
-    n_album = args.album or (150 if args.full else 120)
-    per = args.per_transform or (20 if args.full else 15)
-    n_absent = args.absent or (140 if args.full else 60)
+    rounds = args.rounds or (4 if args.full else 1)
+    n_album = args.album or (100 if args.full else 120)
+    per = args.per_transform or (15 if args.full else 15)
+    n_absent = args.absent or (200 if args.full else 60)
 
     per_kind: dict[str, list[int]] = {}
     peer_hits: dict[str, list[int]] = {}

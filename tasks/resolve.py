@@ -81,6 +81,7 @@ REJECT = 0.70         # a winner scoring below this is not in the album
 MARGIN = 0.05         # the winner must lead the runner-up by this much (unless the hashes agree)
 RERANK_TOP = 5        # how many nearest candidates by hash are reranked ...
 THUMB_TOP = 4         # ... plus how many nearest by thumbnail correlation (whole or centre)
+NET_MAX = 50_000      # albums larger than this skip the thumbnail net (4.6 kB a picture)
 
 DEFAULTS = dict(sure=SURE_DISTANCE, gap=GAP, far=FAR_DISTANCE, accept=ACCEPT, slope=SLOPE,
                 slope_from=SLOPE_FROM, blur_below=BLUR_BELOW, blur_extra=BLUR_EXTRA, reject=REJECT,
@@ -138,8 +139,10 @@ class Album:
         """The k candidates whose thumbnails correlate best with the query's, whole or
         centre against whole or centre, plain or mirrored: a cheap net for the crops,
         zooms and other edits that move the hashes too far."""
+        if k <= 0 or query.get("thumb") is None or len(self) > NET_MAX:
+            return []
         net = self._net_thumbs()
-        if k <= 0 or query.get("thumb") is None or not len(net):
+        if not len(net):
             return []
         q = _thumb(query["thumb"])
         sig = np.stack([_normalise((m @ t @ m.T).reshape(-1)) for t in (q, q[:, ::-1]) for m in (_WHOLE_M, _CENTRE_M)])

@@ -21,12 +21,14 @@ line per query:
 A query that is not a readable image gets ``status: "error"`` with a reason and no
 verdict. ``--ledger PATH`` caches hashes by content in that ledger's ``assets``
 table, so an album shared by many runs is decoded once (each file is still read for
-its sha256). The exit code is 0 unless the command line is wrong.
+its sha256). The exit code is 0 unless the command line is wrong or the album
+does not exist (2).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from photo_escape.output import emit
@@ -61,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from tasks.hashing import hash_files_cached, image_files
     from tasks.resolve import Album, resolve_many
 
+    missing = [a for a in args.album if not os.path.exists(a)]
+    if missing:
+        print(f"resolve: the album {', '.join(missing)} does not exist", file=sys.stderr)
+        return 2
     album_paths = image_files(args.album)
     query_paths = image_files(args.queries)
     recs, stats = hash_files_cached(album_paths + query_paths, args.ledger, processes=args.processes)

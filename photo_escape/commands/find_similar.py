@@ -14,13 +14,15 @@ stands out from the rest. A summary per reference goes to stderr.
 Thumbnails are computed once and cached by sha256 in ``--cache`` (default: a file
 ``.<DIR name>.photo-escape-thumbs.npz`` beside DIR); a rerun reads only the pictures
 that changed. Files that are not readable images are skipped and counted. The exit
-code is 0 unless the command line is wrong or a reference cannot be read (2).
+code is 0 unless the command line is wrong, a reference cannot be read or a
+folder does not exist (2).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from photo_escape.output import emit
 
@@ -49,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001
             print(f"find-similar: cannot read the reference {ref}: {exc}", file=sys.stderr)
             return 2
+    missing = [d for d in args.folders if not Path(d).is_dir()]
+    if missing:
+        print(f"find-similar: {', '.join(missing)} is not a folder", file=sys.stderr)
+        return 2
     cache = None
     if not args.no_cache:
         cache = ThumbCache(args.cache or default_cache_path(args.folders[0]))

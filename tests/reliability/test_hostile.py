@@ -202,3 +202,42 @@ def test_remote_names_are_single_safe_components(src):
     for name in (safe_name(url), NameBook().name_for(url)):
         assert name and "/" not in name and "\\" not in name and not name.startswith(".")
         assert "\x00" not in name and os.path.basename(name) == name
+
+
+S3_HOSTILE_KEYS = ["../../tmp/pe-escape-s3-dotdot.jpg", "/etc/pe-escape-s3-absolute.jpg", "a/../../pe-escape-s3-mid.jpg",
+                   "photos/..", "photos/./.hidden.jpg", "back\\..\\..\\pe-escape-s3-backslash.jpg", "ok/plain.jpg"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.timeout(180)
+def test_hostile_s3_keys_stay_inside_their_folders(tmp_path, s3_server, s3_credentials):
+    """Object keys with traversal, absolute paths and dot names, fetched from S3 and laid out
+    by their relative path ({relpath}): every file lands inside the work folder and the destination."""
+    from flows.escape import escape
+
+    bucket = s3_server.make_bucket(f"rel-hostile-{os.getpid()}-{len(os.listdir(tmp_path))}")
+    client = s3_server.client()
+    for k, key in enumerate(S3_HOSTILE_KEYS):
+        client.put_object(Bucket=bucket, Key=key, Body=hostile._jpeg(20 + k))
+    listed = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    job = escape_job(tmp_path, {"kind": "s3", "bucket": bucket, "endpoint_url": s3_server.url,
+                                "credentials": {"env": s3_credentials}}, name="rel-s3-names")
+    job["destination"]["layout"] = "{relpath}"
+    s = escape(job)
+    assert s["listed"] == len(listed) and s["pending"] == 0, s
+    # "photos/.." lands as a file named "photos" (".." is dropped); "photos/./.hidden.jpg" then
+    # wants a folder of that name: it cannot be placed, and says so, without overwriting anything
+    con = duckdb.connect(s["ledger"], read_only=True)
+    try:
+        failed = con.execute("SELECT item_id, reason FROM item_status WHERE status = 'failed'").fetchall()
+    finally:
+        con.close()
+    assert failed == [(f"s3://{bucket}/photos/./.hidden.jpg", "write_failed")], failed
+    assert s["done"] == s["listed"] - 1
+    assert not _no_escapes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive", "ledger.duckdb", "reports", "work"]
+    for folder in (tmp_path / "archive", tmp_path / "work"):
+        for p in folder.rglob("*"):
+            assert p.resolve().is_relative_to(folder.resolve()), p
+            assert ".." not in p.relative_to(folder).parts, p
+    assert len(photo_files(tmp_path / "archive")) == s["done"]

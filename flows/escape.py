@@ -32,6 +32,7 @@ from photo_escape.outcomes import outcome
 from photo_escape.plugins import make_destination, make_source
 from reports.artifacts import artifact_key
 from photo_escape.secrets import scrubbed_exceptions
+from tasks.hashing import cached_assets, store_assets
 from tasks.ledger import Ledger, new_run_id
 from tasks.stages import capture_time_batch, deliver_batch, fetch_batch, hash_batch
 
@@ -116,6 +117,8 @@ class _Batch:
         self.items = items
         self.stage = -1
         self.staged: list[str] = []  # files the fetch downloaded into the work folder
+        self.cached: dict[str, dict] = {}  # sha256 -> asset row the ledger already had
+        self.hashing: list[str] = []  # sha256s sent to the hash task, in order
 
 
 @flow(name="escape", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
@@ -237,7 +240,11 @@ class EscapeRun:
         if stage == "fetch":
             return fetch_batch.submit(self.spec.source, items, self.workdir, self.opts)
         if stage == "hash":
-            return hash_batch.submit([{"path": i["local_path"]} for i in items],
+            # content the ledger has already hashed (same sha256, same algorithm) is not decoded again
+            batch.cached = cached_assets(self.ledger, [i.get("sha256") for i in items])
+            todo = {i["sha256"]: i["local_path"] for i in items if i.get("sha256") not in batch.cached}
+            batch.hashing = list(todo)
+            return hash_batch.submit([{"path": p} for p in todo.values()],
                                      self._processes(), self.opts.max_pixels, self.opts.max_bytes)
         if stage == "capture_time":
             entries = [{"path": i["local_path"], "item_id": i["item_id"], "name": i.get("name"),
@@ -257,7 +264,7 @@ class EscapeRun:
         if stage in ("fetch", "deliver"):
             outcomes = results
         elif stage == "hash":
-            outcomes = self._hash_outcomes(batch.items, results)
+            outcomes = self._hash_outcomes(batch, results)
         else:
             outcomes = self._capture_outcomes(batch.items, results)
         crash_point(stage)  # tests only: die here, the stage done but not yet recorded
@@ -284,17 +291,21 @@ class EscapeRun:
                 p.unlink(missing_ok=True)
         batch.staged = []
 
-    def _hash_outcomes(self, items: list[dict], records: list[dict]) -> list[dict]:
-        self.ledger.add_assets([r for r in records if r.get("status") == "ok"])
+    def _hash_outcomes(self, batch: _Batch, records: list[dict]) -> list[dict]:
+        store_assets(self.ledger, records)
+        fresh = dict(zip(batch.hashing, records))
         out = []
-        for item, rec in zip(items, records):
-            if rec.get("status") == "ok":
-                asset = {k: rec.get(k) for k in ("width", "height", "format", "phash", "dhash")}
-                out.append(outcome(item["item_id"], "hash", "ok", None, detail=asset,
-                                   sha256=item.get("sha256")) | {"item": dict(item, asset=asset)})
+        for item in batch.items:
+            sha = item.get("sha256")
+            rec, reason = (batch.cached[sha], "cached") if sha in batch.cached else (fresh.get(sha) or {}, None)
+            if sha in batch.cached or rec.get("status") == "ok":
+                asset = {k: rec.get(k) for k in ("width", "height", "format")}
+                asset.update({k: _hex(rec.get(k)) for k in ("phash", "dhash")})
+                out.append(outcome(item["item_id"], "hash", "ok", reason, detail=asset,
+                                   sha256=sha) | {"item": dict(item, asset=asset)})
             else:
                 out.append(outcome(item["item_id"], "hash", "failed", rec.get("error") or "unreadable",
-                                   detail={"message": rec.get("message")}, sha256=item.get("sha256"))
+                                   detail={"message": rec.get("message")}, sha256=sha)
                            | {"item": item})
         return out
 
@@ -364,6 +375,13 @@ def task_runner_for(options) -> Any:
 def escape_flow_for(spec: JobSpec):
     """The escape flow configured with the task runner the job's options ask for."""
     return escape.with_options(task_runner=task_runner_for(spec.options))
+
+
+def _hex(value: Any) -> str | None:
+    """A 64-bit hash as the 16 hex digits imagehash prints (the ledger stores integers)."""
+    if value is None or isinstance(value, str):
+        return value
+    return f"{int(value):016x}"
 
 
 class ItemsFailed(Exception):

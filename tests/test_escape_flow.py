@@ -167,3 +167,19 @@ def test_downloads_leave_the_work_folder_once_delivered(tmp_path):
     assert s["done"] == 11 and s["skipped"] == 1
     assert len([p for p in (tmp_path / "found").iterdir() if p.is_file()]) == 11
     assert [p for p in (tmp_path / "work").rglob("*") if p.is_file()] == []
+
+
+def test_content_already_hashed_is_not_decoded_again(tmp_path, camera):
+    """A second job reading the same photos into the same ledger takes their hashes from it."""
+    from flows.escape import escape
+
+    first = escape(_job(tmp_path))
+    second = escape(_job(tmp_path, name="second-copy",
+                         destination={"kind": "local", "path": str(tmp_path / "copy2")}))
+    assert second["done"] == 9 and second["failed"] == 3
+    reasons = _events(first["ledger"], f"SELECT reason, count(*) FROM events WHERE run_id = '{second['run_id']}'"
+                                       " AND stage = 'hash' GROUP BY ALL ORDER BY 1")
+    assert reasons == [("cached", 9), ("empty", 1), ("not_an_image", 1), ("truncated", 1)]
+    assert _events(first["ledger"], "SELECT count(*) FROM assets")[0][0] == 9
+    # the delivered copies are dated by their capture time as before
+    assert (tmp_path / "copy2" / "2006" / "10" / "04" / "IMG_00001.JPG").exists()

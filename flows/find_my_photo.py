@@ -43,6 +43,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
 from photo_escape.outcomes import outcome
+from reports.artifacts import report_run
 from tasks.ledger import Ledger, new_run_id
 
 
@@ -175,22 +176,10 @@ def find_my_photo(job: dict | str, dry_run: bool = False, only_failed: bool = Fa
                    "thumbnails_computed": len(todo) - len(failed), "unreadable": len(failed),
                    "rankings": rankings, "margins": margins, "status": "finished"}
         ledger.finish_run(run_id, "finished", {k: v for k, v in summary.items() if k != "rankings"})
-        summary["report"] = _report(ledger, spec, run_id)
+        summary["report"] = report_run(ledger, job=spec.name, run_id=run_id, reports_dir=spec.reports_dir, log=log)
         for ref, m in margins.items():
             log.info("%s: best %s (%s), runner-up %s, margin %s", ref, m["best_score"], m["best"],
                      m["rest_best_score"], m["margin"])
         return summary
     finally:
         ledger.close()
-
-
-def _report(ledger: Ledger, spec: FindJob, run_id: str) -> str | None:
-    """The run's report (reports.build); a report problem never loses the run's record."""
-    try:
-        from reports.build import write_reports
-
-        result = write_reports(ledger, run_id=run_id, out_dir=Path(spec.reports_dir) / spec.name / run_id)
-        return str(Path(result["report_html"]).resolve())
-    except Exception as exc:  # noqa: BLE001
-        get_run_logger().error("report could not be written: %s", exc)
-        return None

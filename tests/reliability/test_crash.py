@@ -226,6 +226,37 @@ class BucketTarget:
         assert not uploads, uploads  # no half-done multipart upload left behind
 
 
+class UploadTarget:
+    """The sandbox photo-upload API (a remote that cannot delete): one emptied store per round."""
+
+    name = "upload"
+    spec_extra = {"default_tz": "Europe/Paris"}  # every photo gets a UTC time, so all are uploaded
+
+    def __init__(self, originals: dict[str, str], api) -> None:
+        self.originals = originals
+        self.api = api
+
+    def destination(self, root: Path) -> dict:
+        self.api.store.reset()
+        return {"kind": "http_upload", "url": self.api.upload_url, "username": "anne",
+                "secret_fields": {"password": {"env": "REL_CRASH_UPLOAD_PW"}}}
+
+    def progress(self, root: Path) -> int:
+        return _progress(root / "work", root / "none") + self.api.store.stats()["uploads_received"]
+
+    def check(self, root: Path) -> list[str]:
+        """The remote holds each picture at most once (repeats with the same time are ignored by it)."""
+        stats = self.api.store.stats()
+        assert stats["duplicates"] == 0, stats
+        with self.api.store.lock:
+            shas = [p["sha256"] for p in self.api.store.photos]
+        assert set(shas) <= set(self.originals)
+        return shas
+
+    def check_final(self, root: Path) -> None:
+        assert sorted(self.check(root)) == sorted(self.originals), "not every picture arrived exactly once"
+
+
 def _kill_rounds(tmp_path: Path, g, driver: "Driver", target, plan: list[dict], kills_wanted: int,
                  extra_env: dict | None = None) -> list[dict]:
     """Run the job again and again, each run killed as ``plan`` says, checking after every kill;
@@ -241,6 +272,7 @@ def _kill_rounds(tmp_path: Path, g, driver: "Driver", target, plan: list[dict], 
         root.mkdir()
         spec = escape_job(root, g.job_source(), name="rel-crash", batch_size=3, concurrency=3)
         spec["destination"] = target.destination(root)
+        spec.update(getattr(target, "spec_extra", {}))
         job = write_job(root / "job.yaml", spec)
         runs = 0
         while plan and len(kills) < kills_wanted:
@@ -283,7 +315,8 @@ def _kill_rounds(tmp_path: Path, g, driver: "Driver", target, plan: list[dict], 
         assert job_counts["done"] == COUNT and job_counts["pending"] == 0
         with Ledger(root / "ledger.duckdb") as led:
             statuses = [r["status"] for r in led.query("SELECT status FROM runs ORDER BY started_at")]
-            present = led.query("SELECT count(*) AS n FROM events WHERE reason = 'already_present'")[0]["n"]
+            present = led.query("SELECT count(*) AS n FROM events "
+                                "WHERE reason IN ('already_present', 'already_uploaded')")[0]["n"]
         assert statuses[-1] == "finished"
         assert all(s in ("abandoned", "finished") for s in statuses[:-1]), statuses
         in_round = [k for k in kills if k["round"] == round_no]
@@ -340,6 +373,24 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_killed_runs_to_an_upload_api_rerun_to_exactly_once(tmp_path, small_gallery, driver):
+    """A remote that cannot delete: after kills at every moment, each picture is stored once."""
+    from sandbox.upload_api import UploadAPI
+
+    started = time.monotonic()
+    g = small_gallery(COUNT, per_page=6)
+    rng = random.Random(SEED + 2)
+    plan = [{"point": "deliver", "n": 1}, {"after_progress": rng.randint(3, COUNT), "delay": rng.uniform(0, 0.3)},
+            {"point": "ledger_write", "n": rng.randint(3, 6)}, {"point": "deliver", "n": 2},
+            {"after_progress": rng.randint(3, COUNT), "delay": rng.uniform(0, 0.3)},
+            {"after_progress": rng.randint(3, COUNT), "delay": rng.uniform(0, 0.3)}]
+    with UploadAPI({"anne": "rel-crash-upload-pw"}) as api:
+        kills = _kill_rounds(tmp_path, g, driver, UploadTarget(gallery_originals(g), api), plan, 5,
+                             extra_env={"REL_CRASH_UPLOAD_PW": "rel-crash-upload-pw"})
+    assert len(kills) >= 4, kills
+    print(f"{len(kills)} kills (upload), {time.monotonic() - started:.0f} s: {_describe(kills)}")
 
 
 def _group(pgid: int) -> list[int]:

@@ -175,6 +175,7 @@ class EscapeRun:
             self.ledger.start_run(self.run_id, spec.name, flow="escape", settings=self.settings,
                                   spec=spec.dump(), dry_run=self.dry_run, only_failed=self.only_failed,
                                   flow_run_id=flow_run_id())
+            self._clear_work_of_ended_runs()
             self.progress = _Progress(spec.name, self.run_id)
             self.log.info("run %s of job %s: %s -> %s%s", self.run_id, spec.name, spec.source.kind,
                           spec.destination.kind, " (dry run)" if self.dry_run else "")
@@ -191,6 +192,19 @@ class EscapeRun:
             return self._finish(source, status=status)
         finally:
             self.ledger.close()
+
+    def _clear_work_of_ended_runs(self) -> None:
+        """Remove the work folders of this job's earlier runs: a run killed mid-way leaves
+        its downloads there, and many killed runs would otherwise fill the disk."""
+        import shutil
+
+        here = Path(self.workdir)
+        for run_id in self.ledger.ended_runs(self.spec.name):
+            if not run_id or Path(run_id).name != run_id or run_id in (".", ".."):
+                continue  # a run id given by hand that is not a plain folder name: leave it
+            old = here.parent / run_id
+            if old != here and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
 
     def _listing(self, source) -> Iterator[list[dict]]:
         size = self.opts.batch_size

@@ -326,6 +326,11 @@ class Ledger:
         ).fetchall()
         return len(n)
 
+    def ended_runs(self, job: str) -> list[str]:
+        """Run ids of the job's runs that are over (finished, crashed, abandoned)."""
+        rows = self.con.execute("SELECT run_id FROM runs WHERE job = ? AND status <> 'running'", [job]).fetchall()
+        return [r[0] for r in rows]
+
     def finish_run(self, run_id: str, status: str, summary: dict) -> None:
         self.con.execute(
             "UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE run_id = ?",

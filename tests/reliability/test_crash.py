@@ -9,7 +9,7 @@ Runs are killed in two ways, mixed by a seeded random plan:
   fetched / hashed / dated / delivered but before its outcomes reach the ledger, and
   inside a ledger transaction (rows inserted, not committed);
 * from outside, at a random moment after the run was seen making progress
-  (downloads appearing in its work folder, photos appearing in the destination).
+  (originals asked of the gallery's CDN, photos arriving at the destination).
 
 After every kill: every visible file in the destination is a complete original
 (nothing half-written under a photo's name), no picture is there twice, and the
@@ -89,10 +89,6 @@ def driver(prefect_harness):
     d.close()
 
 
-def _progress(work: Path, archive: Path) -> int:
-    """Downloads under way or done in the work folder plus photos in the destination."""
-    n = sum(1 for p in work.rglob("*") if p.is_file()) if work.exists() else 0
-    return n + len(photo_files(archive))
 
 
 def _check_destination(archive: Path, originals: dict[str, str]) -> list[str]:
@@ -158,7 +154,7 @@ class FolderTarget:
         return {"kind": "local", "path": str(root / "archive")}
 
     def progress(self, root: Path) -> int:
-        return _progress(root / "work", root / "archive")
+        return len(photo_files(root / "archive"))
 
     def check(self, root: Path) -> list[str]:
         return _check_destination(root / "archive", self.originals)
@@ -191,7 +187,7 @@ class BucketTarget:
         return [o for page in pages for o in page.get("Contents", [])]
 
     def progress(self, root: Path) -> int:
-        return _progress(root / "work", root / "none") + len(self._objects(root))
+        return len(self._objects(root))
 
     def check(self, root: Path) -> list[str]:
         """Every object is complete and verified (its bytes hash to its sha256 metadata and to an
@@ -242,7 +238,7 @@ class UploadTarget:
                 "secret_fields": {"password": {"env": "REL_CRASH_UPLOAD_PW"}}}
 
     def progress(self, root: Path) -> int:
-        return _progress(root / "work", root / "none") + self.api.store.stats()["uploads_received"]
+        return self.api.store.stats()["uploads_received"]
 
     def check(self, root: Path) -> list[str]:
         """The remote holds each picture at most once (repeats with the same time are ignored by it)."""
@@ -284,9 +280,13 @@ def _kill_rounds(tmp_path: Path, g, driver: "Driver", target, plan: list[dict], 
             out, err = root / f"run{runs}.out", root / f"run{runs}.err"
             pid = driver.start(["run", str(job), "--json"], out, err, env)
             if "after_progress" in step:
-                before = target.progress(root)
-                seen = wait_for(lambda: target.progress(root) >= before + step["after_progress"]
-                                or not _alive(pid), timeout=90)
+                # progress as the services see it: originals asked of the CDN, photos delivered
+                def progress() -> int:
+                    return g.cdn_faults.count("~a~") + target.progress(root)
+
+                before = progress()
+                seen = wait_for(lambda: progress() >= before + step["after_progress"] or not _alive(pid),
+                                timeout=90)
                 assert seen, "the run made no progress in 90 s"
                 time.sleep(step["delay"])
                 try:
@@ -311,6 +311,10 @@ def _kill_rounds(tmp_path: Path, g, driver: "Driver", target, plan: list[dict], 
         assert summary["listed"] == summary["done"] == COUNT and summary["failed"] == 0, summary
         assert summary["status"] == "finished"
         target.check_final(root)
+        # the killed runs' downloads are gone: only the final run's work folder is left
+        # (beside the upload journal, which outlives runs on purpose)
+        left = sorted(p.name for p in (root / "work").iterdir() if p.name != "upload-journal")
+        assert left == [summary["run_id"]], left
         job_counts = _check_ledger(root / "ledger.duckdb", None)
         assert job_counts["done"] == COUNT and job_counts["pending"] == 0
         with Ledger(root / "ledger.duckdb") as led:

@@ -225,7 +225,10 @@ def _json(value: Any) -> str | None:
 
 
 class Ledger:
-    """One DuckDB file. Open it with ``Ledger(path)``; the schema is created or migrated."""
+    """One DuckDB file. Open it with ``Ledger(path)``; the schema is created or migrated.
+
+    DuckDB's memory is capped (``PHOTO_ESCAPE_LEDGER_MEMORY``, default 768MB; it spills
+    to disk beyond that), so a flow's memory stays flat as the ledger grows."""
 
     def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
@@ -235,7 +238,8 @@ class Ledger:
         elif not self.path.exists():
             raise FileNotFoundError(f"no ledger at {self.path}")
         try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
+            self.con = duckdb.connect(str(self.path), read_only=read_only,
+                                      config={"memory_limit": os.environ.get("PHOTO_ESCAPE_LEDGER_MEMORY", "768MB")})
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
                 raise LedgerBusy(

@@ -16,7 +16,7 @@ It reads like the job it automates:
 from __future__ import annotations
 
 import sys
-from collections import deque
+import time
 from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
@@ -69,9 +69,12 @@ def _paged(items: list[dict], size: int) -> Iterator[list[dict]]:
 class _Progress:
     """The run's progress: a Prefect progress artifact and, on a terminal, a bar."""
 
+    EVERY_SECONDS = 3.0
+
     def __init__(self, job: str, run_id: str) -> None:
         self.listed = 0
         self.finished = 0
+        self.updated = time.monotonic()
         self.artifact_id = None
         self.bar = None
         try:
@@ -97,6 +100,12 @@ class _Progress:
         self.finished += n
         if self.bar is not None:
             self.bar.update(n)
+        # the UI's bar moves every few seconds: one API call per batch would cost more than it shows
+        if time.monotonic() - self.updated >= self.EVERY_SECONDS:
+            self._publish()
+
+    def _publish(self) -> None:
+        self.updated = time.monotonic()
         if self.artifact_id is not None and self.listed:
             try:
                 from prefect.artifacts import update_progress_artifact
@@ -106,6 +115,7 @@ class _Progress:
                 pass
 
     def close(self) -> None:
+        self._publish()
         if self.bar is not None:
             self.bar.close()
 

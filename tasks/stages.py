@@ -18,6 +18,7 @@ from prefect import task
 
 from photo_escape.outcomes import Stopwatch, outcome
 from photo_escape.plugins import KindConfig, make_destination, make_source
+from photo_escape.secrets import scrubbed_exceptions
 
 BATCH_RETRIES = 2
 
@@ -43,7 +44,8 @@ def fetch_batch(source_config: KindConfig, items: list[dict], workdir: str, opti
     """Download (or, for a local folder, check and hash) a batch of listed items."""
     source = make_source(source_config, workdir=Path(workdir), options=options)
     try:
-        return source.fetch(items)
+        with scrubbed_exceptions():  # a failed task's message goes to the Prefect API
+            return source.fetch(items)
     finally:
         source.close()
 
@@ -77,7 +79,8 @@ def deliver_batch(destination_config: KindConfig, items: list[dict], workdir: st
     """Deliver a batch of fetched, hashed and dated photos to the destination."""
     dest = make_destination(destination_config, workdir=Path(workdir), options=options)
     try:
-        results = dest.deliver(items, dry_run=dry_run)
+        with scrubbed_exceptions():  # a failed task's message goes to the Prefect API
+            results = dest.deliver(items, dry_run=dry_run)
     finally:
         dest.close()
     # a destination that raised for one item must not lose the others

@@ -15,6 +15,7 @@ It reads like the job it automates:
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from itertools import islice
@@ -308,11 +309,14 @@ class EscapeRun:
 
     def _unstage(self, batch: _Batch) -> None:
         """Remove a finished batch's downloads from the work folder (disk stays flat)."""
-        root = Path(self.workdir).resolve()
+        root = os.path.join(os.path.abspath(self.workdir), "")
         for path in batch.staged:
-            p = Path(path).resolve()
-            if p.is_relative_to(root):
-                p.unlink(missing_ok=True)
+            p = os.path.abspath(path)  # our own download paths: no symlinks to resolve
+            if p.startswith(root):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
         batch.staged = []
 
     def _hash_outcomes(self, batch: _Batch, records: list[dict]) -> list[dict]:

@@ -351,7 +351,7 @@ def capture_times(con, facts: dict, ctx: dict) -> dict | None:
                  "more": max(0, total - len(plan))}
         if facts.get("out_dir") and not facts.get("plan_given"):
             facts.setdefault("extra_files", {})["plan_csv"] = str(write_plan_csv(con, facts["out_dir"]))
-        lines.append(f"Dry run: the plan below gives every photo's UTC time and where its zone came from; "
+        lines.append("Dry run: the plan below gives every photo's UTC time and where its zone came from; "
                      "review it, then run without --dry-run.")
     title = "Upload plan (dry run): capture times to review" if dry else "Capture times restored"
     return _section("capture", title, facts=items, table=table, lines=lines,

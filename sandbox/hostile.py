@@ -52,7 +52,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from PIL import Image
 
 from sandbox import photos
 

@@ -10,7 +10,7 @@ import os
 import struct
 import subprocess
 import sys
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pytest

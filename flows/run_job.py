@@ -13,6 +13,7 @@ the ledger shows done and redoes the rest.
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -66,4 +67,7 @@ def run_job(job: JobInput, dry_run: bool = False, only_failed: bool = False,
                                      fail_on_failed_items=fail_on_failed_items)
     module, func = STORY_FLOWS[name]
     story_flow = getattr(importlib.import_module(module), func)
-    return story_flow(job.job_file or data, dry_run=dry_run, only_failed=only_failed)
+    params = {"dry_run": dry_run, "only_failed": only_failed}
+    if "fail_on_failed_items" in inspect.signature(story_flow.fn).parameters:
+        params["fail_on_failed_items"] = fail_on_failed_items
+    return story_flow(job.job_file or data, **params)

@@ -1,0 +1,57 @@
+"""The deployments' entry flow: a job form (file or inline spec) for any story."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from sandbox import photos
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _escape_job(tmp_path) -> dict:
+    photos.make_collection(tmp_path / "camera", count=4, bad=True)
+    return {
+        "name": "run-job-test",
+        "ledger": str(tmp_path / "ledger.duckdb"),
+        "work_dir": str(tmp_path / "work"),
+        "reports_dir": str(tmp_path / "reports"),
+        "source": {"kind": "local", "path": str(tmp_path / "camera"), "pattern": "*.jpg"},
+        "destination": {"kind": "local", "path": str(tmp_path / "archive")},
+        "options": {"processes": 1},
+    }
+
+
+def test_an_inline_spec_runs_and_failed_photos_fail_the_flow_run_for_a_retry(tmp_path):
+    from flows.run_job import JobInput, run_job
+
+    spec = _escape_job(tmp_path)
+    state = run_job(JobInput(spec=spec), return_state=True)
+    assert state.is_failed() and "3 of 7 photos failed" in state.message
+    # asked not to fail, the same job (now from a file) reports its summary; nothing is redone
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    summary = run_job(JobInput(job_file=str(path)), fail_on_failed_items=False)
+    assert (summary["listed"], summary["done"], summary["failed"]) == (7, 4, 3)
+    assert len([p for p in (tmp_path / "archive").rglob("*") if p.is_file()]) == 4
+
+
+def test_the_form_needs_exactly_one_way_to_name_the_job():
+    from pydantic import ValidationError
+
+    from flows.run_job import JobInput
+
+    with pytest.raises(ValidationError, match="either job_file or spec"):
+        JobInput()
+    with pytest.raises(ValidationError, match="either job_file or spec"):
+        JobInput(job_file="a.yaml", spec={"name": "x"})
+
+
+def test_the_hires_story_runs_through_the_same_form(flickr_account, tmp_path, flickr_test_secrets):
+    from flows.run_job import JobInput, run_job
+
+    acct = flickr_account()
+    summary = run_job(JobInput(spec=acct.job(tmp_path)))
+    assert summary["replaced"] > 0 and summary["failed"] == 0
+    assert summary["listed"] == summary["done"] + summary["skipped"] + summary["failed"] + summary["pending"]

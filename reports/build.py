@@ -305,8 +305,9 @@ def attention_words(final: list[dict], s: dict) -> str:
 
 def _top(final: list[dict], status: str, n: int = 2) -> str:
     """The most common reasons for a status, as 'reason × count' phrases."""
-    rows = [r for r in final if r["status"] == status and r["reason"]][:n]
-    return ", ".join(f"{r['reason']} × {r['count']:,}" for r in rows)
+    rows = [r for r in final if r["status"] == status and r["reason"]]
+    more = ", …" if len(rows) > n else ""  # the list is not the whole story: say so
+    return ", ".join(f"{r['reason']} × {r['count']:,}" for r in rows[:n]) + more
 
 
 def _json(value: Any) -> Any:

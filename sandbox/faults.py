@@ -163,6 +163,15 @@ def _reset_connection(environ: dict[str, Any]) -> None:
         placeholder.close()
 
 
+def _whole_body(chunks: Iterable[bytes]) -> bytes:
+    """A WSGI app's whole answer body, closing its iterable as WSGI requires."""
+    try:
+        return b"".join(chunks)
+    finally:
+        if hasattr(chunks, "close"):
+            chunks.close()
+
+
 class FaultInjector:
     """WSGI middleware: serves the admin endpoints and applies the plan's faults."""
 
@@ -206,12 +215,7 @@ class FaultInjector:
         if fault.after_bytes <= 0:
             _reset_connection(environ)
             raise ConnectionResetError("sandbox fault: connection reset")  # werkzeug drops it quietly
-        chunks = self.app(environ, start_response)
-        try:
-            body = b"".join(chunks)
-        finally:
-            if hasattr(chunks, "close"):
-                chunks.close()
+        body = _whole_body(self.app(environ, start_response))
 
         def partial_then_reset() -> Iterable[bytes]:
             yield body[: fault.after_bytes]
@@ -227,12 +231,7 @@ class FaultInjector:
             captured["status"], captured["headers"] = status, headers
             return lambda data: None
 
-        chunks = self.app(environ, capture)
-        try:
-            body = b"".join(chunks)
-        finally:
-            if hasattr(chunks, "close"):
-                chunks.close()
+        body = _whole_body(self.app(environ, capture))
         headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
         headers.append(("Content-Length", str(len(body))))
         start_response(captured["status"], headers)
@@ -249,12 +248,7 @@ class FaultInjector:
         return self.app(environ, start_response)
 
     def _trickle(self, fault: Fault, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        chunks = self.app(environ, start_response)
-        try:
-            body = b"".join(chunks)
-        finally:
-            if hasattr(chunks, "close"):
-                chunks.close()
+        body = _whole_body(self.app(environ, start_response))
 
         def pieces() -> Iterable[bytes]:
             for i in range(0, len(body), fault.chunk):

@@ -186,17 +186,7 @@ def _tags_from_pillow(path: str) -> dict[str, Any]:
     Image.MAX_IMAGE_PIXELS = None  # only the header is read, never the pixels
     with Image.open(path) as im:
         exif = im.getexif()
-        ifd = exif.get_ifd(0x8769)
-        gps = exif.get_ifd(0x8825)
-        return _normalise({
-            "make": exif.get(0x010F), "model": exif.get(0x0110),
-            "dto": ifd.get(0x9003), "dtd": ifd.get(0x9004), "dt": exif.get(0x0132),
-            "subsec_o": ifd.get(0x9291), "subsec_d": ifd.get(0x9292), "subsec": ifd.get(0x9290),
-            "off_o": ifd.get(0x9011), "off_d": ifd.get(0x9012), "off": ifd.get(0x9010),
-            "gps_date": gps.get(0x001D), "gps_time": gps.get(0x0007),
-            "lat": gps.get(0x0002), "lat_ref": gps.get(0x0001),
-            "lon": gps.get(0x0004), "lon_ref": gps.get(0x0003),
-        })
+        return _from_ifds(exif, exif.get_ifd(0x8769), exif.get_ifd(0x8825))
 
 
 RAF_PREVIEW_READ = 512 * 1024  # the EXIF of a RAF's embedded JPEG sits at the preview's start
@@ -239,7 +229,12 @@ def _tags_from_cr3(path: str) -> dict[str, Any]:
         ifds[box.decode()] = dict(exif.items())
     if not ifds:
         return {}
-    ifd0, ex, gps = ifds.get("CMT1", {}), ifds.get("CMT2", {}), ifds.get("CMT4", {})
+    return _from_ifds(ifds.get("CMT1", {}), ifds.get("CMT2", {}), ifds.get("CMT4", {}))
+
+
+def _from_ifds(ifd0: Any, ex: Any, gps: Any) -> dict[str, Any]:
+    """The capture-time fields from the three EXIF directories (IFD0, Exif, GPS),
+    whichever container they came from (a JPEG/TIFF header, a CR3's CMT boxes)."""
     return _normalise({
         "make": ifd0.get(0x010F), "model": ifd0.get(0x0110),
         "dto": ex.get(0x9003), "dtd": ex.get(0x9004), "dt": ifd0.get(0x0132),

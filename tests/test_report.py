@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import pyarrow.parquet as pq
 import pytest
 
@@ -17,20 +16,9 @@ from photo_escape import secrets
 from reports.build import write_reports
 from tasks.ledger import Ledger
 from photo_escape.outcomes import outcome
-from tests.fixtures.reports import counts
+from tests.fixtures.reports import counts, ledger_view
 
 KEYS = ("listed", "done", "skipped", "failed", "pending")
-
-
-def ledger_view(path: Path, sql: str, params: list) -> dict:
-    """One row of a ledger view, read with DuckDB directly (the report's reference)."""
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        cur = con.execute(sql, params)
-        names = [d[0] for d in cur.description]
-        return dict(zip(names, cur.fetchall()[0]))
-    finally:
-        con.close()
 
 
 def test_run_report_reconciles_with_the_ledger(story_ledger, tmp_path):

@@ -9,10 +9,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from reports.build import write_reports
+from tests.fixtures.reports import ledger_view
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -47,16 +47,6 @@ def open_report(browser, html: Path, shot: Path) -> tuple[object, list[str], lis
     return page, errors, requests
 
 
-def ledger_reconciliation(path: Path, sql: str, params: list) -> dict:
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        cur = con.execute(sql, params)
-        names = [d[0] for d in cur.description]
-        return dict(zip(names, cur.fetchall()[0]))
-    finally:
-        con.close()
-
-
 def shown(page, key: str) -> int:
     """The number the page shows for a key, read from its element (data-value and text agree)."""
     el = page.locator(f"#n-{key}")
@@ -73,7 +63,7 @@ def test_job_report_opens_offline_and_shows_the_ledgers_numbers(browser, story_l
     try:
         assert errors == []
         assert requests == [html.resolve().as_uri()]
-        view = ledger_reconciliation(story_ledger.path, "SELECT * FROM reconciliation_job WHERE job = ?",
+        view = ledger_view(story_ledger.path, "SELECT * FROM reconciliation_job WHERE job = ?",
                                      [story_ledger.job])
         for key in ("listed", "done", "skipped", "failed", "pending", "needs_review"):
             assert shown(page, key) == view[key]
@@ -97,7 +87,7 @@ def test_run_report_numbers_in_the_browser(browser, story_ledger, tmp_path):
     page, errors, requests = open_report(browser, Path(result["report_html"]), tmp_path / "run.png")
     try:
         assert errors == [] and len(requests) == 1
-        view = ledger_reconciliation(story_ledger.path, "SELECT * FROM reconciliation_run WHERE run_id = ?", [run1])
+        view = ledger_view(story_ledger.path, "SELECT * FROM reconciliation_run WHERE run_id = ?", [run1])
         for key in ("listed", "done", "skipped", "failed", "pending"):
             assert shown(page, key) == view[key]
         rows = page.locator("#attention tbody tr")

@@ -8,7 +8,8 @@ It reads like the job it automates:
 4. for each batch: fetch -> hash -> capture time -> deliver, each a Prefect task over
    hundreds of photos, with a few batches in flight at once;
 5. append every outcome to the ledger as each batch's stage completes (this flow is
-   the ledger's only writer), updating a progress artifact;
+   the ledger's only writer; its writes run in order on one writer thread, so the
+   loop goes on submitting stages meanwhile), updating a progress artifact;
 6. reconcile (``listed = done + skipped + failed + pending``), write the report and
    return the summary.
 """
@@ -24,6 +25,7 @@ from typing import Any, Iterator
 
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
+from prefect.utilities.annotations import quote
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from photo_escape.crashpoints import crash_point
@@ -34,10 +36,10 @@ from photo_escape.plugins import make_destination, make_source
 from reports.artifacts import artifact_key
 from photo_escape.secrets import scrubbed_exceptions
 from tasks.hashing import cached_assets, store_assets
-from tasks.ledger import Ledger, new_run_id
+from tasks.ledger import Ledger, LedgerWriter, new_run_id
 from tasks.stages import capture_time_batch, deliver_batch, fetch_batch, hash_batch
 
-BATCHES_IN_FLIGHT = 3  # batches fetching at once; later stages overlap them
+BATCHES_IN_FLIGHT = 3  # batches under way at once, each at its own stage
 
 
 def job_spec(job: JobSpec | dict | str | Path) -> JobSpec:
@@ -171,6 +173,9 @@ class EscapeRun:
     # -- the story ------------------------------------------------------------------------
     def run(self) -> dict:
         spec = self.spec
+        from reports.charts import preload
+
+        preload()  # the report's chart library loads while the run works
         Path(self.workdir).mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(spec.ledger_path)
         try:
@@ -188,20 +193,29 @@ class EscapeRun:
                                   flow_run_id=flow_run_id())
             self._clear_work_of_ended_runs()
             self.progress = _Progress(spec.name, self.run_id)
+            self.writer = LedgerWriter(self.ledger)
+            self.reads = self.ledger.reader()  # for the loop's own questions while the writer writes
             self.log.info("run %s of job %s: %s -> %s%s", self.run_id, spec.name, spec.source.kind,
                           spec.destination.kind, " (dry run)" if self.dry_run else "")
             try:
                 self._work(source)
+                self.writer.flush()
                 status = "finished"
             except BaseException:
+                self.writer.close()  # what was put is written before the run is marked crashed
                 self._finish(source, status="crashed")
                 raise
             finally:
                 self.progress.close()
                 source.close()
                 destination.close()
+            self.writer.close()
             return self._finish(source, status=status)
         finally:
+            if getattr(self, "writer", None) is not None:
+                self.writer.close()
+            if getattr(self, "reads", None) is not None:
+                self.reads.close()
             self.ledger.close()
 
     def _clear_work_of_ended_runs(self) -> None:
@@ -228,8 +242,9 @@ class EscapeRun:
         in_flight: dict[Any, _Batch] = {}
         exhausted = False
         while True:
-            # a new batch starts when fewer than BATCHES_IN_FLIGHT are still fetching
-            while not exhausted and sum(b.stage == 0 for b in in_flight.values()) < BATCHES_IN_FLIGHT:
+            # a new batch starts when fewer than BATCHES_IN_FLIGHT are under way, at whatever stage:
+            # the work folder holds at most that many batches' downloads however slow the destination
+            while not exhausted and len(in_flight) < BATCHES_IN_FLIGHT:
                 items = next(batches, None)
                 if items is None:
                     exhausted = True
@@ -239,6 +254,7 @@ class EscapeRun:
                     in_flight[self._advance(batch)] = batch
             if not in_flight:
                 break
+            self.writer.check()
             future = next(as_completed(list(in_flight)))
             batch = in_flight.pop(future)
             nxt = self._record(batch, future.result())
@@ -247,11 +263,12 @@ class EscapeRun:
 
     def _admit(self, items: list[dict]) -> _Batch | None:
         """Record a listed batch; keep the photos that still need work."""
-        self.ledger.add_items(self.spec.name, self.run_id, items)
+        self.writer.put(self.ledger.add_items, self.spec.name, self.run_id, items)
         self.progress.add_listed(len(items))
         if not self.history:  # a job's first run: nothing can be complete yet
             return _Batch(items)
-        done = self.ledger.completed(self.spec.name, [i["item_id"] for i in items], self.settings)
+        # earlier runs' outcomes (this run's own pending writes cannot complete an item it has not started)
+        done = self.reads.completed(self.spec.name, [i["item_id"] for i in items], self.settings)
         todo = [i for i in items if i["item_id"] not in done
                 or (i.get("fingerprint") and done[i["item_id"]] and i["fingerprint"] != done[i["item_id"]])]
         self.progress.add_finished(len(items) - len(todo))
@@ -263,19 +280,19 @@ class EscapeRun:
         stage = self.stages[batch.stage]
         items = batch.items
         if stage == "fetch":
-            return fetch_batch.submit(self.spec.source, items, self.workdir, self.opts)
+            return fetch_batch.submit(self.spec.source, quote(items), self.workdir, self.opts)
         if stage == "hash":
             # content the ledger has already hashed (same sha256, same algorithm) is not decoded again
-            batch.cached = cached_assets(self.ledger, [i.get("sha256") for i in items])
+            batch.cached = cached_assets(self.reads, [i.get("sha256") for i in items])
             todo = {i["sha256"]: i["local_path"] for i in items if i.get("sha256") not in batch.cached}
             batch.hashing = list(todo)
-            return hash_batch.submit([{"path": p} for p in todo.values()],
+            return hash_batch.submit(quote([{"path": p} for p in todo.values()]),
                                      self._processes(), self.opts.max_pixels, self.opts.max_bytes)
         if stage == "capture_time":
             entries = [{"path": i["local_path"], "item_id": i["item_id"], "name": i.get("name"),
                         "folder": _folder(i)} for i in items]
-            return capture_time_batch.submit(entries, list(self.spec.time_zones), self.spec.default_tz)
-        return deliver_batch.submit(self.spec.destination, items, self.workdir, self.opts, self.dry_run)
+            return capture_time_batch.submit(quote(entries), list(self.spec.time_zones), self.spec.default_tz)
+        return deliver_batch.submit(self.spec.destination, quote(items), self.workdir, self.opts, self.dry_run)
 
     def _processes(self) -> int:
         if self.opts.task_runner == "dask":
@@ -285,15 +302,14 @@ class EscapeRun:
     def _record(self, batch: _Batch, results: list[dict]):
         """Append a finished stage's outcomes; return the next stage's future (or None)."""
         stage = self.stages[batch.stage]
-        job, run = self.spec.name, self.run_id
+        assets = capture_rows = None
         if stage in ("fetch", "deliver"):
             outcomes = results
         elif stage == "hash":
-            outcomes = self._hash_outcomes(batch, results)
+            outcomes, assets = self._hash_outcomes(batch, results), results
         else:
-            outcomes = self._capture_outcomes(batch.items, results)
-        crash_point(stage)  # tests only: die here, the stage done but not yet recorded
-        self.ledger.append_events(job, run, outcomes, settings=self.settings)
+            outcomes, capture_rows = self._capture_outcomes(batch.items, results)
+        self.writer.put(self._write, stage, outcomes, assets, capture_rows)
         going_on = [o["item"] for o in outcomes if o["outcome"] == "ok" and not o.get("final") and "item" in o]
         finished = len(batch.items) - len(going_on)
         if stage == "deliver":
@@ -306,6 +322,16 @@ class EscapeRun:
             self._unstage(batch)
             return None
         return self._advance(batch)
+
+    def _write(self, stage: str, outcomes: list[dict], assets: list[dict] | None,
+               capture_rows: list[dict] | None) -> None:
+        """Record one batch's stage (on the writer thread, in the order the loop put them)."""
+        crash_point(stage)  # tests only: die here, the stage done but not yet recorded
+        if assets:
+            store_assets(self.ledger, assets)
+        if capture_rows:
+            self.ledger.add_capture_times(self.spec.name, self.run_id, capture_rows)
+        self.ledger.append_events(self.spec.name, self.run_id, outcomes, settings=self.settings)
 
     def _unstage(self, batch: _Batch) -> None:
         """Remove a finished batch's downloads from the work folder (disk stays flat)."""
@@ -320,7 +346,6 @@ class EscapeRun:
         batch.staged = []
 
     def _hash_outcomes(self, batch: _Batch, records: list[dict]) -> list[dict]:
-        store_assets(self.ledger, records)
         fresh = dict(zip(batch.hashing, records))
         out = []
         for item in batch.items:
@@ -337,7 +362,7 @@ class EscapeRun:
                            | {"item": item})
         return out
 
-    def _capture_outcomes(self, items: list[dict], records: list[dict]) -> list[dict]:
+    def _capture_outcomes(self, items: list[dict], records: list[dict]) -> tuple[list[dict], list[dict]]:
         rows, out = [], []
         for item, rec in zip(items, records):
             capture = {k: rec.get(k) for k in ("local", "utc", "offset_minutes", "tz", "provenance", "conflicts")}
@@ -345,8 +370,7 @@ class EscapeRun:
             reason = rec.get("provenance") or rec.get("error") or "unknown"
             out.append(outcome(item["item_id"], "capture_time", "ok", reason, detail=capture,
                                sha256=item.get("sha256")) | {"item": dict(item, capture=capture)})
-        self.ledger.add_capture_times(self.spec.name, self.run_id, rows)
-        return out
+        return out, rows
 
     def _finish(self, source, *, status: str) -> dict:
         counts = self.ledger.reconciliation(run_id=self.run_id)

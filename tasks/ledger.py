@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -287,6 +289,14 @@ class Ledger:
 
     def close(self) -> None:
         self.con.close()
+
+    def reader(self) -> "Ledger":
+        """Another handle on this open ledger for reading from another thread while a
+        :class:`LedgerWriter` writes through this one (a DuckDB cursor is its own
+        connection to the same database: it sees what has been committed)."""
+        other = object.__new__(Ledger)
+        other.path, other.read_only, other.con = self.path, True, self.con.cursor()
+        return other
 
     def __enter__(self) -> "Ledger":
         return self
@@ -599,3 +609,66 @@ class Ledger:
         if not rows:
             return {k: 0 for k in keys}
         return {k: int(rows[0][k]) for k in keys}
+
+
+class LedgerWriter:
+    """The flow's ledger writes, done in order on one thread of the flow process.
+
+    The flow's loop hands each write here and goes straight on to submitting the next
+    stage, instead of waiting for DuckDB (and, on a busy machine, for the interpreter
+    lock after every call into it). The process is still the ledger's only writer and
+    the writes happen exactly in the order they were put, so whatever a crash leaves
+    is a prefix of what the loop recorded. The queue is bounded: a writer that falls
+    behind slows the loop down rather than holding every outcome in memory.
+
+    A write that fails stops the writer (later writes would describe work whose
+    earlier stages are not recorded); the error is raised in the flow by the next
+    :meth:`put`, :meth:`check` or :meth:`flush`.
+    """
+
+    def __init__(self, ledger: Ledger, *, max_pending: int = 32) -> None:
+        self.ledger = ledger
+        self._jobs: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="ledger-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                if self._error is None:
+                    fn, args, kwargs = job
+                    fn(*args, **kwargs)
+            except BaseException as exc:  # kept for the flow's thread to raise
+                self._error = exc
+            finally:
+                self._jobs.task_done()
+
+    def check(self) -> None:
+        """Raise the error a write ended with, if one did."""
+        if self._error is not None:
+            raise LedgerWriteFailed(f"recording to the ledger {self.ledger.path} failed: "
+                                    f"{type(self._error).__name__}: {self._error}") from self._error
+
+    def put(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """Call ``fn(*args, **kwargs)`` on the writer thread, after every write put before it."""
+        self.check()
+        self._jobs.put((fn, args, kwargs))
+
+    def flush(self) -> None:
+        """Wait until every write put so far is done; raise if one failed."""
+        self._jobs.join()
+        self.check()
+
+    def close(self) -> None:
+        """Finish the pending writes and stop the thread (errors are left to :meth:`check`)."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+
+
+class LedgerWriteFailed(RuntimeError):
+    """A write on the :class:`LedgerWriter` thread failed; the run cannot be recorded further."""

@@ -31,9 +31,13 @@ def _name(prefix: str):
     def name() -> str:
         from prefect.runtime import task_run
 
+        from prefect.utilities.annotations import BaseAnnotation
+
         params = task_run.parameters or {}
-        n = len(params.get("items") or params.get("entries") or [])
-        return f"{prefix}-{n}-items"
+        batch = params.get("items") or params.get("entries") or []
+        if isinstance(batch, BaseAnnotation):  # the flow passes batches in quote(): Prefect need not walk them
+            batch = batch.unwrap()
+        return f"{prefix}-{len(batch)}-items"
 
     return name
 

@@ -183,3 +183,31 @@ def test_content_already_hashed_is_not_decoded_again(tmp_path, camera):
     assert _events(first["ledger"], "SELECT count(*) FROM assets")[0][0] == 9
     # the delivered copies are dated by their capture time as before
     assert (tmp_path / "copy2" / "2006" / "10" / "04" / "IMG_00001.JPG").exists()
+
+
+def test_task_runs_are_one_per_batch_and_stage_and_say_their_size(tmp_path, camera):
+    """12 photos in batches of 4: fetch, hash, capture-time and deliver task runs per
+    batch, none per photo, each named with its batch's size."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.escape import escape
+
+    state = escape(_job(tmp_path), return_state=True)
+    assert state.result()["listed"] == 12
+
+    async def names():
+        async with get_client() as client:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+            return sorted(r.name for r in runs)
+
+    got = asyncio.run(names())
+    # 3 batches fetched (4 items each); the 3 broken files fail at fetch or hash, so
+    # later stages see smaller batches; never more task runs than batches x stages
+    assert len([n for n in got if n.startswith("fetch-")]) == 3, got
+    assert all(n == "fetch-4-items" for n in got if n.startswith("fetch-")), got
+    assert len(got) <= 3 * 4, got
+    assert sum(int(n.split("-")[-2]) for n in got if n.startswith("deliver-")) == 9, got

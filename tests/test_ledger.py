@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from photo_escape.outcomes import outcome
-from tasks.ledger import SCHEMA_VERSION, Ledger, LedgerBusy
+from tasks.ledger import SCHEMA_VERSION, Ledger, LedgerBusy, LedgerWriteFailed, LedgerWriter
 
 
 def _items(n, prefix="p"):
@@ -108,6 +108,44 @@ def test_bulk_append_is_one_statement_per_batch(tmp_path):
         assert led.query("SELECT count(*) AS n FROM events")[0]["n"] == 10000
         seqs = led.query("SELECT count(DISTINCT seq) AS n FROM events")[0]["n"]
         assert seqs == 10000
+
+
+def test_the_writer_thread_records_in_order_while_a_reader_sees_what_is_committed(tmp_path):
+    with Ledger(tmp_path / "l.duckdb") as led:
+        led.start_run("r1", "job", flow="escape", settings="s")
+        reads = led.reader()
+        writer = LedgerWriter(led, max_pending=2)  # a small queue: put() waits for the writer
+        items = _items(300)
+        for k in range(0, 300, 100):
+            writer.put(led.add_items, "job", "r1", items[k:k + 100])
+            for stage in ("fetch", "deliver"):
+                writer.put(led.append_events, "job", "r1",
+                           [outcome(i["item_id"], stage, "ok", final=stage == "deliver") for i in items[k:k + 100]],
+                           settings="s")
+        writer.flush()
+        # the order they were put in is the order of the sequence numbers
+        rows = reads.query("SELECT stage, min(seq) AS lo, max(seq) AS hi FROM events GROUP BY stage, "
+                           "(seq - 1) // 100 ORDER BY lo")
+        assert [r["stage"] for r in rows] == ["list", "fetch", "deliver"] * 3
+        assert all(a["hi"] < b["lo"] for a, b in zip(rows, rows[1:]))
+        assert reads.reconciliation(run_id="r1")["done"] == 300
+        writer.close()
+        reads.close()
+
+
+def test_a_failed_write_stops_the_writer_and_is_raised_in_the_flow(tmp_path):
+    with Ledger(tmp_path / "l.duckdb") as led:
+        led.start_run("r1", "job", flow="escape", settings="s")
+        writer = LedgerWriter(led)
+        writer.put(led.append_events, "job", "r1", [outcome("a", "fetch", "ok")])
+        writer.put(led.append_events, "job", "r1", [{"item_id": "b", "stage": "fetch", "outcome": "exploded"}])
+        writer.put(led.append_events, "job", "r1", [outcome("c", "fetch", "ok")])  # after the failure: not written
+        with pytest.raises(LedgerWriteFailed, match="recording to the ledger .* failed"):
+            writer.flush()
+        with pytest.raises(LedgerWriteFailed):
+            writer.put(led.append_events, "job", "r1", [outcome("d", "fetch", "ok")])
+        writer.close()
+        assert [r["item_id"] for r in led.query("SELECT item_id FROM events ORDER BY seq")] == ["a"]
 
 
 def test_assets_are_kept_by_sha256(tmp_path):

@@ -8,41 +8,68 @@ stays one self-contained file that prints sharply.
 from __future__ import annotations
 
 import base64
+import functools
 import io
+import threading
 from typing import Any, Sequence
 
 COLOURS = {"ok": "#1a7f37", "done": "#1a7f37", "skipped": "#8c959f", "failed": "#b42318",
            "needs_review": "#bf8700", "pending": "#bf8700", "other": "#0969da"}
 
 
-def _pyplot():
-    """matplotlib's pyplot on the Agg backend (no display, no network)."""
-    import matplotlib
+RC = {"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
+      "font.family": "DejaVu Sans"}
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
-                         "axes.spines.right": False, "font.family": "DejaVu Sans"})
-    return plt
+def _styled(draw):
+    """Run a chart function with the report's matplotlib style (a context, not a global change)."""
+    @functools.wraps(draw)
+    def styled(*args: Any, **kwargs: Any) -> str | None:
+        import matplotlib
+
+        with matplotlib.rc_context(RC):
+            return draw(*args, **kwargs)
+
+    return styled
+
+
+def _axes(figsize: tuple[float, float]):
+    """A figure and its axes from matplotlib's object API: no pyplot, so no GUI backend,
+    no global figure registry, safe in any thread, and a lighter import."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def _data_uri(fig) -> str:
     """The figure as an SVG data URI (fonts left as text, so it stays small and crisp)."""
-    plt = _pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
-    plt.close(fig)
     return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def preload() -> threading.Thread:
+    """Import matplotlib's figure and SVG modules on a background thread, so a flow can
+    have them ready by the time it writes its report (the import is most of the time a
+    small report takes)."""
+    def load() -> None:
+        import matplotlib.backends.backend_svg  # noqa: F401
+        import matplotlib.dates  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+
+    t = threading.Thread(target=load, name="report-preload", daemon=True)
+    t.start()
+    return t
+
+
+@_styled
 def stage_bars(rows: Sequence[dict]) -> str | None:
     """Horizontal stacked bars: per stage, items ok / skipped / failed / needing review."""
     if not rows:
         return None
-    plt = _pyplot()
     stages = [r["stage"] for r in rows][::-1]
-    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(stages) + 0.9))
+    fig, ax = _axes((7.5, 0.42 * len(stages) + 0.9))
     left = [0] * len(stages)
     for key in ("ok", "skipped", "failed", "needs_review"):
         values = [int(r[key] or 0) for r in rows][::-1]
@@ -53,17 +80,18 @@ def stage_bars(rows: Sequence[dict]) -> str | None:
     return _data_uri(fig)
 
 
+@_styled
 def throughput(rows: Sequence[dict], bucket_seconds: int) -> str | None:
     """Items finished per hour over time, stacked done / skipped / failed, as the
     library's stakeholder chart showed progress."""
     if not rows:
         return None
-    plt = _pyplot()
     import matplotlib.dates as mdates
+
 
     per_hour = 3600.0 / bucket_seconds
     times = [r["bucket"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7.5, 2.8))
+    fig, ax = _axes((7.5, 2.8))
     width = bucket_seconds / 86400 * 0.9
     bottom = [0.0] * len(rows)
     for key in ("done", "skipped", "failed"):
@@ -76,6 +104,7 @@ def throughput(rows: Sequence[dict], bucket_seconds: int) -> str | None:
     return _data_uri(fig)
 
 
+@_styled
 def distances(best: Sequence[tuple[float, int]], rest: Sequence[tuple[float, int]], threshold: float | None,
               *, xlabel: str = "distance", higher_is_closer: bool = False) -> str | None:
     """Histogram of match distances, best candidates vs the rest, with the threshold marked.
@@ -84,8 +113,7 @@ def distances(best: Sequence[tuple[float, int]], rest: Sequence[tuple[float, int
     """
     if not best and not rest:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 2.8))
+    fig, ax = _axes((7.5, 2.8))
     values = [d for d, _ in best] + [d for d, _ in rest] + ([threshold] if threshold is not None else [])
     bins = _bins(min(values), max(values))
     if rest:
@@ -113,12 +141,12 @@ def _bins(lo: float, hi: float) -> Any:
     return 30
 
 
+@_styled
 def counts(labels: Sequence[str], values: Sequence[int], *, title: str = "") -> str | None:
     """Horizontal bars of counts (provenance, storage classes...)."""
     if not labels:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 0.38 * len(labels) + 0.8))
+    fig, ax = _axes((7.5, 0.38 * len(labels) + 0.8))
     ax.barh(list(labels)[::-1], list(values)[::-1], color=COLOURS["other"])
     for y, v in enumerate(list(values)[::-1]):
         ax.annotate(f"{v:,}", xy=(v, y), xytext=(3, 0), textcoords="offset points", va="center")

@@ -2,8 +2,10 @@
 Prefect and the ledger, against the same per-item functions called in a plain loop,
 in the same run.
 
-The images come from the sandbox numbered host on 127.0.0.1 (made once, before either
-side runs, so both download the same cached files). Both sides use the same source,
+The images come from the sandbox numbered host on 127.0.0.1, served from its own
+process as a remote host would be (so its request handling does not share this
+process's interpreter lock with the pipeline under test); the pictures are made once,
+before either side runs, so both download the same cached files. Both sides use the same source,
 hashing, capture-time and destination code and the same batches:
 
 * ``plain, sequential``  one batch after another: fetch -> hash -> capture time -> deliver
@@ -20,8 +22,11 @@ Target (issue 9): flow / plain at most 1.15.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,6 +73,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians are reported")
     args = ap.parse_args()
 
     import logging
@@ -80,12 +86,16 @@ def main() -> None:
     from sandbox.numbered import NumberedHost
 
     work = Path(tempfile.mkdtemp(prefix="pe-overhead-"))
-    host = NumberedHost(count=args.images, missing=set(), cache_dir=work / "host").start()
+    host = NumberedHost(count=args.images, missing=set(), cache_dir=work / "host")
+    t = time.perf_counter()
+    for n in range(1, args.images + 1):
+        host.picture_file(n)
+    print(f"{args.images} sandbox images made in {time.perf_counter() - t:.1f} s (not timed below)")
+    server = subprocess.Popen([sys.executable, "-m", "sandbox.numbered", "--count", str(args.images),
+                               "--missing-rate", "0", "--cache-dir", str(work / "host")],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
-        t = time.perf_counter()
-        for n in range(1, args.images + 1):
-            host.picture_file(n)
-        print(f"{args.images} sandbox images made in {time.perf_counter() - t:.1f} s (not timed below)")
+        host.url = json.loads(server.stdout.readline())["url"]
 
         def job(name: str) -> dict:
             return {
@@ -98,18 +108,31 @@ def main() -> None:
                 "options": {"batch_size": args.batch_size},
             }
 
-        t_seq, n_seq = plain(job_spec(job("plain-seq")), work / "plain-seq-work", 1)
-        t_pipe, n_pipe = plain(job_spec(job("plain-pipe")), work / "plain-pipe-work", BATCHES_IN_FLIGHT)
+        times: dict[str, list[float]] = {"seq": [], "pipe": [], "flow": []}
+        counts: dict[str, int] = {}
         with prefect_test_harness(server_startup_timeout=120):
-            t = time.perf_counter()
-            summary = escape(job("flow"))
-            t_flow = time.perf_counter() - t
+            for r in range(args.repeat):  # interleaved rounds, each side on fresh folders and ledger
+                t, counts["seq"] = plain(job_spec(job(f"plain-seq-{r}")), work / f"plain-seq-{r}-work", 1)
+                times["seq"].append(t)
+                t, counts["pipe"] = plain(job_spec(job(f"plain-pipe-{r}")), work / f"plain-pipe-{r}-work",
+                                          BATCHES_IN_FLIGHT)
+                times["pipe"].append(t)
+                t = time.perf_counter()
+                summary = escape(job(f"flow-{r}"))
+                times["flow"].append(time.perf_counter() - t)
+                counts["flow"] = summary["done"]
+                print(f"round {r + 1}: plain sequential {times['seq'][-1]:.2f} s, plain pipelined "
+                      f"{times['pipe'][-1]:.2f} s, flow {times['flow'][-1]:.2f} s", flush=True)
     finally:
-        host.stop()
-    print(f"plain loop, sequential batches:  {t_seq:7.1f} s  ({n_seq} delivered)")
-    print(f"plain loop, {BATCHES_IN_FLIGHT} batches in flight: {t_pipe:7.1f} s  ({n_pipe} delivered)")
-    print(f"escape flow (Prefect + ledger + report): {t_flow:7.1f} s  ({summary['done']} done of {summary['listed']})")
-    print(f"ratio flow / plain pipelined: {t_flow / t_pipe:.3f}   flow / plain sequential: {t_flow / t_seq:.3f}")
+        server.terminate()
+        server.wait(timeout=10)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"medians of {args.repeat} rounds:")
+    print(f"plain loop, one batch after another: {med['seq']:7.2f} s  ({counts['seq']} delivered)")
+    print(f"plain loop, {BATCHES_IN_FLIGHT} batches in flight:     {med['pipe']:7.2f} s  ({counts['pipe']} delivered)")
+    print(f"escape flow (Prefect + ledger + report): {med['flow']:7.2f} s  ({counts['flow']} done)")
+    print(f"ratio flow / plain loop: {med['flow'] / med['seq']:.3f}   "
+          f"flow / plain pipelined: {med['flow'] / med['pipe']:.3f}")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -118,9 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--count", type=int, default=20000)
     ap.add_argument("--missing-rate", type=float, default=0.25)
     ap.add_argument("--port", type=int, default=0, help="default: any free port")
+    ap.add_argument("--cache-dir", help="where the pictures are made and kept (default: a new temporary folder)")
     args = ap.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    host = NumberedHost(args.count, missing_rate=args.missing_rate).start(args.port)
+    host = NumberedHost(args.count, missing_rate=args.missing_rate, cache_dir=args.cache_dir).start(args.port)
     try:
         print(json.dumps({"url": host.url, "count": host.count}), flush=True)
         while True:

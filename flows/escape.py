@@ -33,11 +33,11 @@ from flows import flow_run_id
 from photo_escape.jobspec import JobSpec, load_job, parse_job
 from photo_escape.outcomes import outcome
 from photo_escape.plugins import make_destination, make_source
-from reports.artifacts import artifact_key
+from reports.artifacts import artifact_key, report_run
 from photo_escape.secrets import scrubbed_exceptions
 from tasks.hashing import cached_assets, store_assets
 from tasks.ledger import Ledger, LedgerWriter, new_run_id
-from tasks.stages import capture_time_batch, deliver_batch, fetch_batch, hash_batch
+from tasks.stages import deliver_batch, examine_batch, fetch_batch
 
 BATCHES_IN_FLIGHT = 3  # batches under way at once, each at its own stage
 
@@ -173,9 +173,6 @@ class EscapeRun:
     # -- the story ------------------------------------------------------------------------
     def run(self) -> dict:
         spec = self.spec
-        from reports.charts import preload
-
-        preload()  # the report's chart library loads while the run works
         Path(self.workdir).mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(spec.ledger_path)
         try:
@@ -185,7 +182,7 @@ class EscapeRun:
                 destination.clear_staging()
             source = make_source(spec.source, workdir=Path(self.workdir), options=self.opts)
             source.protect(destination.protected_prefixes())
-            self.stages = source.pipeline
+            self.stages = _steps(source.pipeline)
             self.downloads = source.downloads
             self.history = self.ledger.has_history(spec.name)
             self.ledger.start_run(self.run_id, spec.name, flow="escape", settings=self.settings,
@@ -280,19 +277,26 @@ class EscapeRun:
         stage = self.stages[batch.stage]
         items = batch.items
         if stage == "fetch":
-            return fetch_batch.submit(self.spec.source, quote(items), self.workdir, self.opts)
-        if stage == "hash":
+            return fetch_batch.submit(self.spec.source, self._batch_arg(items), self.workdir, self.opts)
+        if stage == EXAMINE:
             # content the ledger has already hashed (same sha256, same algorithm) is not decoded again
             batch.cached = cached_assets(self.reads, [i.get("sha256") for i in items])
             todo = {i["sha256"]: i["local_path"] for i in items if i.get("sha256") not in batch.cached}
             batch.hashing = list(todo)
-            return hash_batch.submit(quote([{"path": p} for p in todo.values()]),
-                                     self._processes(), self.opts.max_pixels, self.opts.max_bytes)
-        if stage == "capture_time":
-            entries = [{"path": i["local_path"], "item_id": i["item_id"], "name": i.get("name"),
-                        "folder": _folder(i)} for i in items]
-            return capture_time_batch.submit(quote(entries), list(self.spec.time_zones), self.spec.default_tz)
-        return deliver_batch.submit(self.spec.destination, quote(items), self.workdir, self.opts, self.dry_run)
+            entries = [{"path": i["local_path"], "item_id": i["item_id"], "sha256": i.get("sha256"),
+                        "name": i.get("name"), "folder": _folder(i)} for i in items]
+            return examine_batch.submit(self._batch_arg(entries),
+                                        self._batch_arg([{"path": p, "sha256": h} for h, p in todo.items()]),
+                                        self._processes(), self.opts.max_pixels, self.opts.max_bytes,
+                                        list(self.spec.time_zones), self.spec.default_tz)
+        return deliver_batch.submit(self.spec.destination, self._batch_arg(items), self.workdir, self.opts, self.dry_run)
+
+    def _batch_arg(self, batch: list[dict]) -> Any:
+        """A batch as a task argument. In this process it goes in ``quote()``: Prefect then
+        does not walk hundreds of item dicts looking for futures to resolve (a measurable
+        share of the flow's own CPU). Dask ships arguments to its workers in its own
+        encoding, which does not keep Prefect's annotations, so there it goes as it is."""
+        return batch if self.opts.task_runner == "dask" else quote(batch)
 
     def _processes(self) -> int:
         if self.opts.task_runner == "dask":
@@ -302,14 +306,17 @@ class EscapeRun:
     def _record(self, batch: _Batch, results: list[dict]):
         """Append a finished stage's outcomes; return the next stage's future (or None)."""
         stage = self.stages[batch.stage]
-        assets = capture_rows = None
-        if stage in ("fetch", "deliver"):
-            outcomes = results
-        elif stage == "hash":
-            outcomes, assets = self._hash_outcomes(batch, results), results
+        if stage == EXAMINE:
+            hashed = self._hash_outcomes(batch, results["hash"])
+            self.writer.put(self._write, "hash", hashed, results["hash"], None)
+            readable = [o["item"] for o in hashed if o["outcome"] == "ok"]
+            no_result = {"error": "no_capture_result"}
+            outcomes, capture_rows = self._capture_outcomes(
+                readable, [results["capture"].get(i["item_id"], no_result) for i in readable])
+            self.writer.put(self._write, "capture_time", outcomes, None, capture_rows)
         else:
-            outcomes, capture_rows = self._capture_outcomes(batch.items, results)
-        self.writer.put(self._write, stage, outcomes, assets, capture_rows)
+            self.writer.put(self._write, stage, results, None, None)
+            outcomes = results
         going_on = [o["item"] for o in outcomes if o["outcome"] == "ok" and not o.get("final") and "item" in o]
         finished = len(batch.items) - len(going_on)
         if stage == "deliver":
@@ -326,12 +333,15 @@ class EscapeRun:
     def _write(self, stage: str, outcomes: list[dict], assets: list[dict] | None,
                capture_rows: list[dict] | None) -> None:
         """Record one batch's stage (on the writer thread, in the order the loop put them)."""
+        if not outcomes and not assets and not capture_rows:
+            return  # nothing reached this stage (every photo of the batch failed before it)
         crash_point(stage)  # tests only: die here, the stage done but not yet recorded
-        if assets:
-            store_assets(self.ledger, assets)
-        if capture_rows:
-            self.ledger.add_capture_times(self.spec.name, self.run_id, capture_rows)
-        self.ledger.append_events(self.spec.name, self.run_id, outcomes, settings=self.settings)
+        with self.ledger.transaction():  # one commit per batch and stage
+            if assets:
+                store_assets(self.ledger, assets)
+            if capture_rows:
+                self.ledger.add_capture_times(self.spec.name, self.run_id, capture_rows)
+            self.ledger.append_events(self.spec.name, self.run_id, outcomes, settings=self.settings)
 
     def _unstage(self, batch: _Batch) -> None:
         """Remove a finished batch's downloads from the work folder (disk stays flat)."""
@@ -400,8 +410,6 @@ class EscapeRun:
 
     def _report(self, summary: dict) -> str | None:
         """Write and publish the run's report; a report problem never loses the run's record."""
-        from reports.artifacts import report_run
-
         return report_run(self.ledger, job=self.spec.name, run_id=self.run_id,
                           reports_dir=self.spec.reports_dir, log=self.log)
 
@@ -434,6 +442,22 @@ def _hex(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return f"{int(value):016x}"
+
+
+EXAMINE = "hash+capture_time"  # one task per batch for the two local stages
+
+
+def _steps(pipeline: tuple[str, ...]) -> tuple[str, ...]:
+    """The tasks a batch goes through: the source's stages, with hashing and reading the
+    capture time done by one task (both local work on the same files; one task run
+    fewer per batch). The ledger still records each stage on its own."""
+    steps: list[str] = []
+    for stage in pipeline:
+        if stage == "capture_time" and steps and steps[-1] == "hash":
+            steps[-1] = EXAMINE
+        else:
+            steps.append(stage)
+    return tuple(steps)
 
 
 class ItemsFailed(Exception):

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from photo_escape.secrets import redact
+from reports.build import write_reports
 
 COUNT_KEYS = ("listed", "done", "skipped", "failed", "pending", "needs_review")
 
@@ -55,8 +56,6 @@ def report_run(ledger, *, job: str, run_id: str, reports_dir: str | Path, log=No
     the run's record: the outcomes are already in the ledger, and
     ``photo-escape report`` can write it again.
     """
-    from reports.build import write_reports
-
     try:
         result = write_reports(ledger, run_id=run_id, out_dir=Path(reports_dir) / job / run_id)
     except Exception as exc:  # noqa: BLE001

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from photo_escape import TOOL_VERSION
 from photo_escape.secrets import MASK, redact
+from reports import charts, stories, thumbs
 from reports import queries as q
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -158,7 +159,6 @@ def gather(con, scope: q.Scope) -> dict:
 
 def decorate(con, facts: dict) -> None:
     """Add what the HTML needs beyond numbers: sentences, charts, thumbnails, story sections."""
-    from reports import charts, stories, thumbs
 
     s = facts["summary"]
     facts["headline"] = headline(s, facts["final_reasons"])
@@ -193,7 +193,6 @@ def side_by_side(con, items: list[dict], source_label: str = "source") -> list[l
     Batched: one query for the items' best matches, one for the candidates' content
     hashes, one for the stored thumbnails, whatever the number of rows.
     """
-    from reports import thumbs
 
     matches = q.best_matches(con, [i["item_id"] for i in items])
     wanted: list[str] = []
@@ -236,7 +235,6 @@ def side_by_side(con, items: list[dict], source_label: str = "source") -> list[l
 
 def asset_src(asset: dict | None) -> str | None:
     """Data URI of an asset's stored thumbnail."""
-    from reports import thumbs
 
     if not asset or not asset.get("thumb"):
         return None

@@ -10,8 +10,13 @@ from __future__ import annotations
 import base64
 import functools
 import io
-import threading
 from typing import Any, Sequence
+
+# loaded with the module (so with every flow that reports), not in the middle of a run
+import matplotlib
+import matplotlib.backends.backend_svg  # noqa: F401  (savefig(format="svg") needs it)
+import matplotlib.dates as mdates
+from matplotlib.figure import Figure
 
 COLOURS = {"ok": "#1a7f37", "done": "#1a7f37", "skipped": "#8c959f", "failed": "#b42318",
            "needs_review": "#bf8700", "pending": "#bf8700", "other": "#0969da"}
@@ -25,8 +30,6 @@ def _styled(draw):
     """Run a chart function with the report's matplotlib style (a context, not a global change)."""
     @functools.wraps(draw)
     def styled(*args: Any, **kwargs: Any) -> str | None:
-        import matplotlib
-
         with matplotlib.rc_context(RC):
             return draw(*args, **kwargs)
 
@@ -36,8 +39,6 @@ def _styled(draw):
 def _axes(figsize: tuple[float, float]):
     """A figure and its axes from matplotlib's object API: no pyplot, so no GUI backend,
     no global figure registry, safe in any thread, and a lighter import."""
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=figsize)
     return fig, fig.subplots()
 
@@ -47,20 +48,6 @@ def _data_uri(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def preload() -> threading.Thread:
-    """Import matplotlib's figure and SVG modules on a background thread, so a flow can
-    have them ready by the time it writes its report (the import is most of the time a
-    small report takes)."""
-    def load() -> None:
-        import matplotlib.backends.backend_svg  # noqa: F401
-        import matplotlib.dates  # noqa: F401
-        import matplotlib.figure  # noqa: F401
-
-    t = threading.Thread(target=load, name="report-preload", daemon=True)
-    t.start()
-    return t
 
 
 @_styled
@@ -86,8 +73,6 @@ def throughput(rows: Sequence[dict], bucket_seconds: int) -> str | None:
     library's stakeholder chart showed progress."""
     if not rows:
         return None
-    import matplotlib.dates as mdates
-
 
     per_hour = 3600.0 / bucket_seconds
     times = [r["bucket"] for r in rows]

@@ -574,16 +574,16 @@ def store_assets(ledger: Any, records: list[dict]) -> int:
     if not good:
         return 0
     unique = list({r["sha256"]: r for r in good}.values())
-    con = ledger.con.cursor()
-    con.register("_pe_new_sha", pa.table({"sha256": [r["sha256"] for r in unique]}))
-    try:  # an older hash version of the same content is replaced, not kept beside
-        con.execute("DELETE FROM assets WHERE sha256 IN (SELECT sha256 FROM _pe_new_sha) "
-                           "AND coalesce(hash_version, '') <> ?", [HASH_VERSION])
-    finally:
-        con.unregister("_pe_new_sha")
-        con.close()
-    ledger.add_assets([{**r, "detail": {"message": r.get("message")} if r.get("message") else None}
-                       for r in unique])
+    con = ledger.con  # the writer's own connection: part of the caller's transaction, if any
+    with ledger.transaction():
+        con.register("_pe_new_sha", pa.table({"sha256": [r["sha256"] for r in unique]}))
+        try:  # an older hash version of the same content is replaced, not kept beside
+            con.execute("DELETE FROM assets WHERE sha256 IN (SELECT sha256 FROM _pe_new_sha) "
+                        "AND coalesce(hash_version, '') <> ?", [HASH_VERSION])
+        finally:
+            con.unregister("_pe_new_sha")
+        ledger.add_assets([{**r, "detail": {"message": r.get("message")} if r.get("message") else None}
+                           for r in unique])
     return len(unique)
 
 

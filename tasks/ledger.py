@@ -306,12 +306,20 @@ class Ledger:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
+        """All or nothing. Nested uses join the outermost, so several writes (a batch's
+        assets, capture times and events) can commit together."""
+        if getattr(self, "_in_transaction", False):
+            yield
+            return
         self.con.execute("BEGIN")
+        self._in_transaction = True
         try:
             yield
         except BaseException:
+            self._in_transaction = False
             self.con.execute("ROLLBACK")
             raise
+        self._in_transaction = False
         self.con.execute("COMMIT")
 
     # -- runs ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
+from prefect.utilities.annotations import BaseAnnotation
 
 from photo_escape.outcomes import Stopwatch, outcome
 from photo_escape.plugins import KindConfig, make_destination, make_source
@@ -27,17 +28,19 @@ def _retry_delays(retries: int) -> list[float]:
     return [2.0 * (2**i) for i in range(retries)]
 
 
+def _unquoted(batch: Any) -> Any:
+    """A batch as the flow passed it: in ``quote()`` (so Prefect does not walk every item
+    dict looking for futures) when the tasks run in the flow's process; the task itself
+    receives the plain list, but its run name is made from the parameters as given."""
+    return batch.unwrap() if isinstance(batch, BaseAnnotation) else batch
+
+
 def _name(prefix: str):
     def name() -> str:
         from prefect.runtime import task_run
 
-        from prefect.utilities.annotations import BaseAnnotation
-
         params = task_run.parameters or {}
-        batch = params.get("items") or params.get("entries") or []
-        if isinstance(batch, BaseAnnotation):  # the flow passes batches in quote(): Prefect need not walk them
-            batch = batch.unwrap()
-        return f"{prefix}-{len(batch)}-items"
+        return f"{prefix}-{len(_unquoted(params.get('items') or params.get('entries') or []))}-items"
 
     return name
 
@@ -55,25 +58,28 @@ def fetch_batch(source_config: KindConfig, items: list[dict], workdir: str, opti
 
 
 @task(retries=BATCH_RETRIES, retry_delay_seconds=_retry_delays(BATCH_RETRIES), retry_jitter_factor=0.5,
-      task_run_name=_name("hash"), cache_policy=None, persist_result=False)
-def hash_batch(entries: list[dict], processes: int, max_pixels: int, max_bytes: int) -> list[dict]:
-    """Hash a batch of files (``entries``: dicts with ``path``), CPU work on a process pool.
+      task_run_name=_name("examine"), cache_policy=None, persist_result=False)
+def examine_batch(entries: list[dict], hash_entries: list[dict], processes: int, max_pixels: int, max_bytes: int,
+                  rules: list[Any], default_tz: str | None) -> dict:
+    """Hash a batch of fetched files and restore the capture time of each photo that
+    hashed: one task for both, as both are local work on the same files.
 
-    Returns one hash record per entry, in order (see :func:`tasks.hashing.hash_file`).
+    ``hash_entries`` (``path``, ``sha256``) are the contents the ledger has not hashed
+    yet; ``entries`` (``path``, ``item_id``, ``sha256``, ``name``, ``folder``) are all
+    the batch's photos. Returns ``{"hash": [one hash record per hash entry, in order],
+    "capture": {item_id: capture-time record}}``, the latter for every photo whose
+    content did not fail to hash (see :func:`tasks.hashing.hash_file` and
+    :func:`tasks.capture_time.capture_times`).
     """
+    from tasks.capture_time import capture_times
     from tasks.hashing import hash_files
 
-    return hash_files([e["path"] for e in entries], processes=processes,
-                      max_pixels=max_pixels, max_bytes=max_bytes)
-
-
-@task(retries=BATCH_RETRIES, retry_delay_seconds=_retry_delays(BATCH_RETRIES), retry_jitter_factor=0.5,
-      task_run_name=_name("capture-time"), cache_policy=None, persist_result=False)
-def capture_time_batch(entries: list[dict], rules: list[Any], default_tz: str | None) -> list[dict]:
-    """The true capture time of each photo in a batch, with its provenance."""
-    from tasks.capture_time import capture_times
-
-    return capture_times(entries, rules=rules, default_tz=default_tz)
+    records = hash_files([e["path"] for e in hash_entries], processes=processes,
+                         max_pixels=max_pixels, max_bytes=max_bytes)
+    unreadable = {e.get("sha256") for e, r in zip(hash_entries, records) if r.get("status") != "ok"}
+    readable = [e for e in entries if e.get("sha256") not in unreadable]
+    times = capture_times(readable, rules=rules, default_tz=default_tz)
+    return {"hash": records, "capture": {e["item_id"]: t for e, t in zip(readable, times)}}
 
 
 @task(retries=BATCH_RETRIES, retry_delay_seconds=_retry_delays(BATCH_RETRIES), retry_jitter_factor=0.5,

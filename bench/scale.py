@@ -2,8 +2,9 @@
 
 Listing, ledger, batching, Prefect task runs and reporting are real; the per-item
 work is a stand-in (``--work-ms`` of waiting per item, as a download would). The
-peer, in the same run, is the same per-item work at the same parallelism in a plain
-thread pool with no Prefect, no ledger and no report. Prints wall times, the
+peer, in the same run, is the same per-item work at the same parallelism in plain
+thread pools (the same batches, threads per batch and batches in flight) with no
+Prefect, no ledger and no report. Prints wall times, the
 orchestration overhead ((flow - plain) / flow), task runs created, events written
 and the flow process's peak memory.
 
@@ -35,12 +36,20 @@ from bench import synthetic  # noqa: E402  (registers the synthetic kinds)
 from flows.escape import BATCHES_IN_FLIGHT  # noqa: E402
 
 
-def plain(items: int, work_ms: float, workers: int) -> float:
-    """The same per-item work at the same parallelism, without Prefect or a ledger."""
+def plain(items: int, work_ms: float, batch_size: int, concurrency: int) -> float:
+    """The same per-item work cut the same way, without Prefect, a ledger or a report:
+    batches of ``batch_size``, each on its own pool of ``concurrency`` threads (as the
+    synthetic source's fetch does), ``BATCHES_IN_FLIGHT`` batches at a time."""
+    from flows.escape import _batches
+
+    def batch(b: list[dict]) -> int:
+        with ThreadPoolExecutor(concurrency) as pool:
+            return len(list(pool.map(lambda it: synthetic.stand_in_work(it, work_ms), b)))
+
     t = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        for page in synthetic.synthetic_items(items):
-            list(pool.map(lambda it: synthetic.stand_in_work(it, work_ms), page))
+    with ThreadPoolExecutor(BATCHES_IN_FLIGHT) as outer:
+        done = sum(outer.map(batch, _batches(synthetic.synthetic_items(items), batch_size)))
+    assert done == items
     return time.perf_counter() - t
 
 
@@ -82,11 +91,10 @@ def main() -> None:
         "destination": {"kind": "discard"},
         "options": {"batch_size": args.batch_size, "concurrency": args.concurrency},
     }
-    workers = BATCHES_IN_FLIGHT * args.concurrency
     print(f"{args.items:,} items, {args.work_ms} ms of stand-in work each, batches of {args.batch_size}, "
           f"{BATCHES_IN_FLIGHT} batches x {args.concurrency} threads in flight")
-    t_plain = plain(args.items, args.work_ms, workers)
-    print(f"plain thread pool ({workers} threads): {t_plain:8.1f} s")
+    t_plain = plain(args.items, args.work_ms, args.batch_size, args.concurrency)
+    print(f"plain thread pools, same batches ({BATCHES_IN_FLIGHT} x {args.concurrency} threads): {t_plain:8.1f} s")
 
     with prefect_test_harness(server_startup_timeout=120):
         t = time.perf_counter()

@@ -634,7 +634,7 @@ class LedgerWriter:
     :meth:`put`, :meth:`check` or :meth:`flush`.
     """
 
-    def __init__(self, ledger: Ledger, *, max_pending: int = 32) -> None:
+    def __init__(self, ledger: Ledger, *, max_pending: int = 8) -> None:
         self.ledger = ledger
         self._jobs: queue.Queue = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None

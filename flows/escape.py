@@ -5,8 +5,8 @@ It reads like the job it automates:
 1. open the job's ledger (one run at a time per ledger) and start a run;
 2. list the source page by page, recording every listed photo;
 3. leave out what an earlier run already finished with the same settings;
-4. for each batch: fetch -> hash -> capture time -> deliver, each a Prefect task over
-   hundreds of photos, with a few batches in flight at once;
+4. for each batch: fetch -> examine (hash and capture time) -> deliver, each a Prefect
+   task over hundreds of photos, with at most three batches under way at once;
 5. append every outcome to the ledger as each batch's stage completes (this flow is
    the ledger's only writer; its writes run in order on one writer thread, so the
    loop goes on submitting stages meanwhile), updating a progress artifact;

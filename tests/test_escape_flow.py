@@ -12,22 +12,13 @@ import duckdb
 import pytest
 
 from sandbox import photos
+from tests.fixtures.jobs import local_job
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def _job(tmp_path: Path, name="escape-test", **over) -> dict:
-    job = {
-        "name": name,
-        "ledger": str(tmp_path / "ledger.duckdb"),
-        "work_dir": str(tmp_path / "work"),
-        "reports_dir": str(tmp_path / "reports"),
-        "source": {"kind": "local", "path": str(tmp_path / "camera"), "pattern": "*.jpg"},
-        "destination": {"kind": "local", "path": str(tmp_path / "archive")},
-        "options": {"batch_size": 4, "processes": 1},
-    }
-    job.update(over)
-    return job
+    return local_job(tmp_path, name, {"batch_size": 4, "processes": 1}, **over)
 
 
 @pytest.fixture

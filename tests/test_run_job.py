@@ -6,21 +6,14 @@ import pytest
 import yaml
 
 from sandbox import photos
+from tests.fixtures.jobs import local_job
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def _escape_job(tmp_path) -> dict:
     photos.make_collection(tmp_path / "camera", count=4, bad=True)
-    return {
-        "name": "run-job-test",
-        "ledger": str(tmp_path / "ledger.duckdb"),
-        "work_dir": str(tmp_path / "work"),
-        "reports_dir": str(tmp_path / "reports"),
-        "source": {"kind": "local", "path": str(tmp_path / "camera"), "pattern": "*.jpg"},
-        "destination": {"kind": "local", "path": str(tmp_path / "archive")},
-        "options": {"processes": 1},
-    }
+    return local_job(tmp_path, "run-job-test", {"processes": 1})
 
 
 def test_an_inline_spec_runs_and_failed_photos_fail_the_flow_run_for_a_retry(tmp_path):

@@ -8,6 +8,7 @@ import duckdb
 import pytest
 
 from sandbox import photos
+from tests.fixtures.jobs import local_job
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -20,15 +21,8 @@ def test_escape_runs_its_batches_on_dask_worker_processes(tmp_path):
     photos.make_collection(tmp_path / "camera", count=12, bad=True)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
-        job = {
-            "name": "dask-test",
-            "ledger": str(tmp_path / "ledger.duckdb"),
-            "work_dir": str(tmp_path / "work"),
-            "reports_dir": str(tmp_path / "reports"),
-            "source": {"kind": "local", "path": str(tmp_path / "camera"), "pattern": "*.jpg"},
-            "destination": {"kind": "local", "path": str(tmp_path / "archive")},
-            "options": {"batch_size": 5, "task_runner": "dask", "dask_address": cluster.scheduler_address},
-        }
+        job = local_job(tmp_path, "dask-test",
+                        {"batch_size": 5, "task_runner": "dask", "dask_address": cluster.scheduler_address})
         spec = job_spec(job)
         with get_task_stream(client) as stream:
             summary = escape_flow_for(spec)(spec.dump())

@@ -199,14 +199,12 @@ class EscapeRun:
                 self.writer.flush()
                 status = "finished"
             except BaseException:
-                self.writer.close()  # what was put is written before the run is marked crashed
                 self._finish(source, status="crashed")
                 raise
             finally:
                 self.progress.close()
                 source.close()
                 destination.close()
-            self.writer.close()
             return self._finish(source, status=status)
         finally:
             if getattr(self, "writer", None) is not None:
@@ -383,6 +381,7 @@ class EscapeRun:
         return out, rows
 
     def _finish(self, source, *, status: str) -> dict:
+        self.writer.close()  # whatever was put is written before the run is summed up
         counts = self.ledger.reconciliation(run_id=self.run_id)
         summary: dict[str, Any] = {
             "run_id": self.run_id,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
@@ -191,6 +192,7 @@ class EscapeRun:
             self._clear_work_of_ended_runs()
             self.progress = _Progress(spec.name, self.run_id)
             self.writer = LedgerWriter(self.ledger)
+            self.janitor = ThreadPoolExecutor(1, thread_name_prefix="unstage")
             self.reads = self.ledger.reader()  # for the loop's own questions while the writer writes
             self.log.info("run %s of job %s: %s -> %s%s", self.run_id, spec.name, spec.source.kind,
                           spec.destination.kind, " (dry run)" if self.dry_run else "")
@@ -207,6 +209,8 @@ class EscapeRun:
                 destination.close()
             return self._finish(source, status=status)
         finally:
+            if getattr(self, "janitor", None) is not None:
+                self.janitor.shutdown(wait=True)
             if getattr(self, "writer", None) is not None:
                 self.writer.close()
             if getattr(self, "reads", None) is not None:
@@ -342,15 +346,10 @@ class EscapeRun:
             self.ledger.append_events(self.spec.name, self.run_id, outcomes, settings=self.settings)
 
     def _unstage(self, batch: _Batch) -> None:
-        """Remove a finished batch's downloads from the work folder (disk stays flat)."""
-        root = os.path.join(os.path.abspath(self.workdir), "")
-        for path in batch.staged:
-            p = os.path.abspath(path)  # our own download paths: no symlinks to resolve
-            if p.startswith(root):
-                try:
-                    os.unlink(p)
-                except FileNotFoundError:
-                    pass
+        """Remove a finished batch's downloads from the work folder (disk stays flat), on
+        the janitor thread: hundreds of unlinks would hold up the loop's next submission."""
+        if batch.staged:
+            self.janitor.submit(_remove_downloads, batch.staged, self.workdir, self.log)
         batch.staged = []
 
     def _hash_outcomes(self, batch: _Batch, records: list[dict]) -> list[dict]:
@@ -461,6 +460,20 @@ def _steps(pipeline: tuple[str, ...]) -> tuple[str, ...]:
 
 class ItemsFailed(Exception):
     """Raised at the end of a recorded run when photos failed and the caller asked to fail."""
+
+
+def _remove_downloads(paths: list[str], workdir: str, log: Any) -> None:
+    """Delete a finished batch's downloads, only ever inside the run's work folder."""
+    root = os.path.join(os.path.abspath(workdir), "")
+    for path in paths:
+        p = os.path.abspath(path)  # our own download paths: no symlinks to resolve
+        if p.startswith(root):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # the next run of the job clears this run's folder
+                log.warning("could not remove %s from the work folder: %s", p, exc.strerror or exc)
 
 
 def _folder(item: dict) -> str:

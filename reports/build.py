@@ -10,6 +10,7 @@ DuckDB aggregates (:mod:`reports.queries`); text goes through
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import re
@@ -417,8 +418,11 @@ def redact_table(table: pa.Table) -> pa.Table:
 
 
 # -- rendering ------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    """Jinja2 with the report's filters (numbers, percentages, byte sizes)."""
+    """Jinja2 with the report's filters (numbers, percentages, byte sizes); one per
+    process, so a process that runs many flows (``serve``, a worker) compiles the
+    templates once (jinja2 reloads a template whose file changed)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
                              autoescape=jinja2.select_autoescape(["html", "html.j2"], default_for_string=False),
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)

@@ -546,21 +546,17 @@ def record_from_asset(row: dict, path: str) -> dict[str, Any]:
 
 def cached_assets(ledger: Any, shas: list[str]) -> dict[str, dict]:
     """Rows of the ledger's ``assets`` table for these sha256s, hashed by this version."""
-    import pyarrow as pa
-
     shas = sorted({s for s in shas if s})
     if not shas:
         return {}
     con = ledger.con.cursor()  # its own cursor: the ledger's may hold an unfinished result
-    con.register("_pe_ask_sha", pa.table({"sha256": shas}))
-    try:
+    try:  # one statement: each call into DuckDB waits for the interpreter lock in a busy flow
         cur = con.execute(
-            "SELECT a.* FROM assets a JOIN _pe_ask_sha USING (sha256) "
-            "WHERE a.hash_version = ? AND a.phash IS NOT NULL", [HASH_VERSION])
+            "SELECT * FROM assets WHERE sha256 IN (SELECT unnest(?::VARCHAR[])) "
+            "AND hash_version = ? AND phash IS NOT NULL", [shas, HASH_VERSION])
         names = [d[0] for d in cur.description]
         rows = [dict(zip(names, r)) for r in cur.fetchall()]
     finally:
-        con.unregister("_pe_ask_sha")
         con.close()
     return {r["sha256"]: r for r in rows}
 
@@ -568,22 +564,13 @@ def cached_assets(ledger: Any, shas: list[str]) -> dict[str, dict]:
 def store_assets(ledger: Any, records: list[dict]) -> int:
     """Put the good hash records in the ledger's ``assets`` table (replacing rows
     hashed by another version of this algorithm). Returns how many were stored."""
-    import pyarrow as pa
-
     good = [r for r in records if r.get("status") == "ok" and r.get("sha256")]
     if not good:
         return 0
     unique = list({r["sha256"]: r for r in good}.values())
-    con = ledger.con  # the writer's own connection: part of the caller's transaction, if any
-    with ledger.transaction():
-        con.register("_pe_new_sha", pa.table({"sha256": [r["sha256"] for r in unique]}))
-        try:  # an older hash version of the same content is replaced, not kept beside
-            con.execute("DELETE FROM assets WHERE sha256 IN (SELECT sha256 FROM _pe_new_sha) "
-                        "AND coalesce(hash_version, '') <> ?", [HASH_VERSION])
-        finally:
-            con.unregister("_pe_new_sha")
-        ledger.add_assets([{**r, "detail": {"message": r.get("message")} if r.get("message") else None}
-                           for r in unique])
+    # an older hash version of the same content is replaced, not kept beside
+    ledger.add_assets([{**r, "detail": {"message": r.get("message")} if r.get("message") else None}
+                       for r in unique], replace_other_versions=HASH_VERSION)
     return len(unique)
 
 

@@ -138,14 +138,79 @@ def test_a_failed_write_stops_the_writer_and_is_raised_in_the_flow(tmp_path):
         led.start_run("r1", "job", flow="escape", settings="s")
         writer = LedgerWriter(led)
         writer.put(led.append_events, "job", "r1", [outcome("a", "fetch", "ok")])
-        writer.put(led.append_events, "job", "r1", [{"item_id": "b", "stage": "fetch", "outcome": "exploded"}])
-        writer.put(led.append_events, "job", "r1", [outcome("c", "fetch", "ok")])  # after the failure: not written
+        writer.flush()  # committed: a later failure does not take it back
+        writer.put(led.append_events, "job", "r1", [outcome("b", "fetch", "ok")])  # gathered with the failure
+        writer.put(led.append_events, "job", "r1", [{"item_id": "c", "stage": "fetch", "outcome": "exploded"}])
         with pytest.raises(LedgerWriteFailed, match="recording to the ledger .* failed"):
             writer.flush()
         with pytest.raises(LedgerWriteFailed):
             writer.put(led.append_events, "job", "r1", [outcome("d", "fetch", "ok")])
         writer.close()
+        # all or nothing per gathering, and nothing after the failure
         assert [r["item_id"] for r in led.query("SELECT item_id FROM events ORDER BY seq")] == ["a"]
+
+
+def _table(led, sql):
+    return [tuple(r.values()) for r in led.query(sql)]
+
+
+def test_merged_inserts_write_exactly_what_the_writes_one_by_one_would(tmp_path):
+    """The writer thread merges a gathering's writes into one insert per table: the same
+    rows as writing each on its own, including an item listed twice (the later listing
+    wins), an asset hashed twice (the first stays) and an asset of an older hash version
+    (replaced)."""
+    old = {"sha256": "ab" * 32, "bytes": 10, "width": 4, "height": 3, "format": "JPEG",
+           "phash": "ffffffffffffffff", "dhash": "0000000000000001", "hash_version": "v1"}
+    new = dict(old, width=8, hash_version="v2")
+    other = dict(new, sha256="cd" * 32)
+    items = _items(4)
+
+    def writes(led):
+        led.add_items("job", "r1", items[:3])
+        led.append_events("job", "r1", [outcome(i["item_id"], "fetch", "ok") for i in items[:3]])
+        led.add_items("job", "r1", [dict(items[1], name="renamed.jpg"), items[3]])
+        led.add_assets([new, other], replace_other_versions="v2")
+        led.add_assets([dict(other, width=99)], replace_other_versions="v2")
+        led.add_capture_times("job", "r1", [{"item_id": "p0", "sha256": "ab" * 32, "local": "2020-01-02T03:04:05",
+                                             "utc": "2020-01-02T02:04:05+00:00", "offset_minutes": 60,
+                                             "tz": "Europe/Berlin", "provenance": "exif"}])
+        led.append_events("job", "r1", [outcome("p0", "deliver", "ok", "delivered", final=True),
+                                        outcome("p1", "deliver", "failed", "write_failed", detail={"x": 1})])
+
+    tables = {"items": "SELECT job, item_id, source_ref, name, detail, first_run FROM items ORDER BY item_id",
+              "events": "SELECT seq, item_id, stage, outcome, reason, detail, final FROM events ORDER BY seq",
+              "assets": "SELECT sha256, width, hash_version FROM assets ORDER BY sha256",
+              "capture_times": "SELECT item_id, local, utc, offset_minutes, tz FROM capture_times"}
+    got = {}
+    for way in ("one_by_one", "merged"):
+        with Ledger(tmp_path / f"{way}.duckdb") as led:
+            led.start_run("r1", "job", flow="escape", settings="s")
+            led.add_assets([old])
+            if way == "merged":
+                with led.merged_inserts():
+                    writes(led)
+                    # nothing is in the tables until the end of the gathering
+                    assert led.query("SELECT count(*) AS n FROM events")[0]["n"] == 0
+            else:
+                writes(led)
+            got[way] = {name: _table(led, sql) for name, sql in tables.items()}
+    assert got["merged"] == got["one_by_one"]
+    assert [r[3] for r in got["merged"]["items"]] == ["p0.jpg", "renamed.jpg", "p2.jpg", "p3.jpg"]
+    assert got["merged"]["assets"] == [("ab" * 32, 8, "v2"), ("cd" * 32, 8, "v2")]
+    assert len(got["merged"]["events"]) == 3 + 3 + 2 + 2  # listed, fetched, listed, delivered
+
+
+def test_a_gathering_that_fails_leaves_nothing(tmp_path):
+    with Ledger(tmp_path / "l.duckdb") as led:
+        led.start_run("r1", "job", flow="escape", settings="s")
+        with pytest.raises(duckdb.ConstraintException):
+            with led.merged_inserts():
+                led.add_items("job", "r1", _items(3))
+                led.append_events("job", "r1", [{"item_id": "p0", "stage": "fetch", "outcome": "exploded"}])
+        assert led.query("SELECT count(*) AS n FROM items")[0]["n"] == 0
+        assert led.query("SELECT count(*) AS n FROM events")[0]["n"] == 0
+        led.add_items("job", "r1", _items(2))  # the ledger goes on working
+        assert led.reconciliation(run_id="r1")["listed"] == 2
 
 
 def test_assets_are_kept_by_sha256(tmp_path):

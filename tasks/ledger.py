@@ -210,9 +210,10 @@ _ASSET_COLUMNS = ("sha256", "bytes", "width", "height", "format", "phash", "dhas
                   "dhash_mirror", "thumb", "hash_version", "detail", "hashed_at")
 
 # How each kind of row is inserted: the statement (``{rows}`` is the registered Arrow
-# table), and the key rows must be unique by within one statement, with which of
-# several rows of the same key wins (DuckDB refuses to upsert the same row twice in one
-# statement; the outcome is the same as inserting them one write after another).
+# table), the columns whose values must be unique within one statement, and which of
+# several rows with the same values is kept (DuckDB refuses to upsert the same row twice
+# in one statement; keeping the last listing, or the first asset, gives the same result
+# as inserting the rows one write after another).
 _INSERTS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
     "items": ("INSERT INTO items SELECT * FROM {rows} ON CONFLICT (job, item_id) DO UPDATE SET"
               " source_ref = excluded.source_ref, name = excluded.name, detail = excluded.detail",
@@ -266,7 +267,7 @@ class Ledger:
                     "(one run at a time per ledger); wait for it to finish or use another ledger"
                 ) from None
             raise
-        self._merging: dict[str, list] | None = None  # see merged_inserts()
+        self._merging: dict[str, tuple[list[pa.Table], str | None]] | None = None  # see merged_inserts()
         if not read_only:
             self.migrate()
 

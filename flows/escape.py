@@ -338,7 +338,7 @@ class EscapeRun:
         if not outcomes and not assets and not capture_rows:
             return  # nothing reached this stage (every photo of the batch failed before it)
         crash_point(stage)  # tests only: die here, the stage done but not yet recorded
-        with self.ledger.transaction():  # one commit per batch and stage
+        with self.ledger.transaction():  # the whole stage or none of it, within the writer's gathering
             if assets:
                 store_assets(self.ledger, assets)
             if capture_rows:

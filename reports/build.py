@@ -160,7 +160,6 @@ def gather(con, scope: q.Scope) -> dict:
 
 def decorate(con, facts: dict) -> None:
     """Add what the HTML needs beyond numbers: sentences, charts, thumbnails, story sections."""
-
     s = facts["summary"]
     facts["headline"] = headline(s, facts["final_reasons"])
     facts["attention_words"] = attention_words(facts["final_reasons"], s)
@@ -194,7 +193,6 @@ def side_by_side(con, items: list[dict], source_label: str = "source") -> list[l
     Batched: one query for the items' best matches, one for the candidates' content
     hashes, one for the stored thumbnails, whatever the number of rows.
     """
-
     matches = q.best_matches(con, [i["item_id"] for i in items])
     wanted: list[str] = []
     for ranked in matches.values():
@@ -236,7 +234,6 @@ def side_by_side(con, items: list[dict], source_label: str = "source") -> list[l
 
 def asset_src(asset: dict | None) -> str | None:
     """Data URI of an asset's stored thumbnail."""
-
     if not asset or not asset.get("thumb"):
         return None
     d = _json(asset.get("detail")) or {}

@@ -1,17 +1,22 @@
 """The deployments for real: a `prefect server start` on 127.0.0.1 (SQLite), `prefect deploy
---all` from prefect.yaml, a process worker, a run triggered through the API as the UI
-does, failing part-way on a sandbox fault, retried as the UI's Retry does, and a
-ledger that shows the work done once and reconciles."""
+--all` from prefect.yaml and the automations of prefect-automations.yaml, a process
+worker, runs triggered through the API as the UI does and retried as the UI's Retry
+does: one failing part-way on a sandbox fault, one whose worker and flow-run processes
+are killed mid-run (Prefect's heartbeat automation marks it Crashed). Each time the
+ledger shows the work done once and reconciles."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -38,11 +43,12 @@ def _wait(predicate, timeout: float, what: str, every: float = 0.5):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def prefect_server(tmp_path):
-    """A real Prefect server on 127.0.0.1 with its own SQLite database."""
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server on 127.0.0.1 with its own SQLite database, for this module."""
     import requests
 
+    tmp_path = tmp_path_factory.mktemp("prefect-server")
     port = _free_port()
     home = tmp_path / "prefect-home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -90,47 +96,73 @@ def _flow_run_state(env, flow_run_id):
         return asyncio.run(read())
 
 
-def test_deploy_trigger_fail_retry(tmp_path, prefect_server):
+def _cli(env, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=180)
+
+
+@pytest.fixture(scope="module")
+def deployed(prefect_server):
+    """The work pool, every deployment of prefect.yaml and the automations, as the README says."""
+    env = prefect_server
+    for args in (("work-pool", "create", "photo-escape", "--type", "process"), ("--no-prompt", "deploy", "--all"),
+                 ("automation", "create", "--from-file", "prefect-automations.yaml")):
+        out = _cli(env, *args)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return env
+
+
+def _harvest(tmp_path: Path, host: NumberedHost, name: str, **options) -> dict:
+    """A job harvesting the host's 24 numbers into a folder, in batches of 8."""
+    return {
+        "name": name,
+        "ledger": str(tmp_path / "ledger.duckdb"),
+        "work_dir": str(tmp_path / "work"),
+        "reports_dir": str(tmp_path / "reports"),
+        "source": host.job_source(1, 24, stop_after_missing=None),
+        "destination": {"kind": "local", "path": str(tmp_path / "found"), "layout": "{name}"},
+        "options": {"batch_size": 8, **options},
+    }
+
+
+def _start_worker(env, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "photo-escape"], env=env, cwd=ROOT,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+async def _trigger(job: dict, **job_variables) -> Any:
+    """Start a run of the find-my-photo deployment with this job, as the UI's Custom Run does."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async with get_client() as client:
+        dep = await client.read_deployment_by_name("photo-escape-job/find-my-photo")
+        fr = await client.create_flow_run_from_deployment(
+            dep.id, parameters={"job": {"spec": job}, "dry_run": False, "only_failed": False},
+            job_variables=job_variables or None)
+        return fr.id
+
+
+async def _retry(flow_run_id) -> None:
+    from prefect.client.orchestration import get_client
     from prefect.states import AwaitingRetry
 
-    env = prefect_server
-    run = lambda *cmd: subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)  # noqa: E731
-    out = run(str(BIN / "prefect"), "work-pool", "create", "photo-escape", "--type", "process")
-    assert out.returncode == 0, out.stdout + out.stderr
-    out = run(str(BIN / "prefect"), "--no-prompt", "deploy", "--all")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    async with get_client() as client:  # what the UI's Retry button does
+        await client.set_flow_run_state(flow_run_id, AwaitingRetry(message="Retry from the UI"), force=True)
 
+
+def test_deploy_trigger_fail_retry(tmp_path, deployed):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    env = deployed
     host = NumberedHost(count=24, missing={7, 19}, cache_dir=tmp_path / "host-cache").start()
-    worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "photo-escape"], env=env, cwd=ROOT,
-                              stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    worker = _start_worker(env, tmp_path / "worker.log")
     try:
         # a sandbox fault: three pictures answer 503 however often they are asked
         host.faults.add("error", status=503, match=r"/(5|11|23)\.jpg$", times=None)
-        job = {
-            "name": "deployed-harvest",
-            "ledger": str(tmp_path / "ledger.duckdb"),
-            "work_dir": str(tmp_path / "work"),
-            "reports_dir": str(tmp_path / "reports"),
-            "source": host.job_source(1, 24, stop_after_missing=None),
-            "destination": {"kind": "local", "path": str(tmp_path / "found"), "layout": "{name}"},
-            "options": {"batch_size": 8, "retries": 1, "backoff_seconds": 0.01},
-        }
-
-        async def trigger():
-            async with get_client() as client:
-                dep = await client.read_deployment_by_name("photo-escape-job/find-my-photo")
-                fr = await client.create_flow_run_from_deployment(
-                    dep.id, parameters={"job": {"spec": job}, "dry_run": False, "only_failed": False})
-                return fr.id
-
-        async def retry(flow_run_id):
-            async with get_client() as client:  # what the UI's Retry button does
-                await client.set_flow_run_state(flow_run_id, AwaitingRetry(message="Retry from the UI"), force=True)
+        job = _harvest(tmp_path, host, "deployed-harvest", retries=1, backoff_seconds=0.01)
 
         with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            flow_run_id = asyncio.run(trigger())
+            flow_run_id = asyncio.run(_trigger(job))
         state = _wait(lambda: (s := _flow_run_state(env, flow_run_id)).is_final() and s, 240, "the first run")
         assert state.is_failed(), state
         con = duckdb.connect(job["ledger"], read_only=True)
@@ -141,7 +173,7 @@ def test_deploy_trigger_fail_retry(tmp_path, prefect_server):
 
         host.faults.clear()  # the service recovers; the person presses Retry
         with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            asyncio.run(retry(flow_run_id))
+            asyncio.run(_retry(flow_run_id))
         state = _wait(lambda: (s := _flow_run_state(env, flow_run_id)).is_final() and s.name != "AwaitingRetry" and s,
                       240, "the retried run")
         assert state.is_completed(), state
@@ -164,3 +196,98 @@ def test_deploy_trigger_fail_retry(tmp_path, prefect_server):
     assert runs == (2, 2) and second == [(24, 22, 2, 0, 0)]
     assert len([p for p in (tmp_path / "found").iterdir() if p.is_file()]) == 22
     assert list((tmp_path / "reports" / "deployed-harvest").glob("*/report.html"))
+
+
+def _processes_of(flow_run_id) -> list[int]:
+    """The processes of one flow run (its engine and the engine's own worker processes):
+    a process worker starts the engine with the flow run's id in its environment."""
+    needle = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if needle in Path(f"/proc/{name}/environ").read_bytes().split(b"\0"):
+                    pids.append(int(name))
+            except OSError:  # gone meanwhile, or not ours to read
+                pass
+    return pids
+
+
+def _heartbeat_recorded(env, flow_run_id) -> bool:
+    import requests
+
+    answer = requests.post(f"{env['PREFECT_API_URL']}/events/filter", timeout=10, json={
+        "filter": {"event": {"name": ["prefect.flow-run.heartbeat"]},
+                   "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}},
+        "limit": 1})
+    answer.raise_for_status()
+    return bool(answer.json()["events"])
+
+
+def test_a_killed_run_is_marked_crashed_and_its_retry_finishes_the_job(tmp_path, deployed):
+    """The machine running a deployed run is lost: worker and flow-run processes die by
+    SIGKILL, so nothing can report. The heartbeat automation marks the run Crashed; the
+    UI's Retry runs it again, and the ledger shows every picture delivered once."""
+    import yaml
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    env = deployed
+    # prefect-automations.yaml's automation, with 45 s of silence instead of 3 minutes
+    # (and heartbeats every 30 s instead of 60), so this test waits less
+    (spec,) = yaml.safe_load((ROOT / "prefect-automations.yaml").read_text())["automations"]
+    quick = dict(spec, name="photo-escape-crashed-runs-quick", trigger=dict(spec["trigger"], within=45))
+    out = _cli(env, "automation", "create", "--from-json", json.dumps(quick))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    host = NumberedHost(count=24, missing=set(), cache_dir=tmp_path / "host-cache").start()
+    slow = host.faults.add("slow", delay=1.5, match=r"\.jpg$", times=None)  # a run of about 20 s
+    job = _harvest(tmp_path, host, "deployed-lost-machine", concurrency=2)
+    worker = _start_worker(env, tmp_path / "worker.log")
+    try:
+        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            flow_run_id = asyncio.run(_trigger(job, env={"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}))
+        # under way: downloading, and its first heartbeat is on the server
+        _wait(lambda: slow.hits >= 1 and _heartbeat_recorded(env, flow_run_id), 120, "the run's first heartbeat")
+        assert _flow_run_state(env, flow_run_id).is_running()
+        os.killpg(worker.pid, signal.SIGKILL)  # the worker first, so it cannot report the run's end
+        worker.wait(timeout=30)
+        victims = _processes_of(flow_run_id)
+        assert victims, "the flow run's process was not found"
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _wait(lambda: not _processes_of(flow_run_id), 30, "the flow run's processes to die")
+        assert _flow_run_state(env, flow_run_id).is_running()  # nobody left to say otherwise
+
+        state = _wait(lambda: (s := _flow_run_state(env, flow_run_id)).is_crashed() and s, 150,
+                      "the automation to mark the run Crashed")
+        assert "No heartbeat" in (state.message or ""), state
+
+        host.faults.clear()
+        worker = _start_worker(env, tmp_path / "worker-2.log")  # another machine, same ledger folder
+        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            asyncio.run(_retry(flow_run_id))
+        state = _wait(lambda: (s := _flow_run_state(env, flow_run_id)).is_final() and not s.is_crashed() and s,
+                      240, "the retried run")
+        assert state.is_completed(), state
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+        host.stop()
+        _cli(env, "--no-prompt", "automation", "delete", quick["name"])
+
+    con = duckdb.connect(job["ledger"], read_only=True)
+    try:
+        counts = con.execute("SELECT listed, done, skipped, failed, pending FROM reconciliation_job").fetchall()
+        per_item = con.execute("SELECT item_id, count(*) FROM events WHERE stage = 'deliver' AND outcome = 'ok' "
+                               "GROUP BY ALL").fetchall()
+        runs = con.execute("SELECT count(*), count(*) FILTER (WHERE status = 'finished') FROM runs").fetchone()
+    finally:
+        con.close()
+    assert counts == [(24, 24, 0, 0, 0)]
+    assert len(per_item) == 24 and all(n == 1 for _, n in per_item)  # nothing delivered twice
+    assert runs == (2, 1)  # the killed run never finished; its retry did
+    assert len([p for p in (tmp_path / "found").iterdir() if p.is_file()]) == 24

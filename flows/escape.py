@@ -5,8 +5,8 @@ It reads like the job it automates:
 1. open the job's ledger (one run at a time per ledger) and start a run;
 2. list the source page by page, recording every listed photo;
 3. leave out what an earlier run already finished with the same settings;
-4. for each batch: fetch -> examine (hash and capture time) -> deliver, each a Prefect
-   task over hundreds of photos, with at most three batches under way at once;
+4. for each batch: fetch, then hash -> capture time -> deliver, two Prefect tasks over
+   hundreds of photos each, with at most three batches under way at once;
 5. append every outcome to the ledger as each batch's stage completes (this flow is
    the ledger's only writer; its writes run in order on one writer thread, so the
    loop goes on submitting stages meanwhile), updating a progress artifact;
@@ -32,13 +32,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from photo_escape.crashpoints import crash_point
 from flows import flow_run_id
 from photo_escape.jobspec import JobSpec, load_job, parse_job
-from photo_escape.outcomes import outcome
 from photo_escape.plugins import make_destination, make_source
 from reports.artifacts import artifact_key, report_run
 from photo_escape.secrets import scrubbed_exceptions
-from tasks.hashing import cached_assets, store_assets
+from tasks.hashing import cached_assets, int_to_hex, store_assets
 from tasks.ledger import Ledger, LedgerWriter, new_run_id
-from tasks.stages import deliver_batch, examine_batch, fetch_batch
+from tasks.stages import deliver_batch, examine_and_deliver_batch, fetch_batch
 
 BATCHES_IN_FLIGHT = 3  # batches under way at once, each at its own stage
 
@@ -131,8 +130,6 @@ class _Batch:
         self.items = items
         self.stage = -1
         self.staged: list[str] = []  # files the fetch downloaded into the work folder
-        self.cached: dict[str, dict] = {}  # sha256 -> asset row the ledger already had
-        self.hashing: list[str] = []  # sha256s sent to the hash task, in order
 
 
 @flow(name="escape", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
@@ -280,18 +277,20 @@ class EscapeRun:
         items = batch.items
         if stage == "fetch":
             return fetch_batch.submit(self.spec.source, self._batch_arg(items), self.workdir, self.opts)
-        if stage == EXAMINE:
-            # content the ledger has already hashed (same sha256, same algorithm) is not decoded again
-            batch.cached = cached_assets(self.reads, [i.get("sha256") for i in items])
-            todo = {i["sha256"]: i["local_path"] for i in items if i.get("sha256") not in batch.cached}
-            batch.hashing = list(todo)
-            entries = [{"path": i["local_path"], "item_id": i["item_id"], "sha256": i.get("sha256"),
-                        "name": i.get("name"), "folder": _folder(i)} for i in items]
-            return examine_batch.submit(self._batch_arg(entries),
-                                        self._batch_arg([{"path": p, "sha256": h} for h, p in todo.items()]),
-                                        self._processes(), self.opts.max_pixels, self.opts.max_bytes,
-                                        list(self.spec.time_zones), self.spec.default_tz)
-        return deliver_batch.submit(self.spec.destination, self._batch_arg(items), self.workdir, self.opts, self.dry_run)
+        if stage == "deliver":  # a source without hashing
+            return deliver_batch.submit(self.spec.destination, self._batch_arg(items), self.workdir, self.opts,
+                                        self.dry_run)
+        if stage != FINISH:
+            raise ValueError(f"the escape flow has no task for the stage {stage!r}")
+        # content the ledger has already hashed (same sha256, same algorithm) is not decoded again
+        cached = cached_assets(self.reads, [i.get("sha256") for i in items])
+        todo = {i["sha256"]: i["local_path"] for i in items if i.get("sha256") not in cached}
+        return examine_and_deliver_batch.submit(
+            self._batch_arg(items), self._batch_arg([{"path": p, "sha256": h} for h, p in todo.items()]),
+            {sha: _asset(row) for sha, row in cached.items()},
+            {"processes": self._processes(), "max_pixels": self.opts.max_pixels, "max_bytes": self.opts.max_bytes,
+             "rules": list(self.spec.time_zones), "default_tz": self.spec.default_tz},
+            self.spec.destination, self.workdir, self.opts, self.dry_run)
 
     def _batch_arg(self, batch: list[dict]) -> Any:
         """A batch as a task argument. In this process it goes in ``quote()``: Prefect then
@@ -308,24 +307,19 @@ class EscapeRun:
     def _record(self, batch: _Batch, results: list[dict]):
         """Append a finished stage's outcomes; return the next stage's future (or None)."""
         stage = self.stages[batch.stage]
-        if stage == EXAMINE:
-            hashed = self._hash_outcomes(batch, results["hash"])
-            self.writer.put(self._write, "hash", hashed, results["hash"], None)
-            readable = [o["item"] for o in hashed if o["outcome"] == "ok"]
-            no_result = {"error": "no_capture_result"}
-            outcomes, capture_rows = self._capture_outcomes(
-                readable, [results["capture"].get(i["item_id"], no_result) for i in readable])
-            self.writer.put(self._write, "capture_time", outcomes, None, capture_rows)
+        if stage == FINISH:  # three stages' outcomes, recorded stage by stage as if each had been a task
+            self.writer.put(self._write, "hash", results["hash"], results["assets"], None)
+            self.writer.put(self._write, "capture_time", results["capture_time"], None, results["capture_rows"])
+            self.writer.put(self._write, "deliver", results["deliver"], None, None)
+            going_on, finished = [], len(batch.items)
         else:
             self.writer.put(self._write, stage, results, None, None)
             outcomes = results
-        going_on = [o["item"] for o in outcomes if o["outcome"] == "ok" and not o.get("final") and "item" in o]
-        finished = len(batch.items) - len(going_on)
-        if stage == "deliver":
-            going_on, finished = [], len(batch.items)
+            going_on = [o["item"] for o in outcomes if o["outcome"] == "ok" and not o.get("final") and "item" in o]
+            finished = len(batch.items) - len(going_on)
         self.progress.add_finished(finished)
         if stage == "fetch" and self.downloads:
-            batch.staged = [o["item"]["local_path"] for o in outcomes if (o.get("item") or {}).get("local_path")]
+            batch.staged = [o["item"]["local_path"] for o in results if (o.get("item") or {}).get("local_path")]
         batch.items = going_on
         if not going_on or batch.stage + 1 >= len(self.stages):
             self._unstage(batch)
@@ -351,33 +345,6 @@ class EscapeRun:
         if batch.staged:
             self.janitor.submit(_remove_downloads, batch.staged, self.workdir, self.log)
         batch.staged = []
-
-    def _hash_outcomes(self, batch: _Batch, records: list[dict]) -> list[dict]:
-        fresh = dict(zip(batch.hashing, records))
-        out = []
-        for item in batch.items:
-            sha = item.get("sha256")
-            rec, reason = (batch.cached[sha], "cached") if sha in batch.cached else (fresh.get(sha) or {}, None)
-            if sha in batch.cached or rec.get("status") == "ok":
-                asset = {k: rec.get(k) for k in ("width", "height", "format")}
-                asset.update({k: _hex(rec.get(k)) for k in ("phash", "dhash")})
-                out.append(outcome(item["item_id"], "hash", "ok", reason, detail=asset,
-                                   sha256=sha) | {"item": dict(item, asset=asset)})
-            else:
-                out.append(outcome(item["item_id"], "hash", "failed", rec.get("error") or "unreadable",
-                                   detail={"message": rec.get("message")}, sha256=sha)
-                           | {"item": item})
-        return out
-
-    def _capture_outcomes(self, items: list[dict], records: list[dict]) -> tuple[list[dict], list[dict]]:
-        rows, out = [], []
-        for item, rec in zip(items, records):
-            capture = {k: rec.get(k) for k in ("local", "utc", "offset_minutes", "tz", "provenance", "conflicts")}
-            rows.append(dict(capture, item_id=item["item_id"], sha256=item.get("sha256")))
-            reason = rec.get("provenance") or rec.get("error") or "unknown"
-            out.append(outcome(item["item_id"], "capture_time", "ok", reason, detail=capture,
-                               sha256=item.get("sha256")) | {"item": dict(item, capture=capture)})
-        return out, rows
 
     def _finish(self, source, *, status: str) -> dict:
         self.writer.close()  # whatever was put is written before the run is summed up
@@ -435,27 +402,25 @@ def escape_flow_for(spec: JobSpec):
     return escape.with_options(task_runner=task_runner_for(spec.options))
 
 
-def _hex(value: Any) -> str | None:
-    """A 64-bit hash as the 16 hex digits imagehash prints (the ledger stores integers)."""
-    if value is None or isinstance(value, str):
-        return value
-    return f"{int(value):016x}"
+def _asset(row: dict) -> dict:
+    """The hashes of a photo's content as the ledger keeps them, as a hash outcome shows
+    them (the 64-bit hashes as the 16 hex digits imagehash prints)."""
+    return {"width": row.get("width"), "height": row.get("height"), "format": row.get("format"),
+            **{k: int_to_hex(row.get(k)) for k in ("phash", "dhash")}}
 
 
-EXAMINE = "hash+capture_time"  # one task per batch for the two local stages
+FINISH = "hash+capture_time+deliver"  # one task per batch for the three stages after the fetch
 
 
 def _steps(pipeline: tuple[str, ...]) -> tuple[str, ...]:
-    """The tasks a batch goes through: the source's stages, with hashing and reading the
-    capture time done by one task (both local work on the same files; one task run
-    fewer per batch). The ledger still records each stage on its own."""
-    steps: list[str] = []
-    for stage in pipeline:
-        if stage == "capture_time" and steps and steps[-1] == "hash":
-            steps[-1] = EXAMINE
-        else:
-            steps.append(stage)
-    return tuple(steps)
+    """The tasks a batch goes through: the source's stages, with hashing, reading the
+    capture time and delivering done by one task (all work on the same local files; a
+    task run per stage cost the run more than the work between them, measured in
+    bench/RESULTS.md). The ledger still records each stage on its own."""
+    steps = tuple(pipeline)
+    if steps[-3:] == ("hash", "capture_time", "deliver"):
+        steps = steps[:-3] + (FINISH,)
+    return steps
 
 
 class ItemsFailed(Exception):
@@ -475,7 +440,3 @@ def _remove_downloads(paths: list[str], workdir: str, log: Any) -> None:
             except OSError as exc:  # the next run of the job clears this run's folder
                 log.warning("could not remove %s from the work folder: %s", p, exc.strerror or exc)
 
-
-def _folder(item: dict) -> str:
-    rel = item.get("relpath") or item.get("source_ref") or ""
-    return rel.rsplit("/", 1)[0] if "/" in rel else ""

@@ -40,7 +40,7 @@ def _name(prefix: str):
         from prefect.runtime import task_run
 
         params = task_run.parameters or {}
-        return f"{prefix}-{len(_unquoted(params.get('items') or params.get('entries') or []))}-items"
+        return f"{prefix}-{len(_unquoted(params.get('items') or []))}-items"
 
     return name
 
@@ -58,35 +58,97 @@ def fetch_batch(source_config: KindConfig, items: list[dict], workdir: str, opti
 
 
 @task(retries=BATCH_RETRIES, retry_delay_seconds=_retry_delays(BATCH_RETRIES), retry_jitter_factor=0.5,
-      task_run_name=_name("examine"), cache_policy=None, persist_result=False)
-def examine_batch(entries: list[dict], hash_entries: list[dict], processes: int, max_pixels: int, max_bytes: int,
-                  rules: list[Any], default_tz: str | None) -> dict:
-    """Hash a batch of fetched files and restore the capture time of each photo that
-    hashed: one task for both, as both are local work on the same files.
+      task_run_name=_name("examine-and-deliver"), cache_policy=None, persist_result=False)
+def examine_and_deliver_batch(items: list[dict], hash_entries: list[dict], cached: dict[str, dict],
+                              examine_options: dict, destination_config: KindConfig, workdir: str,
+                              options: Any, dry_run: bool) -> dict:
+    """Hash a batch of fetched files, restore each photo's capture time and deliver the
+    photos that could be read: one task run for three stages (all work on the same local
+    files; a task run per stage cost the flow more than the work between them).
 
-    ``hash_entries`` (``path``, ``sha256``) are the contents the ledger has not hashed
-    yet; ``entries`` (``path``, ``item_id``, ``sha256``, ``name``, ``folder``) are all
-    the batch's photos. Returns ``{"hash": [one hash record per hash entry, in order],
-    "capture": {item_id: capture-time record}}``, the latter for every photo whose
-    content did not fail to hash (see :func:`tasks.hashing.hash_file` and
-    :func:`tasks.capture_time.capture_times`).
+    ``items`` are the batch's fetched photos; ``hash_entries`` (``path``, ``sha256``) the
+    contents the ledger has not hashed yet; ``cached`` the ledger's hashes of the others
+    (sha256 -> ``width``, ``height``, ``format``, ``phash``, ``dhash``);
+    ``examine_options`` the keyword arguments of :func:`examine`. Returns each stage's
+    outcomes, in the order the flow records them: ``{"hash": [...], "assets": [fresh hash
+    records], "capture_time": [...], "capture_rows": [...], "deliver": [...]}``.
     """
-    from tasks.capture_time import capture_times
-    from tasks.hashing import hash_files
-
-    records = hash_files([e["path"] for e in hash_entries], processes=processes,
-                         max_pixels=max_pixels, max_bytes=max_bytes)
-    unreadable = {e.get("sha256") for e, r in zip(hash_entries, records) if r.get("status") != "ok"}
-    readable = [e for e in entries if e.get("sha256") not in unreadable]
-    times = capture_times(readable, rules=rules, default_tz=default_tz)
-    return {"hash": records, "capture": {e["item_id"]: t for e, t in zip(readable, times)}}
+    records, captures = examine(items, hash_entries, **examine_options)
+    hashed = hash_outcomes(items, cached, [e["sha256"] for e in hash_entries], records)
+    readable = [o["item"] for o in hashed if o["outcome"] == "ok"]
+    no_result = {"error": "no_capture_result"}
+    dated, capture_rows = capture_outcomes(readable, [captures.get(i["item_id"], no_result) for i in readable])
+    going_on = [o["item"] for o in dated if o["outcome"] == "ok"]
+    delivered = deliver(destination_config, going_on, workdir, options, dry_run) if going_on else []
+    return {"hash": hashed, "assets": records, "capture_time": dated, "capture_rows": capture_rows,
+            "deliver": delivered}
 
 
 @task(retries=BATCH_RETRIES, retry_delay_seconds=_retry_delays(BATCH_RETRIES), retry_jitter_factor=0.5,
       task_run_name=_name("deliver"), cache_policy=None, persist_result=False)
 def deliver_batch(destination_config: KindConfig, items: list[dict], workdir: str, options: Any,
                   dry_run: bool) -> list[dict]:
-    """Deliver a batch of fetched, hashed and dated photos to the destination."""
+    """Deliver a batch of fetched photos, for a source whose pipeline has no hashing
+    (``("fetch", "deliver")``); see :func:`deliver`."""
+    return deliver(destination_config, items, workdir, options, dry_run)
+
+
+def examine(items: list[dict], hash_entries: list[dict], *, processes: int, max_pixels: int, max_bytes: int,
+            rules: list[Any], default_tz: str | None) -> tuple[list[dict], dict[str, dict]]:
+    """Hash the ``hash_entries`` (``path``, ``sha256``) and restore the capture time of
+    every item whose content did not fail to hash. Returns (one hash record per hash
+    entry, in order; {item_id: capture-time record}); see
+    :func:`tasks.hashing.hash_file` and :func:`tasks.capture_time.capture_times`."""
+    from tasks.capture_time import capture_times
+    from tasks.hashing import hash_files
+
+    records = hash_files([e["path"] for e in hash_entries], processes=processes,
+                         max_pixels=max_pixels, max_bytes=max_bytes)
+    unreadable = {e.get("sha256") for e, r in zip(hash_entries, records) if r.get("status") != "ok"}
+    readable = [{"path": i["local_path"], "item_id": i["item_id"], "sha256": i.get("sha256"),
+                 "name": i.get("name"), "folder": _folder(i)}
+                for i in items if i.get("sha256") not in unreadable]
+    times = capture_times(readable, rules=rules, default_tz=default_tz)
+    return records, {e["item_id"]: t for e, t in zip(readable, times)}
+
+
+def hash_outcomes(items: list[dict], cached: dict[str, dict], hashing: list[str],
+                  records: list[dict]) -> list[dict]:
+    """The ``hash`` outcome of each item: its content's hashes from the ledger
+    (``cached``, reason ``cached``) or from this batch's ``records`` (one per sha256 in
+    ``hashing``). An item that goes on carries them as ``item["asset"]``."""
+    fresh = dict(zip(hashing, records))
+    out = []
+    for item in items:
+        sha = item.get("sha256")
+        rec, reason = (cached[sha], "cached") if sha in cached else (fresh.get(sha) or {}, None)
+        if sha in cached or rec.get("status") == "ok":
+            asset = {k: rec.get(k) for k in ("width", "height", "format", "phash", "dhash")}
+            out.append(outcome(item["item_id"], "hash", "ok", reason, detail=asset,
+                               sha256=sha) | {"item": dict(item, asset=asset)})
+        else:
+            out.append(outcome(item["item_id"], "hash", "failed", rec.get("error") or "unreadable",
+                               detail={"message": rec.get("message")}, sha256=sha)
+                       | {"item": item})
+    return out
+
+
+def capture_outcomes(items: list[dict], records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The ``capture_time`` outcome of each item and the ledger's capture-time rows. An
+    item that goes on carries its capture time as ``item["capture"]``."""
+    rows, out = [], []
+    for item, rec in zip(items, records):
+        capture = {k: rec.get(k) for k in ("local", "utc", "offset_minutes", "tz", "provenance", "conflicts")}
+        rows.append(dict(capture, item_id=item["item_id"], sha256=item.get("sha256")))
+        reason = rec.get("provenance") or rec.get("error") or "unknown"
+        out.append(outcome(item["item_id"], "capture_time", "ok", reason, detail=capture,
+                           sha256=item.get("sha256")) | {"item": dict(item, capture=capture)})
+    return out, rows
+
+
+def deliver(destination_config: KindConfig, items: list[dict], workdir: str, options: Any,
+            dry_run: bool) -> list[dict]:
+    """Deliver fetched, hashed and dated photos to the destination: one outcome per item."""
     dest = make_destination(destination_config, workdir=Path(workdir), options=options)
     try:
         with scrubbed_exceptions():  # a failed task's message goes to the Prefect API
@@ -102,3 +164,8 @@ def deliver_batch(destination_config: KindConfig, items: list[dict], workdir: st
                                    detail={"message": "the destination returned no outcome"},
                                    duration_ms=sw.ms) | {"item": item})
     return results
+
+
+def _folder(item: dict) -> str:
+    rel = item.get("relpath") or item.get("source_ref") or ""
+    return rel.rsplit("/", 1)[0] if "/" in rel else ""

@@ -176,9 +176,9 @@ def test_content_already_hashed_is_not_decoded_again(tmp_path, camera):
     assert (tmp_path / "copy2" / "2006" / "10" / "04" / "IMG_00001.JPG").exists()
 
 
-def test_task_runs_are_one_per_batch_and_stage_and_say_their_size(tmp_path, camera):
-    """12 photos in batches of 4: a fetch, an examine (hash + capture time) and a deliver
-    task run per batch, none per photo, each named with its batch's size."""
+def test_task_runs_are_two_per_batch_and_say_their_size(tmp_path, camera):
+    """12 photos in batches of 4: a fetch task run and an examine-and-deliver task run
+    (hash, capture time, deliver) per batch, none per photo, each named with its batch's size."""
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -196,10 +196,10 @@ def test_task_runs_are_one_per_batch_and_stage_and_say_their_size(tmp_path, came
             return sorted(r.name for r in runs)
 
     got = asyncio.run(names())
-    # 3 batches fetched (4 items each); the 3 broken files fail at fetch or hash, so
-    # later stages see smaller batches; never more task runs than batches x stages
-    assert len([n for n in got if n.startswith("fetch-")]) == 3, got
-    assert all(n == "fetch-4-items" for n in got if n.startswith("fetch-")), got
-    assert len(got) <= 3 * 3, got
-    assert any(n.startswith("examine-") for n in got), got
-    assert sum(int(n.split("-")[-2]) for n in got if n.startswith("deliver-")) == 9, got
+    # 3 batches of 4: each fetched by one task run, then hashed, dated and delivered by one
+    # more (the 3 broken files fail at the hash, inside it); never a task run per photo
+    assert got == ["examine-and-deliver-4-items"] * 3 + ["fetch-4-items"] * 3, got
+    # the ledger still has each stage on its own, in order: 12 hashed, 9 dated and delivered
+    ledger = state.result()["ledger"]
+    stages = dict(_events(ledger, "SELECT stage, count(*) FROM events WHERE stage <> 'list' GROUP BY ALL"))
+    assert stages == {"fetch": 12, "hash": 12, "capture_time": 9, "deliver": 9}, stages

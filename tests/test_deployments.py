@@ -249,10 +249,10 @@ def test_a_killed_run_is_marked_crashed_and_its_retry_finishes_the_job(tmp_path,
         # under way: downloading, and its first heartbeat is on the server
         _wait(lambda: slow.hits >= 1 and _heartbeat_recorded(env, flow_run_id), 120, "the run's first heartbeat")
         assert _flow_run_state(env, flow_run_id).is_running()
-        os.killpg(worker.pid, signal.SIGKILL)  # the worker first, so it cannot report the run's end
-        worker.wait(timeout=30)
         victims = _processes_of(flow_run_id)
         assert victims, "the flow run's process was not found"
+        os.killpg(worker.pid, signal.SIGKILL)  # the worker first, so it cannot report the run's end
+        worker.wait(timeout=30)
         for pid in victims:
             try:
                 os.kill(pid, signal.SIGKILL)

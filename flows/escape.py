@@ -287,12 +287,13 @@ class EscapeRun:
         todo = {i["sha256"]: i["local_path"] for i in items if i.get("sha256") not in cached}
         return examine_and_deliver_batch.submit(
             self._batch_arg(items), self._batch_arg([{"path": p, "sha256": h} for h, p in todo.items()]),
-            {sha: _asset(row) for sha, row in cached.items()},
-            {"processes": self._processes(), "max_pixels": self.opts.max_pixels, "max_bytes": self.opts.max_bytes,
-             "rules": list(self.spec.time_zones), "default_tz": self.spec.default_tz},
+            self._batch_arg({sha: _asset(row) for sha, row in cached.items()}),
+            self._batch_arg({"processes": self._processes(), "max_pixels": self.opts.max_pixels,
+                             "max_bytes": self.opts.max_bytes, "rules": list(self.spec.time_zones),
+                             "default_tz": self.spec.default_tz}),
             self.spec.destination, self.workdir, self.opts, self.dry_run)
 
-    def _batch_arg(self, batch: list[dict]) -> Any:
+    def _batch_arg(self, batch: list[dict] | dict) -> Any:
         """A batch as a task argument. In this process it goes in ``quote()``: Prefect then
         does not walk hundreds of item dicts looking for futures to resolve (a measurable
         share of the flow's own CPU). Dask ships arguments to its workers in its own
@@ -316,6 +317,8 @@ class EscapeRun:
             self.writer.put(self._write, stage, results, None, None)
             outcomes = results
             going_on = [o["item"] for o in outcomes if o["outcome"] == "ok" and not o.get("final") and "item" in o]
+            if batch.stage + 1 >= len(self.stages):  # the last stage (deliver, for a source without hashing)
+                going_on = []
             finished = len(batch.items) - len(going_on)
         self.progress.add_finished(finished)
         if stage == "fetch" and self.downloads:

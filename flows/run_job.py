@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prefect import flow
+from prefect import flow, tags
+from prefect.runtime import flow_run
 from pydantic import BaseModel, Field, model_validator
 
 
@@ -59,6 +60,15 @@ def run_job(job: JobInput, dry_run: bool = False, only_failed: bool = False,
     name = data.get("flow", "escape")
     if name not in STORY_FLOWS:
         raise ValueError(f"flow {name!r} is not known; expected one of: {', '.join(STORY_FLOWS)}")
+    # the story's flow run carries this run's tags (the deployment's), so what watches
+    # them (prefect-automations.yaml, filters in the UI) sees the run doing the work too
+    with tags(*(flow_run.tags or [])):
+        return _run_story(name, job, data, dry_run=dry_run, only_failed=only_failed,
+                          fail_on_failed_items=fail_on_failed_items)
+
+
+def _run_story(name: str, job: JobInput, data: dict, *, dry_run: bool, only_failed: bool,
+               fail_on_failed_items: bool) -> dict:
     if name == "escape":
         from flows.escape import escape_flow_for, job_spec
 

@@ -8,8 +8,10 @@ the moments that matter exactly, in the real code path:
     PHOTO_ESCAPE_CRASH_AT=ledger_write:2,fetch:1
 
 Points (see the ``crash_point(...)`` calls): ``fetch``, ``hash``, ``capture_time``,
-``deliver`` (a batch's stage finished, its outcomes not yet in the ledger; for
-``deliver`` the photos are already in the destination) and ``ledger_write`` (inside
+``deliver`` (a batch's stage finished, its outcomes not yet in the ledger; in the
+escape flow one task hashes, dates and delivers a batch, so at ``hash``,
+``capture_time`` and ``deliver`` its photos are already in the destination) and
+``ledger_write`` (inside
 a ledger transaction, rows inserted, not committed). The process dies with SIGKILL:
 no ``finally``, no ``atexit``, no flush, like a power cut or the OOM killer.
 

@@ -213,6 +213,22 @@ def _processes_of(flow_run_id) -> list[int]:
     return pids
 
 
+def _subflow_states(env, flow_run_id) -> list:
+    """The states of the flow runs started inside this one (the story's flow)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def read():
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+            return [r.state for r in runs]
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        return asyncio.run(read())
+
+
 def _heartbeat_recorded(env, flow_run_id) -> bool:
     import requests
 
@@ -264,6 +280,10 @@ def test_a_killed_run_is_marked_crashed_and_its_retry_finishes_the_job(tmp_path,
         state = _wait(lambda: (s := _flow_run_state(env, flow_run_id)).is_crashed() and s, 150,
                       "the automation to mark the run Crashed")
         assert "No heartbeat" in (state.message or ""), state
+        # and so is the escape flow's own run inside it (it carries the deployment's tags)
+        subflows = _wait(lambda: (s := _subflow_states(env, flow_run_id)) and all(x.is_crashed() for x in s) and s,
+                         150, "the automation to mark the escape flow's run Crashed")
+        assert all("No heartbeat" in (s.message or "") for s in subflows), subflows
 
         host.faults.clear()
         worker = _start_worker(env, tmp_path / "worker-2.log")  # another machine, same ledger folder

@@ -305,26 +305,23 @@ class EscapeRun:
             return 1
         return self.opts.processes
 
-    def _record(self, batch: _Batch, results: list[dict]):
+    def _record(self, batch: _Batch, results: list[dict] | dict):
         """Append a finished stage's outcomes; return the next stage's future (or None)."""
         stage = self.stages[batch.stage]
         if stage == FINISH:  # three stages' outcomes, recorded stage by stage as if each had been a task
             self.writer.put(self._write, "hash", results["hash"], results["assets"], None)
             self.writer.put(self._write, "capture_time", results["capture_time"], None, results["capture_rows"])
             self.writer.put(self._write, "deliver", results["deliver"], None, None)
-            going_on, finished = [], len(batch.items)
         else:
             self.writer.put(self._write, stage, results, None, None)
-            outcomes = results
-            going_on = [o["item"] for o in outcomes if o["outcome"] == "ok" and not o.get("final") and "item" in o]
-            if batch.stage + 1 >= len(self.stages):  # the last stage (deliver, for a source without hashing)
-                going_on = []
-            finished = len(batch.items) - len(going_on)
-        self.progress.add_finished(finished)
+        # after the last stage (FINISH, or deliver for a source without hashing) the batch is done
+        going_on = [] if batch.stage + 1 >= len(self.stages) else \
+            [o["item"] for o in results if o["outcome"] == "ok" and not o.get("final") and "item" in o]
+        self.progress.add_finished(len(batch.items) - len(going_on))
         if stage == "fetch" and self.downloads:
             batch.staged = [o["item"]["local_path"] for o in results if (o.get("item") or {}).get("local_path")]
         batch.items = going_on
-        if not going_on or batch.stage + 1 >= len(self.stages):
+        if not going_on:
             self._unstage(batch)
             return None
         return self._advance(batch)

@@ -84,16 +84,24 @@ def prefect_server(tmp_path_factory):
         log.close()
 
 
-def _flow_run_state(env, flow_run_id):
+def _api(env, ask) -> Any:
+    """``await ask(client)`` with a Prefect client of the module's server, from sync code."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    async def read():
+    async def run():
         async with get_client() as client:
-            return (await client.read_flow_run(flow_run_id)).state
+            return await ask(client)
 
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-        return asyncio.run(read())
+        return asyncio.run(run())
+
+
+def _flow_run_state(env, flow_run_id):
+    async def ask(client):
+        return (await client.read_flow_run(flow_run_id)).state
+
+    return _api(env, ask)
 
 
 def _cli(env, *args: str) -> subprocess.CompletedProcess:
@@ -130,29 +138,29 @@ def _start_worker(env, log: Path) -> subprocess.Popen:
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
-async def _trigger(job: dict, **job_variables) -> Any:
+def _trigger(env, job: dict, job_variables: dict | None = None) -> Any:
     """Start a run of the find-my-photo deployment with this job, as the UI's Custom Run does."""
-    from prefect.client.orchestration import get_client
-
-    async with get_client() as client:
+    async def ask(client):
         dep = await client.read_deployment_by_name("photo-escape-job/find-my-photo")
         fr = await client.create_flow_run_from_deployment(
             dep.id, parameters={"job": {"spec": job}, "dry_run": False, "only_failed": False},
-            job_variables=job_variables or None)
+            job_variables=job_variables)
         return fr.id
 
+    return _api(env, ask)
 
-async def _retry(flow_run_id) -> None:
-    from prefect.client.orchestration import get_client
+
+def _retry(env, flow_run_id) -> None:
+    """What the UI's Retry button does."""
     from prefect.states import AwaitingRetry
 
-    async with get_client() as client:  # what the UI's Retry button does
+    async def ask(client):
         await client.set_flow_run_state(flow_run_id, AwaitingRetry(message="Retry from the UI"), force=True)
+
+    _api(env, ask)
 
 
 def test_deploy_trigger_fail_retry(tmp_path, deployed):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     env = deployed
     host = NumberedHost(count=24, missing={7, 19}, cache_dir=tmp_path / "host-cache").start()
     worker = _start_worker(env, tmp_path / "worker.log")
@@ -161,8 +169,7 @@ def test_deploy_trigger_fail_retry(tmp_path, deployed):
         host.faults.add("error", status=503, match=r"/(5|11|23)\.jpg$", times=None)
         job = _harvest(tmp_path, host, "deployed-harvest", retries=1, backoff_seconds=0.01)
 
-        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            flow_run_id = asyncio.run(_trigger(job))
+        flow_run_id = _trigger(env, job)
         state = _wait(lambda: (s := _flow_run_state(env, flow_run_id)).is_final() and s, 240, "the first run")
         assert state.is_failed(), state
         con = duckdb.connect(job["ledger"], read_only=True)
@@ -172,8 +179,7 @@ def test_deploy_trigger_fail_retry(tmp_path, deployed):
         assert first == [(24, 19, 2, 3, 0)] and reasons == [("http_503",)]
 
         host.faults.clear()  # the service recovers; the person presses Retry
-        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            asyncio.run(_retry(flow_run_id))
+        _retry(env, flow_run_id)
         state = _wait(lambda: (s := _flow_run_state(env, flow_run_id)).is_final() and s.name != "AwaitingRetry" and s,
                       240, "the retried run")
         assert state.is_completed(), state
@@ -215,18 +221,14 @@ def _processes_of(flow_run_id) -> list[int]:
 
 def _subflow_states(env, flow_run_id) -> list:
     """The states of the flow runs started inside this one (the story's flow)."""
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    async def read():
-        async with get_client() as client:
-            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
-            return [r.state for r in runs]
+    async def ask(client):
+        runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        return [r.state for r in runs]
 
-    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-        return asyncio.run(read())
+    return _api(env, ask)
 
 
 def _heartbeat_recorded(env, flow_run_id) -> bool:
@@ -245,7 +247,6 @@ def test_a_killed_run_is_marked_crashed_and_its_retry_finishes_the_job(tmp_path,
     SIGKILL, so nothing can report. The heartbeat automation marks the run Crashed; the
     UI's Retry runs it again, and the ledger shows every picture delivered once."""
     import yaml
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     env = deployed
     # prefect-automations.yaml's automation, with 45 s of silence instead of 3 minutes
@@ -260,8 +261,7 @@ def test_a_killed_run_is_marked_crashed_and_its_retry_finishes_the_job(tmp_path,
     job = _harvest(tmp_path, host, "deployed-lost-machine", concurrency=2)
     worker = _start_worker(env, tmp_path / "worker.log")
     try:
-        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            flow_run_id = asyncio.run(_trigger(job, env={"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}))
+        flow_run_id = _trigger(env, job, {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}})
         # under way: downloading, and its first heartbeat is on the server
         _wait(lambda: slow.hits >= 1 and _heartbeat_recorded(env, flow_run_id), 120, "the run's first heartbeat")
         assert _flow_run_state(env, flow_run_id).is_running()
@@ -287,8 +287,7 @@ def test_a_killed_run_is_marked_crashed_and_its_retry_finishes_the_job(tmp_path,
 
         host.faults.clear()
         worker = _start_worker(env, tmp_path / "worker-2.log")  # another machine, same ledger folder
-        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            asyncio.run(_retry(flow_run_id))
+        _retry(env, flow_run_id)
         state = _wait(lambda: (s := _flow_run_state(env, flow_run_id)).is_final() and not s.is_crashed() and s,
                       240, "the retried run")
         assert state.is_completed(), state

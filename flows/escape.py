@@ -29,14 +29,14 @@ from prefect.futures import as_completed
 from prefect.utilities.annotations import quote
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from photo_escape.crashpoints import crash_point
-from flows import flow_run_id
+from flows.run_record import RunRecord
 from photo_escape.jobspec import JobSpec, load_job, parse_job
+from photo_escape.outcomes import Item, Outcome
 from photo_escape.plugins import make_destination, make_source
-from reports.artifacts import artifact_key, report_run
 from photo_escape.secrets import scrubbed_exceptions
-from tasks.hashing import cached_assets, int_to_hex, store_assets
-from tasks.ledger import Ledger, LedgerWriter, new_run_id
+from reports.artifacts import artifact_key
+from tasks.hashing import cached_assets, int_to_hex
+from tasks.ledger import new_run_id
 from tasks.stages import deliver_batch, examine_and_deliver_batch, fetch_batch
 
 BATCHES_IN_FLIGHT = 3  # batches under way at once, each at its own stage
@@ -124,11 +124,11 @@ class _Progress:
 
 
 class _Batch:
-    """One batch on its way through the stages."""
+    """One batch on its way through the steps."""
 
-    def __init__(self, items: list[dict]) -> None:
+    def __init__(self, items: list[Item]) -> None:
         self.items = items
-        self.stage = -1
+        self.step = -1
         self.staged: list[str] = []  # files the fetch downloaded into the work folder
 
 
@@ -155,7 +155,7 @@ def escape(
 
 
 class EscapeRun:
-    """The orchestration of one run; no HTTP or SQL of its own (sources, tasks and the ledger do that)."""
+    """The orchestration of one run; no HTTP or SQL of its own (sources, tasks and the run record do that)."""
 
     def __init__(self, spec: JobSpec, *, dry_run: bool, only_failed: bool, run_id: str | None,
                  fail_on_failed_items: bool) -> None:
@@ -172,47 +172,33 @@ class EscapeRun:
     def run(self) -> dict:
         spec = self.spec
         Path(self.workdir).mkdir(parents=True, exist_ok=True)
-        self.ledger = Ledger(spec.ledger_path)
+        destination = make_destination(spec.destination, workdir=Path(self.workdir), options=self.opts)
+        source = make_source(spec.source, workdir=Path(self.workdir), options=self.opts)
         try:
-            destination = make_destination(spec.destination, workdir=Path(self.workdir), options=self.opts)
-            self.settings = destination.settings_key()
-            if hasattr(destination, "clear_staging") and not self.dry_run:
-                destination.clear_staging()
-            source = make_source(spec.source, workdir=Path(self.workdir), options=self.opts)
             source.protect(destination.protected_prefixes())
-            self.stages = _steps(source.pipeline)
+            self.steps = _steps(source.pipeline)
             self.downloads = source.downloads
-            self.history = self.ledger.has_history(spec.name)
-            self.ledger.start_run(self.run_id, spec.name, flow="escape", settings=self.settings,
-                                  spec=spec.dump(), dry_run=self.dry_run, only_failed=self.only_failed,
-                                  flow_run_id=flow_run_id())
-            self._clear_work_of_ended_runs()
-            self.progress = _Progress(spec.name, self.run_id)
-            self.writer = LedgerWriter(self.ledger)
-            self.janitor = ThreadPoolExecutor(1, thread_name_prefix="unstage")
-            self.reads = self.ledger.reader()  # for the loop's own questions while the writer writes
-            self.log.info("run %s of job %s: %s -> %s%s", self.run_id, spec.name, spec.source.kind,
-                          spec.destination.kind, " (dry run)" if self.dry_run else "")
-            try:
-                self._work(source)
-                self.writer.flush()
-                status = "finished"
-            except BaseException:
-                self._finish(source, status="crashed")
-                raise
-            finally:
-                self.progress.close()
-                source.close()
-                destination.close()
-            return self._finish(source, status=status)
+            with RunRecord(spec, flow="escape", settings=destination.settings_key(), dry_run=self.dry_run,
+                           only_failed=self.only_failed, run_id=self.run_id,
+                           fail_on_failed_items=self.fail_on_failed_items, spec=spec.dump(), log=self.log) as run:
+                self.record = run
+                # only now that this run holds the ledger: another run's staging is not ours to clear
+                if hasattr(destination, "clear_staging") and not self.dry_run:
+                    destination.clear_staging()
+                self._clear_work_of_ended_runs()
+                self.log.info("run %s of job %s: %s -> %s%s", self.run_id, spec.name, spec.source.kind,
+                              spec.destination.kind, " (dry run)" if self.dry_run else "")
+                self.progress = _Progress(spec.name, self.run_id)
+                run.write_in_background()
+                with ThreadPoolExecutor(1, thread_name_prefix="unstage") as self.janitor:
+                    try:
+                        self._work(source)
+                    finally:
+                        self.progress.close()
+                return run.finish(source.report_facts())
         finally:
-            if getattr(self, "janitor", None) is not None:
-                self.janitor.shutdown(wait=True)
-            if getattr(self, "writer", None) is not None:
-                self.writer.close()
-            if getattr(self, "reads", None) is not None:
-                self.reads.close()
-            self.ledger.close()
+            source.close()
+            destination.close()
 
     def _clear_work_of_ended_runs(self) -> None:
         """Remove the work folders of this job's earlier runs: a run killed mid-way leaves
@@ -220,17 +206,17 @@ class EscapeRun:
         import shutil
 
         here = Path(self.workdir)
-        for run_id in self.ledger.ended_runs(self.spec.name):
+        for run_id in self.record.ledger.ended_runs(self.spec.name):
             if not run_id or Path(run_id).name != run_id or run_id in (".", ".."):
                 continue  # a run id given by hand that is not a plain folder name: leave it
             old = here.parent / run_id
             if old != here and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
 
-    def _listing(self, source) -> Iterator[list[dict]]:
+    def _listing(self, source) -> Iterator[list[Item]]:
         size = self.opts.batch_size
         if self.only_failed:
-            return _paged(self.ledger.failed_items(self.spec.name), size)
+            return _paged(self.record.failed_items(), size)
         return _batches(source.list_pages(), size)
 
     def _work(self, source) -> None:
@@ -238,7 +224,7 @@ class EscapeRun:
         in_flight: dict[Any, _Batch] = {}
         exhausted = False
         while True:
-            # a new batch starts when fewer than BATCHES_IN_FLIGHT are under way, at whatever stage:
+            # a new batch starts when fewer than BATCHES_IN_FLIGHT are under way, at whatever step:
             # the work folder holds at most that many batches' downloads however slow the destination
             while not exhausted and len(in_flight) < BATCHES_IN_FLIGHT:
                 items = next(batches, None)
@@ -250,40 +236,35 @@ class EscapeRun:
                     in_flight[self._advance(batch)] = batch
             if not in_flight:
                 break
-            self.writer.check()
+            self.record.check()
             future = next(as_completed(list(in_flight)))
             batch = in_flight.pop(future)
             nxt = self._record(batch, future.result())
             if nxt is not None:
                 in_flight[nxt] = batch
 
-    def _admit(self, items: list[dict]) -> _Batch | None:
+    def _admit(self, items: list[Item]) -> _Batch | None:
         """Record a listed batch; keep the photos that still need work."""
-        self.writer.put(self.ledger.add_items, self.spec.name, self.run_id, items)
+        self.record.listed(items)
         self.progress.add_listed(len(items))
-        if not self.history:  # a job's first run: nothing can be complete yet
-            return _Batch(items)
-        # earlier runs' outcomes (this run's own pending writes cannot complete an item it has not started)
-        done = self.reads.completed(self.spec.name, [i["item_id"] for i in items], self.settings)
-        todo = [i for i in items if i["item_id"] not in done
-                or (i.get("fingerprint") and done[i["item_id"]] and i["fingerprint"] != done[i["item_id"]])]
+        todo = self.record.still_to_do(items)
         self.progress.add_finished(len(items) - len(todo))
         return _Batch(todo) if todo else None
 
     def _advance(self, batch: _Batch):
-        """Submit the batch's next stage; returns its future."""
-        batch.stage += 1
-        stage = self.stages[batch.stage]
+        """Submit the batch's next step; returns its future."""
+        batch.step += 1
+        step = self.steps[batch.step]
         items = batch.items
-        if stage == "fetch":
+        if step == "fetch":
             return fetch_batch.submit(self.spec.source, self._batch_arg(items), self.workdir, self.opts)
-        if stage == "deliver":  # a source without hashing
+        if step == "deliver":  # a source without hashing
             return deliver_batch.submit(self.spec.destination, self._batch_arg(items), self.workdir, self.opts,
                                         self.dry_run)
-        if stage != FINISH:
-            raise ValueError(f"the escape flow has no task for the stage {stage!r}")
+        if step != EXAMINE_AND_DELIVER:
+            raise ValueError(f"the escape flow has no task for the step {step!r}")
         # content the ledger has already hashed (same sha256, same algorithm) is not decoded again
-        cached = cached_assets(self.reads, [i.get("sha256") for i in items])
+        cached = cached_assets(self.record.reads, [i.get("sha256") for i in items])
         todo = {i["sha256"]: i["local_path"] for i in items if i.get("sha256") not in cached}
         return examine_and_deliver_batch.submit(
             self._batch_arg(items), self._batch_arg([{"path": p, "sha256": h} for h, p in todo.items()]),
@@ -305,20 +286,21 @@ class EscapeRun:
             return 1
         return self.opts.processes
 
-    def _record(self, batch: _Batch, results: list[dict] | dict):
-        """Append a finished stage's outcomes; return the next stage's future (or None)."""
-        stage = self.stages[batch.stage]
-        if stage == FINISH:  # three stages' outcomes, recorded stage by stage as if each had been a task
-            self.writer.put(self._write, "hash", results["hash"], results["assets"], None)
-            self.writer.put(self._write, "capture_time", results["capture_time"], None, results["capture_rows"])
-            self.writer.put(self._write, "deliver", results["deliver"], None, None)
+    def _record(self, batch: _Batch, results: list[Outcome] | dict):
+        """Record a finished step's outcomes; return the next step's future (or None)."""
+        step = self.steps[batch.step]
+        if step == EXAMINE_AND_DELIVER:  # three stages' outcomes, recorded stage by stage, in order
+            self.record.record("hash", results["hash"], assets=results["assets"])
+            self.record.record("capture_time", results["capture_time"], capture_rows=results["capture_rows"])
+            self.record.record("deliver", results["deliver"])
+            going_on: list[Item] = []
         else:
-            self.writer.put(self._write, stage, results, None, None)
-        # after the last stage (FINISH, or deliver for a source without hashing) the batch is done
-        going_on = [] if batch.stage + 1 >= len(self.stages) else \
-            [o["item"] for o in results if o["outcome"] == "ok" and not o.get("final") and "item" in o]
+            self.record.record(step, results)
+            going_on = [o["item"] for o in results if o["outcome"] == "ok" and not o.get("final") and "item" in o]
+        if batch.step + 1 >= len(self.steps):  # after the last step the batch is done
+            going_on = []
         self.progress.add_finished(len(batch.items) - len(going_on))
-        if stage == "fetch" and self.downloads:
+        if step == "fetch" and self.downloads:
             batch.staged = [o["item"]["local_path"] for o in results if (o.get("item") or {}).get("local_path")]
         batch.items = going_on
         if not going_on:
@@ -326,80 +308,12 @@ class EscapeRun:
             return None
         return self._advance(batch)
 
-    def _write(self, stage: str, outcomes: list[dict], assets: list[dict] | None,
-               capture_rows: list[dict] | None) -> None:
-        """Record one batch's stage (on the writer thread, in the order the loop put them)."""
-        if not outcomes and not assets and not capture_rows:
-            return  # nothing reached this stage (every photo of the batch failed before it)
-        crash_point(stage)  # tests only: die here, the stage done but not yet recorded
-        with self.ledger.transaction():  # the whole stage or none of it, within the writer's gathering
-            if assets:
-                store_assets(self.ledger, assets)
-            if capture_rows:
-                self.ledger.add_capture_times(self.spec.name, self.run_id, capture_rows)
-            self.ledger.append_events(self.spec.name, self.run_id, outcomes, settings=self.settings)
-
     def _unstage(self, batch: _Batch) -> None:
         """Remove a finished batch's downloads from the work folder (disk stays flat), on
         the janitor thread: hundreds of unlinks would hold up the loop's next submission."""
         if batch.staged:
             self.janitor.submit(_remove_downloads, batch.staged, self.workdir, self.log)
         batch.staged = []
-
-    def _finish(self, source, *, status: str) -> dict:
-        self.writer.close()  # whatever was put is written before the run is summed up
-        counts = self.ledger.reconciliation(run_id=self.run_id)
-        summary: dict[str, Any] = {
-            "run_id": self.run_id,
-            "job": self.spec.name,
-            "ledger": str(self.spec.ledger_path.resolve()),
-            "report": None,
-            **counts,
-            "dry_run": self.dry_run,
-            "only_failed": self.only_failed,
-            "status": status,
-        }
-        facts = source.report_facts() or {}
-        if "expected_count" in facts and facts["expected_count"] is not None:
-            summary["expected_count"] = facts["expected_count"]
-            summary["expected_count_met"] = counts["done"] + counts["skipped"] >= facts["expected_count"] \
-                and counts["listed"] == facts["expected_count"]
-        summary.update({k: v for k, v in facts.items() if k not in summary})
-        self.ledger.finish_run(self.run_id, status, summary)
-        summary["report"] = self._report(summary)
-        if summary["report"]:
-            self.ledger.finish_run(self.run_id, status, summary)
-        if status == "finished" and self.fail_on_failed_items and counts["failed"]:
-            raise ItemsFailed(f"{counts['failed']} of {counts['listed']} photos failed; see {summary['report']}")
-        return summary
-
-    def _report(self, summary: dict) -> str | None:
-        """Write and publish the run's report; a report problem never loses the run's record."""
-        return report_run(self.ledger, job=self.spec.name, run_id=self.run_id,
-                          reports_dir=self.spec.reports_dir, log=self.log)
-
-
-def task_runner_for(options) -> Any:
-    """The task runner a job asks for: threads in this process, or a Dask cluster.
-
-    ``options.task_runner: dask`` with ``dask_address`` runs batches on that cluster;
-    without an address a local cluster of ``dask_workers`` separate worker processes
-    is started for the run. Either way this flow stays the ledger's only writer.
-    """
-    if options.task_runner == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        if options.dask_address:
-            return DaskTaskRunner(address=options.dask_address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": options.dask_workers, "processes": True,
-                                              "threads_per_worker": max(1, options.concurrency // 2),
-                                              "dashboard_address": None})
-    return ThreadPoolTaskRunner(max_workers=8)
-
-
-def escape_flow_for(spec: JobSpec):
-    """The escape flow configured with the task runner the job's options ask for."""
-    return escape.with_options(task_runner=task_runner_for(spec.options))
 
 
 def _asset(row: dict) -> dict:
@@ -409,22 +323,19 @@ def _asset(row: dict) -> dict:
             **{k: int_to_hex(row.get(k)) for k in ("phash", "dhash")}}
 
 
-FINISH = "hash+capture_time+deliver"  # one task per batch for the three stages after the fetch
+EXAMINE_AND_DELIVER = "examine_and_deliver"  # hash, capture time and delivery of a batch: one task run
 
 
 def _steps(pipeline: tuple[str, ...]) -> tuple[str, ...]:
-    """The tasks a batch goes through: the source's stages, with hashing, reading the
-    capture time and delivering done by one task (all work on the same local files; a
-    task run per stage cost the run more than the work between them, measured in
-    bench/RESULTS.md). The ledger still records each stage on its own."""
+    """The task runs a batch goes through: the source's stages, except that hashing,
+    reading the capture time and delivering are one step, ``examine_and_deliver`` (all
+    work on the same local files; a task run per stage cost the run more than the work
+    between them, measured in bench/RESULTS.md). The ledger still records each stage
+    on its own, in order."""
     steps = tuple(pipeline)
     if steps[-3:] == ("hash", "capture_time", "deliver"):
-        steps = steps[:-3] + (FINISH,)
+        steps = steps[:-3] + (EXAMINE_AND_DELIVER,)
     return steps
-
-
-class ItemsFailed(Exception):
-    """Raised at the end of a recorded run when photos failed and the caller asked to fail."""
 
 
 def _remove_downloads(paths: list[str], workdir: str, log: Any) -> None:

@@ -17,11 +17,12 @@ It reads like the job it automates:
    only writer);
 5. reconcile, write the report and return the summary with the rankings.
 
-The job (a dict or a YAML file with ``flow: find_my_photo``)::
+The job (a dict, or a YAML file with ``flow: find_my_photo``; its model is
+:class:`photo_escape.jobspec.FindJob`, paths taken from the job file's folder)::
 
     name: find-my-photo
     flow: find_my_photo
-    ledger: ./find-my-photo.duckdb
+    ledger: ledgers/find-my-photo.duckdb # default <home>/ledgers/<name>.duckdb
     folder: ./harvest/battlecry          # what the numbered harvest delivered
     references: [refs/forehead.png, refs/sky.png]
     top: 5                               # pictures listed per reference
@@ -37,54 +38,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, ConfigDict, Field
 
+from flows.run_record import RunRecord
 from photo_escape.outcomes import outcome
-from reports.artifacts import report_run
-from tasks.ledger import Ledger, new_run_id
-
-
-class FindJob(BaseModel):
-    """A find-my-photo job: where the pictures are and what to look for."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str = "find-my-photo"
-    flow: str = "find_my_photo"
-    ledger: str = "find-my-photo.duckdb"
-    folder: str = Field(description="the folder of harvested pictures (searched recursively)")
-    references: list[str] = Field(min_length=1, description="the small reference crops")
-    top: int = Field(5, ge=1)
-    shortlist: int = Field(200, ge=1)
-    batch_size: int = Field(500, ge=1)
-    processes: int = Field(0, ge=0)
-    cache: str | None = None
-    reports_dir: str = "reports/out"
-
-
-def load_job(job: FindJob | dict | str | Path) -> FindJob:
-    """A validated job from a model, a dict or a YAML file (relative paths are taken
-    from the file's folder)."""
-    if isinstance(job, FindJob):
-        return job
-    if isinstance(job, dict):
-        return FindJob(**job)
-    path = Path(job)
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    base = path.resolve().parent
-
-    def rel(p: str) -> str:
-        return str(p if Path(p).is_absolute() else base / p)
-
-    data["folder"] = rel(data["folder"])
-    data["references"] = [rel(r) for r in data.get("references") or []]
-    data["ledger"] = rel(data.get("ledger", "find-my-photo.duckdb"))
-    for key in ("cache", "reports_dir"):
-        if data.get(key):
-            data[key] = rel(data[key])
-    return FindJob(**data)
+from photo_escape.stories import load_job
 
 
 @task(name="thumbnails", retries=2, retry_delay_seconds=1, cache_policy=None, persist_result=False)
@@ -106,29 +65,28 @@ def rank_reference(reference: str, paths: list[str], thumbs: Any, top: int, shor
 
 @flow(name="find-my-photo", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
 def find_my_photo(job: dict | str, dry_run: bool = False, only_failed: bool = False,
-                  run_id: str | None = None) -> dict:
+                  run_id: str | None = None, fail_on_failed_items: bool = False) -> dict:
     """Rank the harvested folder against each reference crop; returns the summary with
     ``rankings`` ({reference: [{rank, path, score}]}) and ``margins``.
 
     ``dry_run`` and ``only_failed`` are accepted for the common job interface; ranking
-    changes nothing outside the ledger, so both simply rank again."""
+    changes nothing outside the ledger, so both simply rank again. With
+    ``fail_on_failed_items`` a run in which a reference could not be ranked ends Failed."""
     import numpy as np
 
-    from tasks.hashing import image_files, store_assets
+    from tasks.hashing import image_files
     from tasks.similar import ThumbCache, default_cache_path
 
     log = get_run_logger()
-    spec = load_job(job)
-    run_id = run_id or new_run_id()
+    spec = load_job(job, "find_my_photo")
     settings = hashlib.sha256(json.dumps({"top": spec.top, "shortlist": spec.shortlist}).encode()).hexdigest()[:16]
     pictures = image_files([spec.folder])
     cache = ThumbCache(spec.cache or default_cache_path(spec.folder))
-    ledger = Ledger(spec.ledger)
-    try:
-        ledger.start_run(run_id, spec.name, flow="find_my_photo", settings=settings,
-                         spec=spec.model_dump(mode="json"), dry_run=dry_run, only_failed=only_failed)
-        refs = [{"item_id": f"reference:{Path(r).name}", "source_ref": r, "name": Path(r).name} for r in spec.references]
-        ledger.add_items(spec.name, run_id, refs)
+    with RunRecord(spec, flow="find_my_photo", settings=settings, dry_run=dry_run, only_failed=only_failed,
+                   run_id=run_id, fail_on_failed_items=fail_on_failed_items, spec=spec.dump(), log=log) as run:
+        refs = [{"item_id": f"reference:{Path(r).name}", "source_ref": str(r), "name": Path(r).name}
+                for r in spec.references]
+        run.listed(refs)
 
         # 2. thumbnails, in batches, only for pictures the cache does not know
         todo = [p for p in pictures if cache.known(p) is None]
@@ -141,7 +99,7 @@ def find_my_photo(job: dict | str, dry_run: bool = False, only_failed: bool = Fa
                 cache.add(r)
                 if r["status"] != "ok":
                     failed[r["path"]] = r["error"]
-            store_assets(ledger, recs)
+            run.record("thumbnails", [], assets=recs)
         if todo:
             cache.save()
         paths = [p for p in pictures if cache.known(p)]
@@ -167,19 +125,11 @@ def find_my_photo(job: dict | str, dry_run: bool = False, only_failed: bool = Fa
                                 "detail": {"correlation": row["correlation"], **({"margin": margin["margin"]} if row["rank"] == 1 else {})}})
             events.append(outcome(ref["item_id"], "match", "ok" if ranking else "skipped",
                                   None if ranking else "empty_folder", detail=margin, final=bool(ranking)))
-        ledger.add_matches(spec.name, run_id, matches)
-        ledger.append_events(spec.name, run_id, events, settings=settings)
-
-        # 5. reconcile and report
-        summary = {"run_id": run_id, "job": spec.name, "ledger": str(Path(spec.ledger).resolve()), "report": None,
-                   **ledger.reconciliation(run_id=run_id), "pictures": len(pictures),
-                   "thumbnails_computed": len(todo) - len(failed), "unreadable": len(failed),
-                   "rankings": rankings, "margins": margins, "status": "finished"}
-        ledger.finish_run(run_id, "finished", {k: v for k, v in summary.items() if k != "rankings"})
-        summary["report"] = report_run(ledger, job=spec.name, run_id=run_id, reports_dir=spec.reports_dir, log=log)
+        run.record("match", events, matches=matches)
         for ref, m in margins.items():
             log.info("%s: best %s (%s), runner-up %s, margin %s", ref, m["best_score"], m["best"],
                      m["rest_best_score"], m["margin"])
-        return summary
-    finally:
-        ledger.close()
+
+        # 5. reconcile and report
+        return run.finish({"pictures": len(pictures), "thumbnails_computed": len(todo) - len(failed),
+                           "unreadable": len(failed), "margins": margins}, returned={"rankings": rankings})

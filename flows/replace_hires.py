@@ -21,16 +21,13 @@ remembers, and never uploads a photo Flickr already holds at the master's size.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows import flow_run_id
-from reports.artifacts import report_run
-
+from flows.run_record import RunRecord
+from photo_escape.stories import load_job
 from tasks import hires
 from tasks.hires_tasks import build_master_index, list_flickr_page, match_and_find_masters, replace_restore_verify
-from tasks.ledger import Ledger, new_run_id
 
 
 @flow(name="replace-hires", log_prints=True)
@@ -45,58 +42,30 @@ def replace_hires(job: dict | str, dry_run: bool = False, only_failed: bool = Fa
     retry from the Prefect UI picks them up.
     """
     log = get_run_logger()
-    spec = hires.load_hires_job(job)
-    plain = spec.model_dump(mode="json")
+    spec = load_job(job, "replace_hires")
+    plain = spec.dump()
     index = build_master_index(plain)
     log.info("master index: %s masters for %s Digital IDs", index.get("masters"), index.get("ids"))
 
-    run_id = run_id or new_run_id()
-    settings = spec.settings_key()
-    ledger = Ledger(spec.ledger_path)
-    try:
-        ledger.start_run(run_id, spec.name, flow="replace_hires", settings=settings, spec=plain,
-                         dry_run=dry_run, only_failed=only_failed, flow_run_id=flow_run_id())
-        status = "crashed"
-        try:
-            failed_before = {i["item_id"] for i in ledger.failed_items(spec.name)} if only_failed else None
-            page, pages = 1, 1
-            while page <= pages:
-                listing = list_flickr_page(plain, page)
-                pages = listing["pages"]
-                ledger.add_items(spec.name, run_id, listing["items"])
-                todo = _still_to_do(ledger, spec, settings, listing["items"], failed_before)
-                for batch in _batches(todo, spec.options.batch_size):
-                    remembered = hires.remembered_dates(ledger, spec.name, [i["item_id"] for i in batch])
-                    prepared = match_and_find_masters(plain, batch, remembered)
-                    _record(ledger, spec.name, run_id, settings, prepared)
-                    if prepared["ready"]:
-                        replaced = replace_restore_verify(plain, prepared["ready"], dry_run)
-                        _record(ledger, spec.name, run_id, settings, replaced)
-                log.info("page %s of %s: %s photos listed, %s to do", page, pages, len(listing["items"]), len(todo))
-                page += 1
-            status = "finished"
-        finally:
-            summary = _finish(ledger, spec, run_id, status, dry_run, only_failed)
-        if fail_on_failed_items and summary["failed"]:
-            raise PhotosFailed(f"{summary['failed']} of {summary['listed']} photos failed; see {summary['report']}")
-        return summary
-    finally:
-        ledger.close()
-
-
-class PhotosFailed(Exception):
-    """Raised at the end of a recorded run when photos failed and the caller asked to fail."""
-
-
-def _still_to_do(ledger: Ledger, spec: hires.HiresJob, settings: str, items: list[dict],
-                 failed_before: set[str] | None) -> list[dict]:
-    """The listed photos an earlier run has not already finished (or, with
-    ``only_failed``, the ones whose last outcome failed)."""
-    finished = ledger.completed(spec.name, [i["item_id"] for i in items], settings)
-    todo = [i for i in items if i["item_id"] not in finished]
-    if failed_before is not None:
-        todo = [i for i in todo if i["item_id"] in failed_before]
-    return todo
+    # a replaced photo's Flickr fingerprint (secret, size) is the replace's own doing: not a reason to redo it
+    with RunRecord(spec, flow="replace_hires", settings=spec.settings_key(), dry_run=dry_run,
+                   only_failed=only_failed, run_id=run_id, fail_on_failed_items=fail_on_failed_items,
+                   spec=plain, log=log, redo_changed=False) as run:
+        page, pages = 1, 1
+        while page <= pages:
+            listing = list_flickr_page(plain, page)
+            pages = listing["pages"]
+            run.listed(listing["items"])
+            todo = run.still_to_do(listing["items"])
+            for batch in _batches(todo, spec.options.batch_size):
+                remembered = hires.remembered_dates(run.ledger, spec.name, [i["item_id"] for i in batch])
+                prepared = match_and_find_masters(plain, batch, remembered)
+                _record(run, "match", prepared)
+                if prepared["ready"]:
+                    _record(run, "replace", replace_restore_verify(plain, prepared["ready"], dry_run))
+            log.info("page %s of %s: %s photos listed, %s to do", page, pages, len(listing["items"]), len(todo))
+            page += 1
+        return run.finish(lambda ledger: hires.run_counts(ledger, run.run_id))
 
 
 def _batches(items: list[dict], size: int):
@@ -104,24 +73,6 @@ def _batches(items: list[dict], size: int):
         yield items[start:start + size]
 
 
-def _record(ledger: Ledger, job: str, run_id: str, settings: str, result: dict) -> None:
-    """Append a batch's hash records, match rows and outcomes (the flow is the only writer)."""
-    ledger.add_assets(result.get("assets") or [])
-    ledger.add_matches(job, run_id, result.get("matches") or [])
-    ledger.append_events(job, run_id, result.get("outcomes") or [], settings=settings)
-
-
-def _finish(ledger: Ledger, spec: hires.HiresJob, run_id: str, status: str, dry_run: bool,
-            only_failed: bool) -> dict:
-    counts = ledger.reconciliation(run_id=run_id)
-    summary = {
-        "run_id": run_id, "job": spec.name, "ledger": str(Path(spec.ledger_path).resolve()), "report": None,
-        **counts, **hires.run_counts(ledger, run_id),
-        "dry_run": dry_run, "only_failed": only_failed, "status": status,
-    }
-    ledger.finish_run(run_id, status, summary)
-    summary["report"] = report_run(ledger, job=spec.name, run_id=run_id, reports_dir=spec.reports_dir,
-                                   log=get_run_logger())
-    if summary["report"]:
-        ledger.finish_run(run_id, status, summary)
-    return summary
+def _record(run: RunRecord, step: str, result: dict) -> None:
+    """Record a batch's hash records, match rows and outcomes (the flow is the only writer)."""
+    run.record(step, result.get("outcomes") or [], assets=result.get("assets"), matches=result.get("matches"))

@@ -12,15 +12,13 @@ the ledger shows done and redoes the rest.
 
 from __future__ import annotations
 
-import importlib
-import inspect
-from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, tags
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field, model_validator
+
+from photo_escape.stories import load_job, story_of
 
 
 class JobInput(BaseModel):
@@ -35,49 +33,19 @@ class JobInput(BaseModel):
             raise ValueError("give either job_file or spec")
         return self
 
-    def load(self) -> dict[str, Any]:
-        if self.spec is not None:
-            return dict(self.spec)
-        data = yaml.safe_load(Path(self.job_file).read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError(f"{self.job_file}: expected a mapping of fields")
-        return data
-
-
-# a job's ``flow:`` field -> the module and function of that story's flow
-STORY_FLOWS = {
-    "escape": ("flows.escape", "escape"),
-    "replace_hires": ("flows.replace_hires", "replace_hires"),
-    "find_my_photo": ("flows.find_my_photo", "find_my_photo"),
-}
+    def job(self) -> str | dict[str, Any]:
+        """The job file's path or the inline spec, as :func:`photo_escape.stories.load_job` takes it."""
+        return self.job_file or dict(self.spec)
 
 
 @flow(name="photo-escape-job", log_prints=True)
 def run_job(job: JobInput, dry_run: bool = False, only_failed: bool = False,
             fail_on_failed_items: bool = True) -> dict:
     """Run one photo-escape job (any story) and return its summary."""
-    data = job.load()
-    name = data.get("flow", "escape")
-    if name not in STORY_FLOWS:
-        raise ValueError(f"flow {name!r} is not known; expected one of: {', '.join(STORY_FLOWS)}")
+    spec = load_job(job.job())
+    story_flow = story_of(spec.dump()).flow_for(spec)
     # the story's flow run carries this run's tags (the deployment's), so what watches
     # them (prefect-automations.yaml, filters in the UI) sees the run doing the work too
     with tags(*(flow_run.tags or [])):
-        return _run_story(name, job, data, dry_run=dry_run, only_failed=only_failed,
+        return story_flow(spec.dump(), dry_run=dry_run, only_failed=only_failed,
                           fail_on_failed_items=fail_on_failed_items)
-
-
-def _run_story(name: str, job: JobInput, data: dict, *, dry_run: bool, only_failed: bool,
-               fail_on_failed_items: bool) -> dict:
-    if name == "escape":
-        from flows.escape import escape_flow_for, job_spec
-
-        spec = job_spec(data)
-        return escape_flow_for(spec)(spec.dump(), dry_run=dry_run, only_failed=only_failed,
-                                     fail_on_failed_items=fail_on_failed_items)
-    module, func = STORY_FLOWS[name]
-    story_flow = getattr(importlib.import_module(module), func)
-    params = {"dry_run": dry_run, "only_failed": only_failed}
-    if "fail_on_failed_items" in inspect.signature(story_flow.fn).parameters:
-        params["fail_on_failed_items"] = fail_on_failed_items
-    return story_flow(job.job_file or data, **params)

@@ -97,6 +97,16 @@ class JobBase(BaseModel):
     def work_path(self) -> Path:
         return self.work_dir or home() / "work" / self.name
 
+    @classmethod
+    def from_file_data(cls, data: dict[str, Any], folder: Path) -> dict[str, Any]:
+        """A job file's data as this story reads it; ``folder`` is the file's own folder
+        (a story whose paths are relative to its job file makes them absolute here)."""
+        return data
+
+    def dump(self) -> dict[str, Any]:
+        """The job as plain data (secret references, never secret values): what a flow run takes."""
+        return self.model_dump(mode="json")
+
 
 class JobSpec(JobBase):
     """A job of the escape flow: a source, a destination, and the capture-time rules."""
@@ -123,7 +133,8 @@ class JobSpec(JobBase):
         return _by_kind(v, destination_kinds(), "destination")
 
     def dump(self) -> dict[str, Any]:
-        """The spec as plain data (secret references, never secret values)."""
+        """The spec as plain data (secret references, never secret values); the source and
+        destination by their kind's own model."""
         d = self.model_dump(mode="json", exclude={"source", "destination"})
         d["source"] = self.source.model_dump(mode="json")
         d["destination"] = self.destination.model_dump(mode="json")
@@ -184,26 +195,64 @@ def parse_job(data: Any, origin: str = "job spec") -> JobSpec:
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        # errors raised inside a kind's own model come through already formatted
-        lines = []
-        for err in exc.errors():
-            ctx_err = (err.get("ctx") or {}).get("error")
-            if isinstance(ctx_err, _KindError):
-                lines.append(str(ctx_err))
-            else:
-                lines.append(_format_errors([err]))
-        raise JobSpecError(f"{origin} is not valid:\n  " + "\n  ".join("\n".join(lines).splitlines())) from None
+        raise JobSpecError(f"{origin} is not valid:\n  " + "\n  ".join(format_errors(exc).splitlines())) from None
+
+
+def format_errors(exc: ValidationError) -> str:
+    """One line per bad field of a job; errors raised inside a kind's own model come
+    through already formatted (prefixed ``source.`` / ``destination.``)."""
+    lines = []
+    for err in exc.errors():
+        ctx_err = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, _KindError):
+            lines.append(str(ctx_err))
+        else:
+            lines.append(_format_errors([err]))
+    return "\n".join(lines)
+
+
+def read_job_data(path: str | Path) -> dict[str, Any]:
+    """A job file's plain data (a mapping), or a :class:`JobSpecError` saying why not."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise JobSpecError(f"cannot read job file {p}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise JobSpecError(f"{p} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise JobSpecError(f"{p}: expected a mapping of fields (name, source, destination, ...)")
+    return data
 
 
 def load_job(path: str | Path) -> JobSpec:
-    """Read and validate a YAML job file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise JobSpecError(f"cannot read job file {p}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise JobSpecError(f"{p} is not valid YAML: {exc}") from None
-    return parse_job(data, origin=str(p))
+    """Read and validate an escape job's YAML file (any story's: :func:`photo_escape.stories.load_job`)."""
+    return parse_job(read_job_data(path), origin=str(path))
+
+
+class FindJob(JobBase):
+    """A find-my-photo job (``flow: find_my_photo``): where the pictures are and what to look for.
+
+    Paths in its job file are taken from the file's own folder."""
+
+    name: str = Field("find-my-photo", description="a short name: letters, digits, '-', '_' and '.'")
+    flow: Literal["find_my_photo"] = "find_my_photo"
+    folder: Path = Field(description="the folder of harvested pictures (searched recursively)")
+    references: list[Path] = Field(min_length=1, description="the small reference crops (72 x 62 tiles of the mosaic)")
+    top: int = Field(5, ge=1, description="best candidates listed per reference")
+    shortlist: int = Field(200, ge=1, description="best-correlating thumbnails scored by structural similarity")
+    batch_size: int = Field(500, ge=1, description="pictures per thumbnail task")
+    processes: int = Field(0, ge=0, description="thumbnail processes per task (0: one per core)")
+    cache: Path | None = Field(None, description="the thumbnail cache file; default beside the folder")
+
+    @classmethod
+    def from_file_data(cls, data: dict[str, Any], folder: Path) -> dict[str, Any]:
+        def rel(p: Any) -> Any:
+            return p if p is None or Path(p).is_absolute() else str(folder / p)
+
+        data = dict(data)
+        for key in ("folder", "ledger", "cache", "reports_dir", "work_dir"):
+            if data.get(key):
+                data[key] = rel(data[key])
+        data["references"] = [rel(r) for r in data.get("references") or []]
+        return data

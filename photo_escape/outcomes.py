@@ -1,26 +1,59 @@
 """Items and outcomes: the two plain records that travel between the flow and its tasks.
 
-An *item* is one photo as a source knows it, a plain dict (so it pickles to a Dask
-worker and serialises to JSON):
+An *item* (:class:`Item`) is one photo as a source knows it, a plain dict that
+stages add fields to as it moves on (``local_path`` and ``sha256`` after fetch,
+``capture`` after the capture_time stage, ``target`` after delivery).
 
-    item_id     stable id within the job, e.g. "local:2006/10/04/IMG_1.JPG" or a URL
-    source_ref  where it came from (path, URL, s3://bucket/key), shown in reports
-    name        a safe file name for it
-    ...         source-specific fields (path, url, size, mtime, etag, ...)
-
-Stages add fields as the item moves on: ``local_path`` and ``sha256`` after fetch,
-``capture`` (a capture-time record) after the capture_time stage.
-
-An *outcome* is what one stage did to one item; the flow appends outcomes to the
-ledger's ``events`` table in bulk.
+An *outcome* (:class:`Outcome`) is what one stage did to one item; the flow appends
+outcomes to the ledger's ``events`` table in bulk.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict
+
 
 OUTCOMES = ("ok", "skipped", "failed", "needs_review")
+
+
+class Item(TypedDict, total=False):
+    """One photo on its way, as a plain dict (it pickles to a Dask worker and is JSON in the ledger).
+
+    A source sets the first three (and any fields of its own, e.g. ``path``, ``url``,
+    ``size``, ``mtime``, ``etag``, ``relpath``); later stages add theirs.
+    """
+
+    item_id: str  # stable id within the job, e.g. "local:2006/10/04/IMG_1.JPG" or a URL
+    source_ref: str  # where it came from (path, URL, s3://bucket/key), shown in reports
+    name: str  # a safe file name for it
+    fingerprint: str | None  # what the source says about its content (mtime+size, etag): a change means redo
+    # after fetch
+    local_path: str  # the file to read (a download in the work folder, or the source file itself)
+    local_path_hex: str  # the same path's bytes in hex, when it is not valid UTF-8
+    sha256: str
+    bytes: int
+    # after hashing and capture time
+    asset: dict[str, Any]  # width, height, format, phash, dhash
+    capture: dict[str, Any]  # the capture-time record (local, utc, offset, tz, provenance, conflicts)
+    # after delivery
+    target: str  # where it went (a path below the destination folder, or s3://bucket/key)
+
+
+class Outcome(TypedDict):
+    """What one stage did to one item, as the ledger's ``events`` table stores it."""
+
+    item_id: str
+    stage: str
+    outcome: Literal["ok", "skipped", "failed", "needs_review"]
+    reason: str | None
+    detail: dict[str, Any]
+    bytes: int | None
+    duration_ms: float | None
+    attempt: int
+    final: bool  # this event completes the item (the last stage's ok)
+    sha256: str | None
+    item: NotRequired[Item]  # the item as the stage left it, for the next stage (not stored)
 
 
 def outcome(
@@ -35,7 +68,7 @@ def outcome(
     attempt: int = 1,
     final: bool = False,
     sha256: str | None = None,
-) -> dict[str, Any]:
+) -> Outcome:
     """One stage's result for one item, as the ledger stores it.
 
     ``final`` marks the event that completes the item (the last stage's ``ok``);

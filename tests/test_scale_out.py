@@ -16,16 +16,16 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 def test_escape_runs_its_batches_on_dask_worker_processes(tmp_path):
     from distributed import Client, LocalCluster, get_task_stream
 
-    from flows.escape import escape_flow_for, job_spec
+    from photo_escape.stories import STORIES, load_job
 
     photos.make_collection(tmp_path / "camera", count=12, bad=True)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         job = local_job(tmp_path, "dask-test",
                         {"batch_size": 5, "task_runner": "dask", "dask_address": cluster.scheduler_address})
-        spec = job_spec(job)
+        spec = load_job(job)
         with get_task_stream(client) as stream:
-            summary = escape_flow_for(spec)(spec.dump())
+            summary = STORIES["escape"].flow_for(spec)(spec.dump())
         workers = {t["worker"] for t in stream.data}
         pids = client.run(os.getpid)
     assert summary["listed"] == 15 and summary["done"] == 12 and summary["failed"] == 3

@@ -18,14 +18,6 @@ from pathlib import Path
 
 from photo_escape.output import emit
 
-# flow name in a job file's ``flow:`` field -> "module:function"
-FLOWS = {
-    "escape": "flows.escape:escape",
-    "replace_hires": "flows.replace_hires:replace_hires",
-    "find_my_photo": "flows.find_my_photo:find_my_photo",
-}
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", help="the job spec (YAML)")
     p.add_argument("--dry-run", action="store_true", help="plan and report; deliver nothing")
@@ -45,18 +37,14 @@ def prefect_defaults() -> None:
     stop_orphaned_prefect_servers()
 
 
-def run_flow(flow_name: str, job, *, as_json: bool, **params) -> int:
-    """Run a flow by name and print its summary; shared by ``run`` and ``demo``."""
-    import importlib
+def run_flow(job, *, as_json: bool, **params) -> int:
+    """Run a job's story as a Prefect flow run and print its summary; shared by ``run`` and the demos."""
+    from photo_escape.stories import load_job, story_of
 
     prefect_defaults()
-    module, func = FLOWS[flow_name].split(":")
-    flow_fn = getattr(importlib.import_module(module), func)
-    if flow_name == "escape":
-        from flows.escape import escape_flow_for, job_spec
-
-        flow_fn = escape_flow_for(job_spec(job))
-    state = flow_fn(job, return_state=True, **params)
+    spec = load_job(job)
+    story_flow = story_of(spec.dump()).flow_for(spec)
+    state = story_flow(spec.dump(), return_state=True, **params)
     try:
         summary = state.result(raise_on_failure=False)
     except Exception as exc:  # noqa: BLE001
@@ -84,39 +72,20 @@ def print_summary(summary: dict, as_json: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
+    from photo_escape.jobspec import JobSpecError
+    from photo_escape.stories import load_job
 
-    from photo_escape.jobspec import JobSpecError, load_job
-
-    path = Path(args.job)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        print(f"cannot read job file {path}: {exc.strerror}", file=sys.stderr)
+        spec = load_job(Path(args.job))
+    except JobSpecError as exc:
+        print(str(exc), file=sys.stderr)
         return 2
-    except yaml.YAMLError as exc:
-        print(f"{path} is not valid YAML: {exc}", file=sys.stderr)
-        return 2
-    flow_name = (data or {}).get("flow", "escape") if isinstance(data, dict) else "escape"
-    if flow_name not in FLOWS:
-        print(f"{path}: flow {flow_name!r} is not known; expected one of: {', '.join(FLOWS)}", file=sys.stderr)
-        return 2
-    params = {"dry_run": args.dry_run, "only_failed": args.only_failed}
-    if flow_name == "escape":
-        try:
-            spec = load_job(path)
-        except JobSpecError as exc:
-            print(str(exc), file=sys.stderr)
-            return 2
-        if args.runner:
-            spec.options.task_runner = args.runner
-        job = spec.dump()
-        return run_holding_ledger(spec.ledger_path, flow_name, job, as_json=args.json, **params)
-    job = str(path)
-    return run_flow(flow_name, job, as_json=args.json, **params)
+    if args.runner:
+        spec.options.task_runner = args.runner
+    return run_holding_ledger(spec, as_json=args.json, dry_run=args.dry_run, only_failed=args.only_failed)
 
 
-def run_holding_ledger(ledger_path: Path, flow_name: str, job, *, as_json: bool, **params) -> int:
+def run_holding_ledger(spec, *, as_json: bool, **params) -> int:
     """Take the ledger's lock before the flow starts and keep it until the flow ends.
 
     A second run on the same ledger then fails here at once with a clear message
@@ -126,11 +95,11 @@ def run_holding_ledger(ledger_path: Path, flow_name: str, job, *, as_json: bool,
     from tasks.ledger import Ledger, LedgerBusy
 
     try:
-        hold = Ledger(ledger_path)
+        hold = Ledger(spec.ledger_path)
     except LedgerBusy as exc:
         print(f"photo-escape: {exc}", file=sys.stderr)
         return 3
     try:
-        return run_flow(flow_name, job, as_json=as_json, **params)
+        return run_flow(spec, as_json=as_json, **params)
     finally:
         hold.close()

@@ -222,6 +222,37 @@ def test_s3_destination_tampered_compared_verified_repaired(tmp_path, prefect_ha
         assert "sha256" not in meta and meta["set-aside-from"] == k.replace(CHANGED, "")
 
 
+def test_repair_downloads_again_from_a_remote_source(tmp_path, prefect_harness, s3_server, s3_bucket,
+                                                     s3_credentials, s3_client):
+    """A source that downloads (S3 here) is fetched again for the repair, its download
+    removed afterwards; a photo gone from the source too is left as it is, said so."""
+    from flows.escape import escape
+
+    for i in range(3):
+        p = photos.write_jpeg(tmp_path / "up" / f"DSC{i:04d}.JPG", 60 + i, taken=datetime(2012, 7, 14, 9 + i, 0))
+        s3_client.upload_file(str(p), s3_bucket, f"Camera/DSC{i:04d}.JPG")
+    job = local_job(tmp_path, "fixity-from-s3", {"batch_size": 5, "processes": 1},
+                    source={"kind": "s3", "bucket": s3_bucket, "endpoint_url": s3_server.url,
+                            "credentials": {"env": s3_credentials}})
+    assert escape(job)["done"] == 3
+    spec = parse_job(job)
+    work = tmp_path / "work" / "fixity"
+    destination = make_destination(spec.destination, workdir=work, options=spec.options)
+    source = make_source(spec.source, workdir=work, options=spec.options)
+    root = Path(spec.destination.path)
+    rows = _delivered(spec, destination)
+    for r in rows[:2]:
+        (root / r["target"]).unlink()
+    s3_client.delete_object(Bucket=s3_bucket, Key="Camera/DSC0001.JPG")  # gone at the source as well
+    fixed = repair(destination, source, rows, verify(destination, rows), today=DAY)
+    assert {(o["item_id"], o["stage"], o["reason"]) for o in fixed} == {
+        (rows[0]["item_id"], "deliver", "missing_at_destination"),
+        (rows[1]["item_id"], "repair", "source_unavailable")}
+    assert hashlib.sha256((root / rows[0]["target"]).read_bytes()).hexdigest() == rows[0]["sha256"]
+    assert not (root / rows[1]["target"]).exists()
+    assert not [p for p in work.rglob("*") if p.is_file()]  # the download is gone
+
+
 def test_a_destination_that_cannot_be_listed_says_so(tmp_path, s3_server, s3_credentials):
     """Never "everything is missing": a folder that is a file, a folder that is not
     there, a bucket that does not exist, an endpoint that does not answer."""

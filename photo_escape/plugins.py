@@ -78,13 +78,26 @@ class Source:
         pass
 
 
+class DestinationUnreadable(Exception):
+    """The destination could not be listed or read back (permission denied, no such
+    bucket, not a folder, unreachable). It must never be taken for "everything is
+    missing": a run or a check that meets it stops, and ``str()`` is one line for the user."""
+
+
 class Destination:
     """Delivers fetched items; one outcome per item (stage ``deliver``).
 
     ``settings_key()`` names where things go: a rerun redoes an item only when its
     content (sha256) or this key changed. ``deliver(items, dry_run)`` must be
     idempotent per content: delivering the same sha256 to the same place twice is
-    an ``ok`` with reason ``already_present``, never a second copy.
+    an ``ok`` with reason ``already_present``, never a second copy. An item carrying
+    ``redeliver_to`` (a target an earlier delivery recorded) goes exactly there: no
+    layout is rendered and no suffixed name is chosen (fixity repair uses it).
+
+    Fixity (see :mod:`tasks.fixity`): ``inventory``, ``read_back`` and ``set_aside``
+    let a run check the destination itself instead of trusting the ledger. A
+    destination that cannot be listed keeps the defaults: ``inventory`` returns None
+    (callers then trust the ledger) and the others raise ``NotImplementedError``.
     """
 
     kind: ClassVar[str]
@@ -109,6 +122,35 @@ class Destination:
     def protected_prefixes(self) -> list[str]:
         """Places the source must never list (our own output): avoids recursion."""
         return []
+
+    def inventory(self, targets: list[str]) -> dict[str, int] | None:
+        """What of ``targets`` is at the destination now: ``{target: size in bytes}``.
+
+        ``targets`` are the strings delivery recorded (``item["target"]``: a path
+        relative to a folder, ``s3://bucket/key``...); one found is in the answer
+        under the very string given, one missing is not. It takes ONE listing of the
+        part of the destination the targets live in (a folder walk, a paginated
+        bucket listing), never a request per photo. Raises
+        :class:`DestinationUnreadable` when that part cannot be listed, so that an
+        unreadable destination never reads as an empty one. None: this kind of
+        destination cannot be listed at all (callers trust the ledger).
+        """
+        return None
+
+    def read_back(self, target: str) -> dict[str, Any] | None:
+        """Read what is at ``target`` whole and hash it as it streams:
+        ``{"size", "sha256", "stored_sha256"}`` (``stored_sha256``: the hash the
+        destination keeps beside the bytes, where it keeps one, else None; ``sha256``
+        None when the bytes cannot be read without a restore, said in ``note``).
+        None when nothing is there. Raises :class:`DestinationUnreadable` when it
+        cannot be read (permission denied)."""
+        raise NotImplementedError(f"a {self.kind} destination cannot be read back")
+
+    def set_aside(self, target: str, suffix: str) -> str:
+        """Keep what is at ``target`` under the same name with ``suffix`` added before
+        the extension (``IMG.JPG`` -> ``IMG~changed-20240501.JPG``), never replacing
+        anything, and free ``target`` for a new delivery. Returns the new target."""
+        raise NotImplementedError(f"a {self.kind} destination cannot set files aside")
 
     def close(self) -> None:
         pass

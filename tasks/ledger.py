@@ -244,6 +244,13 @@ def _json(value: Any) -> str | None:
     return redact(json.dumps(value, default=str, sort_keys=True))
 
 
+def _listed_item(item_id: str, source_ref: str | None, name: str | None, detail: str | None) -> dict:
+    """An item as its listing recorded it (the ``items`` row), ready to be fetched again."""
+    item = json.loads(detail) if detail else {}
+    item.update(item_id=item_id, source_ref=source_ref, name=name)
+    return item
+
+
 class Ledger:
     """One DuckDB file. Open it with ``Ledger(path)``; the schema is created or migrated.
 
@@ -546,6 +553,45 @@ class Ledger:
             self.con.unregister("_ask")
         return {r[0]: r[1] for r in rows}
 
+    def delivered(self, job: str, *, settings: str | None = None) -> list[dict]:
+        """What the ledger says is at the destination: every item of ``job`` whose latest
+        ``deliver`` event is ``ok`` (with ``settings``: recorded under those settings,
+        i.e. to this destination), for fixity checks (:mod:`tasks.fixity`). One dict each:
+
+        ``item_id``, ``target`` (where it went: ``detail.target``, or
+        ``s3://bucket/key`` from ``detail.bucket``/``detail.key``; None when the
+        destination records no place, an upload API), ``sha256``, ``bytes``,
+        ``source_ref``, ``name``, ``run_id``, ``settings`` and ``fingerprint`` of that
+        deliver event, ``detail`` (its detail), ``capture`` (the item's latest
+        capture-time record, or None) and ``item`` (the item as its listing recorded it,
+        enough for the source to fetch it again). Ordered by ``item_id``.
+        """
+        from tasks.s3util import s3_uri
+
+        rows = self.con.execute(
+            """WITH d AS (SELECT * FROM item_stage_latest WHERE job = ? AND stage = 'deliver' AND outcome = 'ok'),
+                    c AS (SELECT item_id, detail FROM item_stage_latest WHERE job = ? AND stage = 'capture_time')
+               SELECT d.item_id, d.detail, d.sha256, coalesce(d.bytes, a.bytes), d.run_id, d.settings,
+                      d.fingerprint, i.source_ref, i.name, i.detail, c.detail
+               FROM d JOIN items i ON i.job = d.job AND i.item_id = d.item_id
+               LEFT JOIN c ON c.item_id = d.item_id
+               LEFT JOIN assets a ON a.sha256 = d.sha256
+               WHERE ? IS NULL OR d.settings = ?
+               ORDER BY d.item_id""",
+            [job, job, settings, settings],
+        ).fetchall()
+        out = []
+        for item_id, detail, sha, size, run_id, sets, fingerprint, ref, name, listing, capture in rows:
+            detail = json.loads(detail) if detail else {}
+            target = detail.get("target") or (s3_uri(detail["bucket"], detail["key"])
+                                              if detail.get("bucket") and detail.get("key") else None)
+            out.append({"item_id": item_id, "target": target, "sha256": sha,
+                        "bytes": int(size) if size is not None else None, "source_ref": ref, "name": name,
+                        "run_id": run_id, "settings": sets, "fingerprint": fingerprint, "detail": detail,
+                        "capture": json.loads(capture) if capture else None,
+                        "item": _listed_item(item_id, ref, name, listing)})
+        return out
+
     def has_history(self, job: str) -> bool:
         """Whether any earlier run did work for this job (else no item can be complete)."""
         row = self.con.execute(
@@ -561,12 +607,7 @@ class Ledger:
                ORDER BY i.item_id""",
             [job],
         ).fetchall()
-        out = []
-        for item_id, ref, name, detail in rows:
-            item = json.loads(detail) if detail else {}
-            item.update(item_id=item_id, source_ref=ref, name=name)
-            out.append(item)
-        return out
+        return [_listed_item(*row) for row in rows]
 
     # -- assets and capture times -------------------------------------------------------
     def known_assets(self, shas: list[str]) -> set[str]:

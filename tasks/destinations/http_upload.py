@@ -268,6 +268,11 @@ class HttpUploadDestination(Destination):
         blob = f"{parts.scheme}://{parts.netloc}{parts.path}|{self.config.username or ''}"
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def inventory(self, targets: list[str]) -> None:
+        """None, plainly: an upload API cannot be listed or read back, so nothing can
+        check what the remote holds; callers trust the ledger and the upload journal."""
+        return None
+
     # -- delivering a batch -------------------------------------------------------------
     def deliver(self, items: list[dict], dry_run: bool = False) -> list[dict]:
         if not dry_run and any(capture_secs(i) is not None for i in items):

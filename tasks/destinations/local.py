@@ -10,6 +10,11 @@ staging file that the next run clears. A file already there with the same
 content is ``already_present``; different content under the same name is never
 overwritten: it gets a suffixed name (``on_conflict: suffix``, the default) or
 fails with ``key_conflict`` (``on_conflict: fail``).
+
+Fixity (:mod:`tasks.fixity`): ``inventory`` lists the folders the delivered photos
+live in (one ``scandir`` each), ``read_back`` reads a file whole and hashes it, and
+``set_aside`` renames a changed file to ``NAME~changed-YYYYMMDD.EXT`` (never over
+another file) so the original can be delivered again to its recorded place.
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from photo_escape.layout import check_template, render, with_suffix
+from photo_escape.layout import check_template, render, safe_relpath, with_suffix
 from photo_escape.outcomes import Stopwatch, outcome
-from photo_escape.plugins import Destination, KindConfig
+from photo_escape.plugins import Destination, DestinationUnreadable, KindConfig
 
 STAGING = ".photo-escape-staging"
 
@@ -78,7 +83,8 @@ class LocalDestination(Destination):
         out = []
         for item in items:
             sw = Stopwatch()
-            rel = render(self.config.layout, item, undated=self.config.undated)
+            pinned = item.get("redeliver_to")
+            rel = safe_relpath(pinned) if pinned else render(self.config.layout, item, undated=self.config.undated)
             if dry_run:
                 out.append(outcome(item["item_id"], "deliver", "skipped", "dry_run",
                                    detail={"planned": rel}, duration_ms=sw.ms) | {"item": item})
@@ -95,10 +101,71 @@ class LocalDestination(Destination):
                                detail={"target": rel}, duration_ms=sw.ms) | {"item": dict(item, target=rel)})
         return out
 
+    # -- fixity: the folder as it is ----------------------------------------------------
+    def inventory(self, targets: list[str]) -> dict[str, int]:
+        """Sizes of the ``targets`` (paths relative to the folder) that are there: one
+        listing of each folder the targets live in, never a look per photo. A missing
+        sub-folder means its photos are missing; a destination folder that does not
+        exist at all (a disk not mounted) or cannot be read raises
+        :class:`DestinationUnreadable`."""
+        if not targets:
+            return {}
+        self._check_root()
+        wanted: dict[str, dict[str, str]] = {}  # folder -> {file name: target}
+        for target in targets:
+            folder, _, name = safe_relpath(target).rpartition("/")
+            wanted.setdefault(folder, {})[name] = target
+        found: dict[str, int] = {}
+        for folder, names in wanted.items():
+            path = self.root / folder if folder else self.root
+            try:
+                with os.scandir(path) as entries:
+                    for entry in entries:
+                        if entry.name in names and entry.is_file():
+                            found[names[entry.name]] = entry.stat().st_size
+            except FileNotFoundError:
+                continue  # the whole folder is gone: its photos are missing
+            except OSError as exc:
+                raise DestinationUnreadable(f"cannot list the destination folder {path}: "
+                                            f"{exc.strerror or exc}") from None
+        return found
+
+    def read_back(self, target: str) -> dict | None:
+        """The size and sha256 of the file at ``target``, read whole (None if there is none)."""
+        from tasks.s3util import sha256_file
+
+        path = self.root / safe_relpath(target)
+        try:
+            sha, size = sha256_file(str(path))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise DestinationUnreadable(f"cannot read {path}: {exc.strerror or exc}") from None
+        return {"size": size, "sha256": sha, "stored_sha256": None}
+
+    def set_aside(self, target: str, suffix: str) -> str:
+        """Rename the file at ``target`` to the same name with ``suffix`` (``-2``, ``-3``...
+        added when that name is taken), never replacing a file. Returns the new target."""
+        rel = safe_relpath(target)
+        src = self.root / rel
+        for n in range(1, 1000):
+            new_rel = with_suffix(rel, suffix if n == 1 else f"{suffix}-{n}")
+            if _link_or_rename(src, self.root / new_rel):
+                _fsync_dir(src.parent)
+                return new_rel
+        raise FileExistsError(f"no free name to set {src} aside")
+
+    def _check_root(self) -> None:
+        if not self.root.exists():
+            raise DestinationUnreadable(f"the destination folder {self.root} does not exist (is its disk mounted?); "
+                                        "create it to have what was delivered there delivered again")
+        if not self.root.is_dir():
+            raise DestinationUnreadable(f"the destination {self.root} is not a folder")
+
     def _place(self, item: dict, rel: str) -> tuple[str, str, str]:
         sha = item["sha256"]
         candidates = [rel]
-        if self.config.on_conflict == "suffix":
+        if self.config.on_conflict == "suffix" and not item.get("redeliver_to"):
             candidates.append(with_suffix(rel, f"~{sha[:8]}"))
         for target_rel in candidates:
             target = self.root / target_rel
@@ -147,6 +214,24 @@ class LocalDestination(Destination):
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
+
+
+def _link_or_rename(src: Path, dst: Path) -> bool:
+    """Give ``src`` the name ``dst`` unless ``dst`` exists (False then): a hard link and
+    an unlink, or where links are not supported a checked rename."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        if dst.exists():
+            return False
+        os.rename(src, dst)
+        return True
+    os.unlink(src)
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -24,6 +24,11 @@ is recorded as a ``fixity`` event. An object already there with the same sha256 
 ``already_present``; different content under the same key is never overwritten
 (``key_conflict``, or with ``on_conflict: suffix`` a ``~sha8`` suffixed key).
 
+Fixity (:mod:`tasks.fixity`): ``inventory`` is a paginated listing of the delivered
+keys' common prefix, ``read_back`` a streamed download hashed as it comes (with the
+sha256 kept in the metadata), and ``set_aside`` copies a changed object to
+``NAME~changed-YYYYMMDD.EXT`` before its key is freed for the original.
+
 Credentials: the standard AWS chain or ``credentials: {env|block: ...}`` naming a
 secret with JSON keys (see :mod:`tasks.s3util`); never in the job file.
 """
@@ -44,9 +49,9 @@ from pydantic import Field, field_validator
 
 from photo_escape.layout import check_template, render, with_suffix
 from photo_escape.outcomes import PermanentError, Stopwatch, TransientError, outcome
-from photo_escape.plugins import Destination, KindConfig, settings_key
+from photo_escape.plugins import Destination, DestinationUnreadable, KindConfig, settings_key
 from photo_escape.secrets import redact
-from tasks.s3util import S3Connection, classify, error_code, make_client, s3_uri, sha256_stream
+from tasks.s3util import S3Connection, classify, error_code, make_client, s3_uri, sha256_stream, split_uri
 
 MiB = 1 << 20
 STORAGE_CLASSES = (
@@ -174,6 +179,10 @@ class S3Destination(Destination):
         it = dict(item, name=name) if name else item
         c = self.config
         original = render(c.originals, it, undated=c.undated)
+        if item.get("redeliver_to"):  # a recorded key: exactly there (its thumbnail and sidecar by the templates)
+            original = split_uri(item["redeliver_to"], c.bucket) or ""
+            if not original:
+                raise PermanentError("other_bucket", "redeliver_to names another bucket than the destination's")
         return {
             "original": original,
             "thumbnail": render(c.thumbnails, it, undated=c.undated) if c.thumbnails else None,
@@ -211,7 +220,7 @@ class S3Destination(Destination):
         self._paths[sha] = path
         keys = self.keys_for(item)
         state, head = self._existing(keys["original"], sha, size)
-        if state == "different" and self.config.on_conflict == "suffix":
+        if state == "different" and self.config.on_conflict == "suffix" and not item.get("redeliver_to"):
             name = with_suffix(keys["original"].rsplit("/", 1)[-1], f"~{sha[:8]}")
             keys = self.keys_for(item, name=name)
             state, head = self._existing(keys["original"], sha, size)
@@ -250,6 +259,97 @@ class S3Destination(Destination):
                            attempt=attempt, final=True, duration_ms=sw.ms)
                    | {"item": dict(item, target=s3_uri(self.config.bucket, keys["original"]))})
         return out
+
+    # -- fixity: the bucket as it is ----------------------------------------------------
+    def inventory(self, targets: list[str]) -> dict[str, int]:
+        """Sizes of the ``targets`` (``s3://bucket/key`` or bare keys) that are in the
+        bucket: a paginated listing of the targets' common prefix (split by its next
+        folder level and listed in parallel when there are a few hundred such folders
+        or fewer), never a request per photo. Raises :class:`DestinationUnreadable`
+        when it cannot be listed (access denied, no such bucket, unreachable)."""
+        keys: dict[str, list[str]] = {}
+        for target in targets:
+            key = split_uri(target, self.config.bucket)
+            if key:
+                keys.setdefault(key, []).append(target)
+        if not keys:
+            return {}
+        common = os.path.commonprefix(list(keys))
+        common = common[: common.rfind("/") + 1]
+        folders = {common + k[len(common):].split("/", 1)[0] + "/" for k in keys}
+        if any("/" not in k[len(common):] for k in keys) or len(folders) > 256:
+            folders = {common}
+        found: dict[str, int] = {}
+
+        def listing(prefix: str) -> list[tuple[str, int]]:
+            try:
+                return [(o["Key"], o["Size"])
+                        for page in self.client.get_paginator("list_objects_v2").paginate(
+                            Bucket=self.config.bucket, Prefix=prefix)
+                        for o in page.get("Contents", [])]
+            except Exception as exc:  # noqa: BLE001 - any failure to list is not "nothing there"
+                err = classify(exc)
+                raise DestinationUnreadable(redact(f"cannot list {s3_uri(self.config.bucket, prefix)}: {err} "
+                                                   f"({getattr(err, 'reason', 'error')})")) from None
+
+        with ThreadPoolExecutor(max_workers=min(8, len(folders)), thread_name_prefix="s3-inventory") as pool:
+            for listed in pool.map(listing, sorted(folders)):
+                for key, size in listed:
+                    for target in keys.get(key, ()):
+                        found[target] = size
+        return found
+
+    def read_back(self, target: str) -> dict | None:
+        """The object at ``target`` downloaded and hashed as it streams, with the sha256
+        kept in its metadata (None if there is no such object). An archived object
+        (GLACIER, DEEP_ARCHIVE) cannot be read without a restore: its size and stored
+        sha256 only, said in ``note``."""
+        key = split_uri(target, self.config.bucket)
+        if not key:
+            return None
+        try:
+            resp = self.client.get_object(Bucket=self.config.bucket, Key=key)
+            got, size = sha256_stream(resp["Body"].iter_chunks(MiB))
+            return {"size": size, "sha256": got, "stored_sha256": (resp.get("Metadata") or {}).get("sha256"),
+                    "storage_class": resp.get("StorageClass") or "STANDARD"}
+        except Exception as exc:  # noqa: BLE001
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            if error_code(exc) == "InvalidObjectState":
+                head = self._head(key) or {}
+                return {"size": head.get("ContentLength"), "sha256": None,
+                        "stored_sha256": (head.get("Metadata") or {}).get("sha256"),
+                        "storage_class": head.get("StorageClass"),
+                        "note": "archived class: not readable without a restore"}
+            err = classify(exc)
+            raise DestinationUnreadable(redact(f"cannot read {target}: {err}")) from None
+
+    def set_aside(self, target: str, suffix: str) -> str:
+        """Copy the object at ``target`` to the same key with ``suffix`` (``-2``... when
+        that key is taken) in the same storage class, its ``sha256`` metadata kept as
+        ``recorded-sha256`` (the copy does not hold those bytes), then delete the
+        original so a new delivery can take its key. Returns the copy's ``s3://`` URI."""
+        key = split_uri(target, self.config.bucket) or ""
+        head = self._head(key)
+        if head is None:
+            raise FileNotFoundError(f"nothing at {target} to set aside")
+        meta = dict(head.get("Metadata") or {})
+        if "sha256" in meta:
+            meta["recorded-sha256"] = meta.pop("sha256")
+        meta["set-aside-from"] = quote(key, safe="/")[:512]
+        for n in range(1, 1000):
+            new_key = with_suffix(key, suffix if n == 1 else f"{suffix}-{n}")
+            if self._head(new_key) is None:
+                break
+        else:
+            raise FileExistsError(f"no free key to set {target} aside")
+        self.client.copy({"Bucket": self.config.bucket, "Key": key}, self.config.bucket, new_key,
+                         ExtraArgs={"MetadataDirective": "REPLACE", "Metadata": meta,
+                                    "StorageClass": head.get("StorageClass") or "STANDARD",
+                                    "ContentType": head.get("ContentType") or self._content_type(key)},
+                         Config=self._transfer())
+        self.client.delete_object(Bucket=self.config.bucket, Key=key)
+        return s3_uri(self.config.bucket, new_key)
 
     def _ensure_bucket(self) -> None:
         """Create the bucket when it is missing (``create_bucket: true``); errors surface per item."""

@@ -31,6 +31,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timezone
 from http.cookiejar import CookiePolicy
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -166,7 +167,9 @@ def sniff_image(head: bytes) -> str | None:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), never
+    negative; None when there is none or it cannot be read. The one reading of the
+    header for every HTTP client here (downloads and uploads)."""
     if not value:
         return None
     value = value.strip()
@@ -175,10 +178,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except ValueError:
         pass
     try:
-        when = email.utils.parsedate_to_datetime(value).timestamp()
+        when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
-    return max(0.0, when - (time.time() if now is None else now))
+    if when.tzinfo is None:  # "-0000" marks a date in UTC with no zone of its own
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def status_error(resp: requests.Response) -> Exception | None:

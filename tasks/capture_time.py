@@ -48,6 +48,8 @@ from pathlib import Path, PurePath
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
+from tasks.files import IMAGE_SUFFIXES, is_iso_media, sniff_image
+
 PROVENANCES = (
     "exif:offset", "xmp:offset", "gps:time", "gps:position", "gps:utc",
     "rule", "previous", "default", "unknown", "none",
@@ -59,11 +61,6 @@ MIN_OFFSET, MAX_OFFSET = -12 * 60, 14 * 60  # minutes; the world's civil offsets
 GPS_STEP, GPS_SLACK = 15, 5  # minutes: offsets are multiples of 15; camera vs GPS clock slack
 CONFLICT_MINUTES = 15  # sources disagreeing by more than this are reported
 LOOKBACK = 20  # files read on disk to find the previous photo's zone across a batch boundary
-IMAGE_SUFFIXES = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".tif", ".tiff", ".heic", ".heif", ".hif", ".png", ".webp", ".avif", ".jxl",
-    ".dng", ".nef", ".nrw", ".cr2", ".cr3", ".crw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf", ".pef",
-    ".srw", ".x3f", ".3fr", ".erf", ".kdc", ".mrw",
-})
 COMMON_FORMATS = ("jpeg", "tiff", "png", "webp", "heif")  # what the readers are expected to open
 XMP_SCAN_BYTES = 4 * 1024 * 1024  # XMP packets sit near the start of camera files
 
@@ -74,34 +71,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # ----------------------------------------------------------------------------------------
 # reading tags (runs inside a worker process)
 # ----------------------------------------------------------------------------------------
-
-def sniff_format(head: bytes) -> str | None:
-    """The image container a file's first bytes announce, or None when it is no image."""
-    if head[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"IIRO", b"IIU\x00", b"MMOR"):
-        return "tiff"
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"):
-            return "heif"
-        if brand in (b"avif", b"avis"):
-            return "avif"
-        if brand == b"crx ":
-            return "cr3"
-        return "isobmff"
-    if head[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[:15] == b"FUJIFILMCCD-RAW":
-        return "raf"
-    if head[:2] == b"\xff\x0a" or head[:12] == b"\x00\x00\x00\x0cJXL \r\n\x87\n":
-        return "jxl"
-    if head[:4] in (b"GIF8",) or head[:2] == b"BM":
-        return "gif" if head[:3] == b"GIF" else "bmp"
-    return None
-
 
 def _text(v: Any) -> str | None:
     """A tag value as clean text (NULs and blanks stripped), or None."""
@@ -320,9 +289,10 @@ def read_tags(path: str | os.PathLike) -> dict[str, Any]:
     """Everything the decision needs from one file, as plain data.
 
     ``{"format", "reader", "tags": {...}, "xmp": {...}}`` or ``{"error": reason}``
-    where reason is ``no_such_file``, ``unreadable``, ``empty``, ``not_an_image`` or
-    ``corrupt_metadata``. exifread first; Pillow (with pillow-heif) when exifread fails
-    or finds nothing.
+    where reason is ``no_such_file``, ``not_a_file``, ``unreadable``, ``empty``,
+    ``not_an_image``, ``unsupported_format`` (a container no reader knows: a video),
+    ``corrupt`` or ``corrupt_metadata``. exifread first; Pillow (with pillow-heif) when
+    exifread fails or finds nothing.
     """
     path = os.fspath(path)
     try:
@@ -337,7 +307,7 @@ def read_tags(path: str | os.PathLike) -> dict[str, Any]:
         return {"error": "unreadable"}
     if size == 0:
         return {"error": "empty"}
-    fmt = sniff_format(head)
+    fmt = sniff_image(head)
     tags: dict[str, Any] = {}
     reader = None
     problems = []
@@ -361,7 +331,7 @@ def read_tags(path: str | os.PathLike) -> dict[str, Any]:
         xmp = _xmp_dates(path, fmt)
     except Exception:
         xmp = {}
-    if fmt is None and not tags and not xmp:
+    if fmt is None and not tags and not xmp and not is_iso_media(head):
         return {"error": "not_an_image"}
     if not tags and not xmp:
         if "pillow:UnidentifiedImageError" in problems:

@@ -38,7 +38,6 @@ How close this stays to imagehash on the full-size image is measured in
 from __future__ import annotations
 
 import atexit
-import hashlib
 import os
 import threading
 import warnings
@@ -51,6 +50,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from tasks.files import IMAGE_SUFFIXES, read_head, sha256_file, sniff_image
+
 HASH_VERSION = "pe-hash-1 (draft>=256, lanczos, phash 32/8, dhash 9x8, thumb 32 L)"
 THUMB_SIZE = 32          # side of the grayscale thumbnail kept for reranking
 DECODE_MIN_SIDE = 256    # decode at reduced size, but never smaller than this
@@ -59,21 +60,6 @@ REASONS = ("empty", "truncated", "corrupt", "not_an_image", "too_large", "unread
 
 RECORD_KEYS = ("path", "status", "error", "message", "sha256", "bytes", "phash", "dhash",
                "phash_mirror", "dhash_mirror", "width", "height", "format", "thumb", "hash_version")
-
-# magic numbers of image formats: a file starting with one of these that does not
-# decode is "corrupt", anything else that does not decode is "not_an_image"
-_IMAGE_MAGIC = (
-    b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*",
-    b"BM", b"RIFF", b"\x00\x00\x00\x0cjP  ", b"8BPS", b"II\xbc\x01", b"FUJIFILMCCD-RAW",
-)
-
-
-def _looks_like_image(head: bytes) -> bool:
-    return any(head.startswith(m) for m in _IMAGE_MAGIC) or (head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS)
-
-
-_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif")
-
 
 def _register_heif() -> None:
     """Let Pillow open HEIC/HEIF (phone photos) through pillow-heif, once, if installed."""
@@ -225,23 +211,6 @@ def _empty_record(path: str) -> dict[str, Any]:
     return rec
 
 
-def _sha256_of(path: Path) -> tuple[str, int, bytes]:
-    """sha256 and size of a file, streamed; also its first bytes (for the magic)."""
-    h = hashlib.sha256()
-    size = 0
-    head = b""
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(1 << 20)
-            if not chunk:
-                break
-            if not head:
-                head = chunk[:32]
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size, head
-
-
 def _fail(rec: dict, code: str, message: str) -> dict:
     rec.update(status="error", error=code, message=message)
     for k in ("phash", "dhash", "phash_mirror", "dhash_mirror", "thumb"):
@@ -266,12 +235,14 @@ def hash_file(path: str | os.PathLike, *, max_pixels: int = 250_000_000,
         rec["bytes"] = size
         if size > max_bytes:
             return _fail(rec, "too_large", f"{size} bytes is more than the limit of {max_bytes}")
-        rec["sha256"], rec["bytes"], head = _sha256_of(p)
+        rec["sha256"], rec["bytes"] = sha256_file(p)
         if rec["bytes"] == 0:
             return _fail(rec, "empty", "the file has zero bytes")
+        head = read_head(p)
     except OSError as exc:
         return _fail(rec, "unreadable", f"cannot read the file: {exc.strerror or exc}")
-    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+    kind = sniff_image(head)
+    if kind in ("heif", "avif"):
         _register_heif()
     try:
         with _pixel_limit(max_pixels), Image.open(p) as img:
@@ -289,8 +260,8 @@ def hash_file(path: str | os.PathLike, *, max_pixels: int = 250_000_000,
     except MemoryError:
         return _fail(rec, "too_large", "not enough memory to decode this image")
     except UnidentifiedImageError:
-        if _looks_like_image(head):
-            return _fail(rec, "corrupt", "the file starts like an image but its header does not decode")
+        if kind is not None:
+            return _fail(rec, "corrupt", f"the file starts like an image ({kind}) but its header does not decode here")
         return _fail(rec, "not_an_image", f"not an image (starts with {head[:12]!r})")
     except Exception as exc:  # noqa: BLE001 - every failure becomes a reason code
         text = str(exc)
@@ -396,7 +367,7 @@ def _kill(pool: ProcessPoolExecutor) -> None:
 def _crashed(path: str, why: str) -> dict:
     rec = _empty_record(path)
     try:
-        rec["sha256"], rec["bytes"], _ = _sha256_of(Path(path))
+        rec["sha256"], rec["bytes"] = sha256_file(path)
     except OSError:
         pass
     return _fail(rec, "corrupt", why)
@@ -465,12 +436,6 @@ def _isolated(path: str, kw: dict, timeout_s: float) -> dict:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-IMAGE_SUFFIXES = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".gif", ".bmp", ".webp",
-    ".heic", ".heif", ".avif", ".jp2", ".j2k", ".ppm", ".pgm", ".pbm", ".psd",
-})
-
-
 def image_files(paths: Iterable[str | os.PathLike]) -> list[str]:
     """Expand the command line's paths: a file is taken as it is (whatever its name);
     a directory is walked recursively for files with an image suffix
@@ -517,7 +482,7 @@ def public(rec: dict) -> dict:
 # -- the ledger as a cache of hash records, by content ----------------------------------------
 def _sha256_only(path: str) -> tuple[str, str | None]:
     try:
-        return path, _sha256_of(Path(path))[0]
+        return path, sha256_file(path)[0]
     except OSError:
         return path, None
 

@@ -10,14 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.download import (
-    Downloader,
-    HttpSettings,
-    NameBook,
-    parse_retry_after,
-    safe_name,
-    sniff_image,
-)
+from tasks.download import Downloader, HttpSettings, NameBook, parse_retry_after, safe_name
+from tasks.files import sniff_image
 
 
 def downloader(**kw) -> Downloader:

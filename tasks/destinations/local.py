@@ -15,7 +15,6 @@ fails with ``key_conflict`` (``on_conflict: fail``).
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import uuid
@@ -27,6 +26,7 @@ from pydantic import Field, field_validator
 from photo_escape.layout import check_template, render, with_suffix
 from photo_escape.outcomes import Stopwatch, outcome
 from photo_escape.plugins import Destination, KindConfig
+from tasks.files import sha256_file
 
 STAGING = ".photo-escape-staging"
 
@@ -44,14 +44,6 @@ class LocalDestinationConfig(KindConfig):
     @classmethod
     def _layout(cls, v: str) -> str:
         return check_template(v)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class LocalDestination(Destination):
@@ -103,12 +95,12 @@ class LocalDestination(Destination):
         for target_rel in candidates:
             target = self.root / target_rel
             if target.exists():
-                if target.stat().st_size == item.get("bytes") and file_sha256(target) == sha:
+                if target.stat().st_size == item.get("bytes") and sha256_file(target)[0] == sha:
                     return "ok", "already_present", target_rel
                 continue  # taken by other content: try the next candidate
             if self._publish(item, target):
                 return "ok", "delivered", target_rel
-            if file_sha256(target) == sha:  # someone published the same bytes meanwhile
+            if sha256_file(target)[0] == sha:  # someone published the same bytes meanwhile
                 return "ok", "already_present", target_rel
         return "failed", "key_conflict", rel
 

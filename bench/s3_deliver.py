@@ -71,7 +71,7 @@ def main() -> None:
     from sandbox import photos
     from sandbox.s3 import SANDBOX_KEYS, FaultProxy, sandbox_credentials_env
     from tasks.destinations.s3 import S3Destination, S3DestinationConfig
-    from tasks.s3util import sha256_file
+    from tasks.files import sha256_file
 
     work = Path(tempfile.mkdtemp(prefix="bench-s3-"))
     files = sorted(photos.make_collection(work / "camera", count=args.photos, bad=False).values())

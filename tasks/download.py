@@ -31,6 +31,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timezone
 from http.cookiejar import CookiePolicy
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -44,6 +45,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from photo_escape import __version__
 from photo_escape.outcomes import PermanentError, Stopwatch, TransientError, outcome
 from photo_escape.secrets import redact
+from tasks.files import sniff_image
 
 #: the reason codes a fetch can end with (``http_<status>`` for other statuses)
 REASONS = {
@@ -133,40 +135,11 @@ class NameBook:
         return name
 
 
-# -- content checks ---------------------------------------------------------------------
-_SIGNATURES: list[tuple[int, bytes, str]] = [
-    (0, b"\xff\xd8\xff", "jpeg"),
-    (0, b"\x89PNG\r\n\x1a\n", "png"),
-    (0, b"GIF87a", "gif"),
-    (0, b"GIF89a", "gif"),
-    (0, b"II*\x00", "tiff"),  # also NEF, CR2, DNG, ARW...
-    (0, b"MM\x00*", "tiff"),
-    (0, b"IIRO", "orf"),
-    (0, b"IIRS", "orf"),
-    (0, b"IIU\x00", "rw2"),
-    (0, b"FUJIFILMCCD-RAW", "raf"),
-    (0, b"BM", "bmp"),
-    (0, b"8BPS", "psd"),
-    (0, b"\xff\x0a", "jxl"),
-    (0, b"\x00\x00\x00\x0cJXL \r\n\x87\n", "jxl"),
-]
-_ISO_IMAGE_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis", b"crx "}
-
-
-def sniff_image(head: bytes) -> str | None:
-    """The image format named by a file's first bytes, or None if they are not an image's."""
-    for offset, magic, name in _SIGNATURES:
-        if head[offset:offset + len(magic)] == magic:
-            return name
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[4:8] == b"ftyp" and head[8:12] in _ISO_IMAGE_BRANDS:
-        return "heif" if head[8:12] != b"crx " else "cr3"
-    return None
-
-
+# -- what an HTTP answer means ----------------------------------------------------------
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), never
+    negative; None when there is none or it cannot be read. The one reading of the
+    header for every HTTP client here (downloads and uploads)."""
     if not value:
         return None
     value = value.strip()
@@ -175,10 +148,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except ValueError:
         pass
     try:
-        when = email.utils.parsedate_to_datetime(value).timestamp()
+        when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
-    return max(0.0, when - (time.time() if now is None else now))
+    if when.tzinfo is None:  # "-0000" marks a date in UTC with no zone of its own
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def status_error(resp: requests.Response) -> Exception | None:

@@ -37,19 +37,18 @@ How close this stays to imagehash on the full-size image is measured in
 
 from __future__ import annotations
 
-import atexit
-import hashlib
+import functools
 import os
-import threading
 import warnings
-from concurrent.futures import ProcessPoolExecutor, TimeoutError as FutureTimeout
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from tasks.files import IMAGE_SUFFIXES, read_head, sha256_file, sniff_image
+from tasks.isolation import isolated_map
 
 HASH_VERSION = "pe-hash-1 (draft>=256, lanczos, phash 32/8, dhash 9x8, thumb 32 L)"
 THUMB_SIZE = 32          # side of the grayscale thumbnail kept for reranking
@@ -59,21 +58,6 @@ REASONS = ("empty", "truncated", "corrupt", "not_an_image", "too_large", "unread
 
 RECORD_KEYS = ("path", "status", "error", "message", "sha256", "bytes", "phash", "dhash",
                "phash_mirror", "dhash_mirror", "width", "height", "format", "thumb", "hash_version")
-
-# magic numbers of image formats: a file starting with one of these that does not
-# decode is "corrupt", anything else that does not decode is "not_an_image"
-_IMAGE_MAGIC = (
-    b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*",
-    b"BM", b"RIFF", b"\x00\x00\x00\x0cjP  ", b"8BPS", b"II\xbc\x01", b"FUJIFILMCCD-RAW",
-)
-
-
-def _looks_like_image(head: bytes) -> bool:
-    return any(head.startswith(m) for m in _IMAGE_MAGIC) or (head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS)
-
-
-_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif")
-
 
 def _register_heif() -> None:
     """Let Pillow open HEIC/HEIF (phone photos) through pillow-heif, once, if installed."""
@@ -225,23 +209,6 @@ def _empty_record(path: str) -> dict[str, Any]:
     return rec
 
 
-def _sha256_of(path: Path) -> tuple[str, int, bytes]:
-    """sha256 and size of a file, streamed; also its first bytes (for the magic)."""
-    h = hashlib.sha256()
-    size = 0
-    head = b""
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(1 << 20)
-            if not chunk:
-                break
-            if not head:
-                head = chunk[:32]
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size, head
-
-
 def _fail(rec: dict, code: str, message: str) -> dict:
     rec.update(status="error", error=code, message=message)
     for k in ("phash", "dhash", "phash_mirror", "dhash_mirror", "thumb"):
@@ -266,12 +233,14 @@ def hash_file(path: str | os.PathLike, *, max_pixels: int = 250_000_000,
         rec["bytes"] = size
         if size > max_bytes:
             return _fail(rec, "too_large", f"{size} bytes is more than the limit of {max_bytes}")
-        rec["sha256"], rec["bytes"], head = _sha256_of(p)
+        rec["sha256"], rec["bytes"] = sha256_file(p)
         if rec["bytes"] == 0:
             return _fail(rec, "empty", "the file has zero bytes")
+        head = read_head(p)
     except OSError as exc:
         return _fail(rec, "unreadable", f"cannot read the file: {exc.strerror or exc}")
-    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+    kind = sniff_image(head)
+    if kind in ("heif", "avif"):
         _register_heif()
     try:
         with _pixel_limit(max_pixels), Image.open(p) as img:
@@ -289,8 +258,8 @@ def hash_file(path: str | os.PathLike, *, max_pixels: int = 250_000_000,
     except MemoryError:
         return _fail(rec, "too_large", "not enough memory to decode this image")
     except UnidentifiedImageError:
-        if _looks_like_image(head):
-            return _fail(rec, "corrupt", "the file starts like an image but its header does not decode")
+        if kind is not None:
+            return _fail(rec, "corrupt", f"the file starts like an image ({kind}) but its header does not decode here")
         return _fail(rec, "not_an_image", f"not an image (starts with {head[:12]!r})")
     except Exception as exc:  # noqa: BLE001 - every failure becomes a reason code
         text = str(exc)
@@ -306,169 +275,39 @@ def hash_file(path: str | os.PathLike, *, max_pixels: int = 250_000_000,
 
 
 # -- many files ------------------------------------------------------------------------------
-def _hash_chunk(paths: list[str], kw: dict) -> list[dict]:
-    """Worker entry point: hash a few files (one IPC round trip for several)."""
-    return [hash_file(p, **kw) for p in paths]
-
-
-def _pool(workers: int) -> ProcessPoolExecutor:
-    import multiprocessing as mp
-
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
-                               initializer=_die_with, initargs=(os.getpid(),))
-
-
-def _die_with(pid: int) -> None:
-    """Pool worker initializer: end this worker soon after process ``pid`` (the one that
-    made the pool) is gone. A flow process killed with SIGKILL cannot shut its pool
-    down, and a forkserver worker's parent is the fork server, so without this the
-    idle workers would outlive the run forever."""
-    import time
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            except PermissionError:  # pragma: no cover - alive, another user's pid
-                pass
-
-    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
-
-
-_SHARED: dict[str, Any] = {"pool": None, "workers": 0}
-POOL_START_TIMEOUT_S = 60.0
-_SHARED_LOCK = threading.RLock()
-
-
-def _shared_pool(workers: int, kw: dict) -> ProcessPoolExecutor | None:
-    """One worker pool per process, kept between calls (a flow hashes batch after
-    batch; starting workers costs about a second each time). None when no worker
-    can start here (an odd ``__main__``, no /dev/shm): then hash in this process."""
-    with _SHARED_LOCK:
-        if _SHARED.get("unavailable"):
-            return None
-        pool = _SHARED["pool"]
-        if pool is not None and _SHARED["workers"] == workers and not getattr(pool, "_broken", False):
-            return pool
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-        pool = _pool(workers)
-        try:
-            pool.submit(_hash_chunk, [], kw).result(timeout=POOL_START_TIMEOUT_S)
-        except Exception:  # noqa: BLE001 - remembered: later calls do not wait again
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                proc.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
-            _SHARED.update(pool=None, workers=0, unavailable=True)
-            return None
-        if _SHARED["pool"] is None and not _SHARED.get("atexit"):
-            atexit.register(_shutdown_shared)
-            _SHARED["atexit"] = True
-        _SHARED.update(pool=pool, workers=workers)
-        return pool
-
-
-def _shutdown_shared() -> None:
-    """Stop the shared workers (at exit, or when a test wants a clean slate)."""
-    with _SHARED_LOCK:
-        if _SHARED["pool"] is not None:
-            _SHARED["pool"].shutdown(wait=True, cancel_futures=True)
-        _SHARED.update(pool=None, workers=0)
-
-
-def _kill(pool: ProcessPoolExecutor) -> None:
-    """Stop a pool whose worker hangs or died (terminating its processes)."""
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        try:
-            proc.terminate()
-        except Exception:
-            pass
-    pool.shutdown(wait=False, cancel_futures=True)
-    with _SHARED_LOCK:
-        if _SHARED["pool"] is pool:
-            _SHARED.update(pool=None, workers=0)
-
-
-def _crashed(path: str, why: str) -> dict:
+def _lost(path: str, why: str, detail: str, *, timeout_s: float) -> dict:
+    """The record of a file whose decoding hung, ended its worker or raised: ``corrupt``,
+    with the file's sha256 when it can be read (its content is still identified)."""
     rec = _empty_record(path)
     try:
-        rec["sha256"], rec["bytes"], _ = _sha256_of(Path(path))
+        rec["sha256"], rec["bytes"] = sha256_file(path)
     except OSError:
         pass
-    return _fail(rec, "corrupt", why)
+    if why == "timeout":
+        message = f"decoding took longer than {timeout_s:.0f} s"
+    elif why == "crashed":
+        message = f"the decoder crashed ({detail or 'its process ended'})"
+    else:
+        message = f"the decoder raised {detail}"
+    return _fail(rec, "corrupt", message)
 
 
 def hash_files(paths: Iterable[str | os.PathLike], *, processes: int = 0, chunk: int = 8,
                timeout_s: float = 120.0, **kw: Any) -> list[dict]:
     """Hash records of many files, in input order.
 
-    ``processes``: 0 = one worker process per core, 1 = in this process. A worker
-    that crashes (a decoder segfault, the OOM killer) or takes longer than
-    ``timeout_s`` per file does not lose the batch: its files are retried one by one
-    in a fresh worker, and the culprit ends as ``corrupt`` with a message saying so.
+    ``processes``: 0 = one worker process per core, 1 = in this process (no guard).
+    In worker processes (:func:`tasks.isolation.isolated_map`) a file whose decoder
+    crashes (a segfault, the OOM killer) or takes longer than ``timeout_s`` does not
+    lose the batch: that file alone ends as ``corrupt`` with a message saying so.
     ``kw`` goes to :func:`hash_file` (``max_pixels``, ``max_bytes``, ``thumb``).
     """
     paths = [str(p) for p in paths]
-    if not paths:
-        return []
-    workers = processes or os.cpu_count() or 1
-    workers = min(workers, max(1, len(paths) // 2))
-    if workers <= 1:
+    if processes == 1:
         return [hash_file(p, **kw) for p in paths]
-    chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
-    results: dict[int, list[dict]] = {}
-    retry: list[int] = []
-    pool = _shared_pool(workers, kw)
-    if pool is None:  # no worker can start here: hash in this process
-        return [hash_file(p, **kw) for p in paths]
-    futures: list = []
-    try:
-        futures = [pool.submit(_hash_chunk, c, kw) for c in chunks]
-        for i, fut in enumerate(futures):
-            try:
-                results[i] = fut.result(timeout=timeout_s * len(chunks[i]) + 30)
-            except (BrokenProcessPool, FutureTimeout):
-                # the pool is dead or stuck: stop it, redo what is left one file at a time
-                for j in range(i + 1, len(chunks)):  # keep what finished before the trouble
-                    f = futures[j]
-                    if f.done() and not f.cancelled() and f.exception() is None:
-                        results[j] = f.result()
-                _kill(pool)
-                retry.extend(j for j in range(i, len(chunks)) if j not in results)
-                break
-            except Exception:  # noqa: BLE001 - hash_file never raises; pickling might
-                retry.append(i)
-    finally:
-        for f in futures:  # after a failure, nothing of this call stays queued
-            f.cancel()
-    for i in sorted(set(retry)):
-        results[i] = [_isolated(p, kw, timeout_s) for p in chunks[i]]
-    return [rec for i in range(len(chunks)) for rec in results[i]]
-
-
-def _isolated(path: str, kw: dict, timeout_s: float) -> dict:
-    """Hash one file in its own worker so a crash or hang is pinned on it alone."""
-    pool = _pool(1)
-    try:
-        return pool.submit(_hash_chunk, [path], kw).result(timeout=timeout_s)[0]
-    except FutureTimeout:
-        _kill(pool)
-        return _crashed(path, f"decoding took longer than {timeout_s:.0f} s")
-    except Exception as exc:  # noqa: BLE001
-        _kill(pool)
-        return _crashed(path, f"the decoder crashed ({type(exc).__name__})")
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-IMAGE_SUFFIXES = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".gif", ".bmp", ".webp",
-    ".heic", ".heif", ".avif", ".jp2", ".j2k", ".ppm", ".pgm", ".pbm", ".psd",
-})
+    workers = min(processes or os.cpu_count() or 1, max(1, len(paths) // 2))
+    return isolated_map(hash_file, paths, lost=functools.partial(_lost, timeout_s=timeout_s), timeout=timeout_s,
+                        workers=workers, chunk=chunk, kw=kw)
 
 
 def image_files(paths: Iterable[str | os.PathLike]) -> list[str]:
@@ -517,7 +356,7 @@ def public(rec: dict) -> dict:
 # -- the ledger as a cache of hash records, by content ----------------------------------------
 def _sha256_only(path: str) -> tuple[str, str | None]:
     try:
-        return path, _sha256_of(Path(path))[0]
+        return path, sha256_file(path)[0]
     except OSError:
         return path, None
 

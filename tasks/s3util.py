@@ -1,5 +1,5 @@
 """Shared S3 plumbing for the ``s3`` source and destination: connection fields,
-a boto3 client, error classification, and streaming sha256.
+a boto3 client, error classification, safe names.
 
 Credentials come from the standard AWS chain (``AWS_ACCESS_KEY_ID``... env vars,
 ``~/.aws``, instance roles) or from ``credentials: {env: NAME}`` /
@@ -13,17 +13,14 @@ Plain code: no Prefect import here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from photo_escape.outcomes import PermanentError, TransientError
 from photo_escape.secrets import SecretMissing, SecretRef, resolve
-
-CHUNK = 1 << 20
 
 
 class S3Connection(BaseModel):
@@ -141,32 +138,6 @@ def classify(exc: BaseException) -> Exception:
     if cause is not None and cause is not exc:
         return classify(cause)
     return TransientError("upload_failed", type(exc).__name__)
-
-
-def sha256_file(path: str, *, chunk: int = CHUNK) -> tuple[str, int]:
-    """sha256 hex digest and size of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            h.update(block)
-            n += len(block)
-    return h.hexdigest(), n
-
-
-def sha256_stream(chunks: Iterable[bytes], sink: Any = None) -> tuple[str, int]:
-    """sha256 and byte count of a stream of chunks, copying them to ``sink`` if given."""
-    h = hashlib.sha256()
-    n = 0
-    for block in chunks:
-        h.update(block)
-        n += len(block)
-        if sink is not None:
-            sink.write(block)
-    return h.hexdigest(), n
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-+=@,() ~]")

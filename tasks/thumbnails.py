@@ -23,12 +23,10 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from photo_escape.outcomes import PermanentError
+from tasks.files import RAW_SUFFIXES, read_head, sniff_image
 
-RAW_EXTENSIONS = {
-    ".nef", ".nrw", ".cr2", ".cr3", ".crw", ".arw", ".srf", ".sr2", ".dng", ".pef", ".orf",
-    ".rw2", ".raf", ".srw", ".3fr", ".erf", ".kdc", ".dcr", ".mef", ".mos", ".iiq", ".x3f", ".rwl",
-}
-HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
+# what Pillow decodes here (HEIF and AVIF through pillow-heif); RAW goes its own way
+DECODED_FORMATS = ("jpeg", "png", "tiff", "gif", "webp", "heif", "avif")
 MAX_PREVIEW_BYTES = 64 << 20
 MAX_IFDS = 64
 MAX_ENTRIES = 4096
@@ -69,25 +67,6 @@ def _heif_opener() -> bool:
         pillow_heif.register_heif_opener()
         _heif_opener.done = True  # type: ignore[attr-defined]
     return True
-
-
-def sniff(head: bytes) -> str:
-    """The container kind from a file's first bytes: jpeg, png, tiff, heif, raf, gif, webp, bmff or unknown."""
-    if head[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if head[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"IIRO", b"IIRS", b"IIU\x00", b"MMOR"):
-        return "tiff"
-    if head[:15] == b"FUJIFILMCCD-RAW":
-        return "raf"
-    if head[:4] in (b"GIF8",):
-        return "gif"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[4:8] == b"ftyp":
-        return "heif" if head[8:12] in HEIF_BRANDS else "bmff"
-    return "unknown"
 
 
 # --- the TIFF walk: where a RAW file keeps its JPEG previews -----------------------------
@@ -175,8 +154,7 @@ def raw_preview(path: str | Path) -> tuple[bytes, int] | None:
     """The largest decodable JPEG preview embedded in a RAW file and the RAW's
     orientation, or None when the file points at none."""
     path = Path(path)
-    with path.open("rb") as fh:
-        kind = sniff(fh.read(16))
+    kind = sniff_image(read_head(path))
     if kind == "tiff":
         spots, orientation = tiff_previews(path)
     elif kind == "raf":
@@ -254,9 +232,9 @@ def make_thumbnail(path: str | Path, size: int = 512, quality: int = 85) -> Thum
         raise ThumbnailError("unreadable", exc.strerror or "cannot read") from None
     if not head:
         raise ThumbnailError("empty", "zero-byte file")
-    kind = sniff(head)
-    is_raw = path.suffix.lower() in RAW_EXTENSIONS or kind == "raf"
-    if kind == "heif":
+    kind = sniff_image(head)
+    is_raw = path.suffix.lower() in RAW_SUFFIXES or kind == "raf"
+    if kind in ("heif", "avif"):
         _heif_opener()
     try:
         if is_raw:
@@ -269,7 +247,7 @@ def make_thumbnail(path: str | Path, size: int = 512, quality: int = 85) -> Thum
                 return _encode(_upright(img, own if own and own != 1 else orientation), size, quality, "raw_preview")
             img, method = _rawpy_image(path)
             return _encode(ImageOps.exif_transpose(img), size, quality, method)
-        if kind == "unknown" or kind == "bmff":
+        if kind not in DECODED_FORMATS:
             raise ThumbnailError("unsupported_format", "not an image format we can read")
         try:
             return _encode(_decode(path, size), size, quality, "decode")
@@ -287,7 +265,7 @@ def make_thumbnail(path: str | Path, size: int = 512, quality: int = 85) -> Thum
     except Image.DecompressionBombError:
         raise ThumbnailError("too_large", "more pixels than allowed") from None
     except Exception as exc:
-        reason = "unsupported_format" if kind == "heif" and not _heif_opener() else "unreadable"
+        reason = "unsupported_format" if kind in ("heif", "avif") and not _heif_opener() else "unreadable"
         raise ThumbnailError(reason, f"cannot make a thumbnail ({type(exc).__name__})") from None
 
 

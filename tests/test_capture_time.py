@@ -453,11 +453,11 @@ def test_capture_time_command_rejects_a_bad_zone(tmp_path):
 def test_a_reader_that_died_between_calls_is_replaced(tmp_path):
     import signal
 
-    import tasks.capture_time as ct
+    from tasks.isolation import idle_workers
 
     path = jpeg(tmp_path / "a.jpg", taken=datetime(2019, 3, 9, 12, 20), offset="+05:30")
     assert capture_time(path)["status"] == "ok"
-    for worker in list(ct._IDLE):  # the readers this test process started
+    for worker in idle_workers():  # the readers (and other workers) this test process started
         os.kill(worker.proc.pid, signal.SIGKILL)
         worker.proc.wait(timeout=10)
     assert capture_time(path)["utc"] == "2019-03-09T06:50:00+00:00"

@@ -10,14 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.download import (
-    Downloader,
-    HttpSettings,
-    NameBook,
-    parse_retry_after,
-    safe_name,
-    sniff_image,
-)
+from tasks.download import Downloader, HttpSettings, NameBook, parse_retry_after, safe_name
+from tasks.files import sniff_image
 
 
 def downloader(**kw) -> Downloader:
@@ -208,7 +202,20 @@ def test_content_sniffing_and_retry_after_parsing(numbered_host):
     assert sniff_image(b"<!DOCTYPE html><html>") is None
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
     assert parse_retry_after("soon") is None
+
+
+def test_a_retry_after_date_without_a_zone_is_utc_whatever_the_machine_s_zone(monkeypatch):
+    """RFC 5322's "-0000" is a time in UTC: read in the machine's own zone, it would be
+    5.5 hours off in India (the upload client read it right, the downloader did not)."""
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 -0000", now=1445412470.0) == pytest.approx(10.0)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_faults_can_be_set_over_http_through_the_admin_endpoint(numbered_host, tmp_path):

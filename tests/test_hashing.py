@@ -131,3 +131,39 @@ def test_hash_command_walks_a_directory(tmp_path):
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [Path(x["path"]).name for x in lines] == ["0.JPG", "1.JPG", "2.JPG"]
     assert all(x["status"] == "ok" for x in lines)
+
+
+@pytest.mark.parametrize("head", [b"IIRO\x08\x00\x00\x00", b"IIU\x00\x08\x00\x00\x00", b"\x00\x00\x00\x18ftypcrx ",
+                                  b"\x00\x00\x00\x0cJXL \r\n\x87\n"], ids=["orf", "rw2", "cr3", "jxl"])
+def test_what_the_downloader_takes_for_an_image_the_hasher_calls_corrupt_not_no_image(tmp_path, head):
+    """One sniffer: a file whose first bytes the downloader accepts as an image (ORF, RW2,
+    CR3, JPEG XL here) and that does not decode is ``corrupt`` for the hasher, as a
+    broken JPEG is; only bytes no image starts with are ``not_an_image``."""
+    from tasks.download import Downloader
+
+    path = tmp_path / "x.raw"
+    path.write_bytes(head + bytes(range(256)) * 4)
+    assert Downloader._check_head(path.read_bytes()[:16], None)
+    rec = hash_file(path)
+    assert (rec["status"], rec["error"]) == ("error", "corrupt"), rec
+
+
+def test_hash_and_capture_time_walk_the_same_photos(tmp_path):
+    """One suffix set: a folder walked by ``hash`` and by ``capture-time`` gives both the
+    same files, RAW (which ``hash`` used to pass over) and GIF/BMP (which ``capture-time``
+    did) included; a RAW's TIFF structure is hashed like any TIFF."""
+    from photo_escape.commands.capture_time import expand
+    from sandbox.s3 import write_raw
+    from tasks.hashing import image_files
+
+    folder = tmp_path / "mixed"
+    jpg = photos.write_jpeg(folder / "IMG_1.JPG", 1, size=(120, 90))
+    nef = write_raw(folder / "IMG_2.NEF", 2)
+    gif, bmp = folder / "scan.gif", folder / "old.BMP"
+    photos.picture(3, (64, 48)).save(gif)
+    photos.picture(4, (64, 48)).save(bmp)
+    (folder / "notes.txt").write_text("not a photo")
+    walked = sorted(map(str, (jpg, nef, gif, bmp)))
+    assert sorted(image_files([folder])) == walked
+    assert sorted(expand([str(folder)])) == walked
+    assert [r["status"] for r in hash_files([str(nef)], processes=1)] == ["ok"]

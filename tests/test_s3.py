@@ -19,7 +19,7 @@ from PIL import Image
 from sandbox import photos
 from sandbox.s3 import FaultProxy, preview_of, write_raw
 from tasks.destinations.s3 import S3Destination, S3DestinationConfig, sampled
-from tasks.s3util import sha256_file
+from tasks.files import sha256_file
 from tasks.sources.s3 import S3Source, S3SourceConfig
 
 FAST = SimpleNamespace(retries=2, backoff_seconds=0.01, concurrency=4, max_bytes=2_000_000_000)

@@ -16,7 +16,7 @@ from photo_escape.jobspec import Options
 from photo_escape.plugins import make_destination
 from sandbox.photos import write_jpeg
 from tasks.capture_time import capture_times
-from tasks.destinations.http_upload import HttpUploadConfig, parse_retry_after
+from tasks.destinations.http_upload import HttpUploadConfig
 from tests.fixtures.upload import UPLOAD_PASSWORD
 
 SMALL = (64, 48)
@@ -216,12 +216,6 @@ def test_accepted_then_crashed_is_resent_with_the_same_time_and_no_duplicate(tmp
 def test_config_refuses_credentials_in_the_url():
     with pytest.raises(ValueError):
         HttpUploadConfig.model_validate({"kind": "http_upload", "url": "https://anne:pw@example.org/up"})
-
-
-def test_retry_after_forms():
-    assert parse_retry_after("7") == 7.0
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
-    assert parse_retry_after("soon") is None
 
 
 # -- through the escape flow ----------------------------------------------------------------

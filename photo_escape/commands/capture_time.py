@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def expand(paths: list[str]) -> list[str]:
     """Files as given; folders replaced by their image files (sorted, recursively)."""
-    from tasks.capture_time import IMAGE_SUFFIXES
+    from tasks.files import IMAGE_SUFFIXES
 
     out: list[str] = []
     for p in paths:

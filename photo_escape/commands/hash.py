@@ -1,8 +1,8 @@
 """``photo-escape hash PATH... [--json]``: sha256 and perceptual hashes of image files.
 
 Each PATH is a file (hashed whatever its name) or a directory (walked recursively for
-files with an image suffix: .jpg .jpeg .png .tif .tiff .gif .bmp .webp .heic ...;
-hidden files skipped). One line per file, in order:
+files with an image suffix: .jpg .jpeg .png .tif .tiff .gif .bmp .webp .heic, camera
+RAW .nef .cr2 .dng ... (``tasks.files.IMAGE_SUFFIXES``); hidden files skipped). One line per file, in order:
 
     {path, status, error, message, sha256, bytes, phash, dhash, phash_mirror,
      dhash_mirror, width, height, format, hash_version}

@@ -47,7 +47,6 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Iterator, Literal
 from urllib.parse import urlsplit
@@ -57,6 +56,7 @@ from pydantic import Field, field_validator
 from photo_escape.outcomes import PermanentError, Stopwatch, TransientError, outcome
 from photo_escape.plugins import Destination, KindConfig
 from photo_escape.secrets import SecretMissing, SecretRef, redact, resolve
+from tasks.download import parse_retry_after
 
 USER_AGENT = "photo-escape/http_upload"
 
@@ -199,23 +199,6 @@ def capture_secs(item: dict[str, Any]) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return round(when.timestamp(), 3)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _plan(item: dict[str, Any], secs: float | None) -> dict[str, Any]:

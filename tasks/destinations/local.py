@@ -20,7 +20,6 @@ another file) so the original can be delivered again to its recorded place.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import uuid
@@ -32,6 +31,7 @@ from pydantic import Field, field_validator
 from photo_escape.layout import check_template, render, safe_relpath, with_suffix
 from photo_escape.outcomes import Stopwatch, outcome
 from photo_escape.plugins import Destination, DestinationUnreadable, KindConfig
+from tasks.files import sha256_file
 
 STAGING = ".photo-escape-staging"
 
@@ -49,14 +49,6 @@ class LocalDestinationConfig(KindConfig):
     @classmethod
     def _layout(cls, v: str) -> str:
         return check_template(v)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class LocalDestination(Destination):
@@ -132,8 +124,6 @@ class LocalDestination(Destination):
 
     def read_back(self, target: str) -> dict | None:
         """The size and sha256 of the file at ``target``, read whole (None if there is none)."""
-        from tasks.s3util import sha256_file
-
         path = self.root / safe_relpath(target)
         try:
             sha, size = sha256_file(str(path))
@@ -170,12 +160,12 @@ class LocalDestination(Destination):
         for target_rel in candidates:
             target = self.root / target_rel
             if target.exists():
-                if target.stat().st_size == item.get("bytes") and file_sha256(target) == sha:
+                if target.stat().st_size == item.get("bytes") and sha256_file(target)[0] == sha:
                     return "ok", "already_present", target_rel
                 continue  # taken by other content: try the next candidate
             if self._publish(item, target):
                 return "ok", "delivered", target_rel
-            if file_sha256(target) == sha:  # someone published the same bytes meanwhile
+            if sha256_file(target)[0] == sha:  # someone published the same bytes meanwhile
                 return "ok", "already_present", target_rel
         return "failed", "key_conflict", rel
 

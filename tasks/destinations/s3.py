@@ -51,7 +51,8 @@ from photo_escape.layout import check_template, render, with_suffix
 from photo_escape.outcomes import PermanentError, Stopwatch, TransientError, outcome
 from photo_escape.plugins import Destination, DestinationUnreadable, KindConfig, settings_key
 from photo_escape.secrets import redact
-from tasks.s3util import S3Connection, classify, error_code, make_client, s3_uri, sha256_stream, split_uri
+from tasks.files import sha256_stream
+from tasks.s3util import S3Connection, classify, error_code, make_client, s3_uri, split_uri
 
 MiB = 1 << 20
 STORAGE_CLASSES = (

@@ -12,7 +12,6 @@ it only if it changed.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 from pathlib import Path
 from typing import Iterator, Literal
@@ -21,8 +20,7 @@ from pydantic import Field, field_validator
 
 from photo_escape.outcomes import Stopwatch, outcome
 from photo_escape.plugins import KindConfig, Source
-
-CHUNK = 1 << 20
+from tasks.files import sha256_file
 
 
 class LocalSourceConfig(KindConfig):
@@ -129,10 +127,7 @@ class LocalSource(Source):
                     out.append(outcome(item["item_id"], "fetch", "failed", "too_large", bytes=size,
                                        detail={"max_bytes": max_bytes}, duration_ms=sw.ms) | {"item": item})
                     continue
-                h = hashlib.sha256()
-                with open(path, "rb") as f:
-                    while chunk := f.read(CHUNK):
-                        h.update(chunk)
+                sha256, _ = sha256_file(path)
             except FileNotFoundError:
                 out.append(outcome(item["item_id"], "fetch", "failed", "missing",
                                    detail={"message": "the file disappeared after it was listed"},
@@ -143,7 +138,7 @@ class LocalSource(Source):
                                    detail={"message": exc.strerror or str(exc)}, duration_ms=sw.ms) | {"item": item})
                 continue
             new = dict(item, local_path=os.fsdecode(path) if isinstance(path, bytes) else path,
-                       local_path_hex=item.get("path_hex"), sha256=h.hexdigest(), bytes=size)
+                       local_path_hex=item.get("path_hex"), sha256=sha256, bytes=size)
             out.append(outcome(item["item_id"], "fetch", "ok", "local", bytes=size, sha256=new["sha256"],
                                duration_ms=sw.ms) | {"item": new})
         return out

@@ -38,6 +38,7 @@ from pydantic import Field
 from photo_escape.outcomes import PermanentError, Stopwatch, TransientError, outcome
 from photo_escape.plugins import KindConfig, Source
 from photo_escape.secrets import redact
+from tasks.files import sha256_stream
 from tasks.s3util import S3Connection, classify, make_client, s3_uri, safe_name, split_uri
 
 MiB = 1 << 20
@@ -174,17 +175,12 @@ class S3Source(Source):
         try:
             resp = self.client.get_object(Bucket=self.config.bucket, Key=item["key"])
             expected = int(resp.get("ContentLength", -1))
-            h = hashlib.sha256()
-            n = 0
             with open(tmp, "wb") as fh:
-                for chunk in resp["Body"].iter_chunks(MiB):
-                    h.update(chunk)
-                    fh.write(chunk)
-                    n += len(chunk)
+                sha256, n = sha256_stream(resp["Body"].iter_chunks(MiB), fh)
             if expected >= 0 and n != expected:
                 raise TransientError("truncated", f"got {n} of {expected} bytes")
             os.replace(tmp, target)
-            return h.hexdigest(), n, str(resp.get("ETag", "")).strip('"'), target
+            return sha256, n, str(resp.get("ETag", "")).strip('"'), target
         finally:
             if tmp.exists():
                 tmp.unlink()

@@ -29,15 +29,16 @@ from prefect.futures import as_completed
 from prefect.utilities.annotations import quote
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.run_record import RunRecord
+from flows.run_record import RunRecord, stopped
 from photo_escape.jobspec import JobSpec, load_job, parse_job
 from photo_escape.outcomes import Item, Outcome
-from photo_escape.plugins import make_destination, make_source
+from photo_escape.plugins import DestinationUnreadable, make_destination, make_source
 from photo_escape.secrets import scrubbed_exceptions
 from reports.artifacts import artifact_key
+from tasks import fixity
 from tasks.hashing import cached_assets, int_to_hex
 from tasks.ledger import new_run_id
-from tasks.stages import deliver_batch, examine_and_deliver_batch, fetch_batch
+from tasks.stages import deliver_batch, examine_and_deliver_batch, fetch_batch, look_at_destination
 
 BATCHES_IN_FLIGHT = 3  # batches under way at once, each at its own stage
 
@@ -149,9 +150,12 @@ def escape(
     retried from the Prefect UI; the retry skips what is already done.
     """
     spec = job_spec(job)
-    with scrubbed_exceptions():  # an exception's text becomes the flow run's state message
-        return EscapeRun(spec, dry_run=dry_run, only_failed=only_failed, run_id=run_id,
-                         fail_on_failed_items=fail_on_failed_items).run()
+    try:
+        with scrubbed_exceptions():  # an exception's text becomes the flow run's state message
+            return EscapeRun(spec, dry_run=dry_run, only_failed=only_failed, run_id=run_id,
+                             fail_on_failed_items=fail_on_failed_items).run()
+    except DestinationUnreadable as exc:  # recorded as crashed; said in one line, no traceback
+        return stopped(exc)
 
 
 class EscapeRun:
@@ -186,6 +190,7 @@ class EscapeRun:
                 if hasattr(destination, "clear_staging") and not self.dry_run:
                     destination.clear_staging()
                 self._clear_work_of_ended_runs()
+                self._look_at_destination()
                 self.log.info("run %s of job %s: %s -> %s%s", self.run_id, spec.name, spec.source.kind,
                               spec.destination.kind, " (dry run)" if self.dry_run else "")
                 self.progress = _Progress(spec.name, self.run_id)
@@ -195,7 +200,8 @@ class EscapeRun:
                         self._work(source)
                     finally:
                         self.progress.close()
-                return run.finish(source.report_facts())
+                return run.finish({**source.report_facts(), "missing_at_destination": len(self.missing),
+                                   "changed_at_destination": len(self.changed)})
         finally:
             source.close()
             destination.close()
@@ -212,6 +218,48 @@ class EscapeRun:
             old = here.parent / run_id
             if old != here and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
+
+    def _look_at_destination(self) -> None:
+        """Compare what the ledger says was delivered with ONE listing of the destination.
+
+        A photo the ledger calls delivered but which is not there any more is delivered
+        again, to the same place, after a ``fixity`` event ``missing_at_destination``; one
+        whose size there differs (or that a ``verify`` found changed) is left alone and
+        reported ``changed`` (``photo-escape verify --repair`` keeps the changed copy and
+        restores the original). A destination that cannot be listed stops the run here,
+        before anything is delivered twice."""
+        self.missing: dict[str, str] = {}  # item_id -> the target it was delivered to
+        self.changed: set[str] = set()
+        if not self.record.has_history:
+            return
+        delivered = self.record.ledger.delivered(self.spec.name, settings=self.record.settings)
+        if not delivered:
+            return
+        looked = look_at_destination(self.spec.destination, self._batch_arg(delivered), self.workdir, self.opts)
+        if looked["unreadable"]:
+            raise DestinationUnreadable(looked["unreadable"])
+        found = looked["findings"]
+        verified_changed = self.record.ledger.fixity_problems(self.spec.name, "changed")
+        by_id = {r["item_id"]: r for r in delivered}
+        problems = []
+        for rec in found:
+            if rec["outcome"] == "ok" and rec["reason"] == "size" and rec["item_id"] in verified_changed:
+                # a verify read other bytes there, of the same size, and nothing has mended it since
+                rec = fixity.fixity_outcome(by_id[rec["item_id"]], "changed", "full_read",
+                                            changed_by="sha256", found_by="verify")
+            if rec["outcome"] != "failed":
+                continue
+            if rec["reason"] == "missing":
+                rec["reason"] = "missing_at_destination"
+                self.missing[rec["item_id"]] = by_id[rec["item_id"]]["target"]
+            else:
+                self.changed.add(rec["item_id"])
+            problems.append(rec)
+        if problems:
+            self.record.record("fixity", problems)  # before the first batch: nothing is redone unrecorded
+            self.log.warning("the destination differs from the ledger: %d photos missing (delivered again), "
+                             "%d changed (left alone; see `photo-escape verify --repair`)",
+                             len(self.missing), len(self.changed))
 
     def _listing(self, source) -> Iterator[list[Item]]:
         size = self.opts.batch_size
@@ -248,6 +296,11 @@ class EscapeRun:
         self.record.listed(items)
         self.progress.add_listed(len(items))
         todo = self.record.still_to_do(items)
+        if self.missing or self.changed:  # what the destination's listing found (_look_at_destination)
+            chosen = {i["item_id"] for i in todo}
+            todo = [dict(i, redeliver_to=self.missing[i["item_id"]]) if i["item_id"] in self.missing else i
+                    for i in items if (i["item_id"] in chosen or i["item_id"] in self.missing)
+                    and i["item_id"] not in self.changed]
         self.progress.add_finished(len(items) - len(todo))
         return _Batch(todo) if todo else None
 

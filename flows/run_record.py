@@ -41,6 +41,15 @@ def flow_run_id() -> str | None:
         return None
 
 
+def stopped(exc: BaseException) -> Any:
+    """The Failed state a flow returns when its run cannot go on for a reason a person must
+    fix (a destination that cannot be listed): its message is that one line, with no
+    traceback in the logs; the run is already recorded as crashed in the ledger."""
+    from prefect.states import Failed
+
+    return Failed(message=str(exc))
+
+
 Facts = dict[str, Any] | Callable[[Ledger], dict[str, Any]]
 
 
@@ -112,6 +121,11 @@ class RunRecord:
             self._reads.close()
         if self.ledger is not None:
             self.ledger.close()
+
+    @property
+    def has_history(self) -> bool:
+        """Whether an earlier run of the job did any work (else nothing can be complete)."""
+        return self._history
 
     @property
     def reads(self) -> Ledger:

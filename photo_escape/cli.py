@@ -20,6 +20,7 @@ COMMANDS = {
     "capture-time": ("capture_time", "the true capture time (UTC) of photos, with its provenance"),
     "resolve": ("resolve", "which album image is the same picture as each query"),
     "find-similar": ("find_similar", "rank a folder by similarity to small reference crops"),
+    "verify": ("verify", "check that a job's destination still holds what it delivered (and --repair it)"),
     "report": ("report", "regenerate a report from a ledger"),
     "master-index": ("master_index", "build or query the master-file index from a directory listing"),
 }

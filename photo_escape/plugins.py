@@ -123,8 +123,11 @@ class Destination:
         """Places the source must never list (our own output): avoids recursion."""
         return []
 
-    def inventory(self, targets: list[str]) -> dict[str, int] | None:
-        """What of ``targets`` is at the destination now: ``{target: size in bytes}``.
+    def inventory(self, targets: list[str]) -> dict[str, tuple[int, str | None]] | None:
+        """What of ``targets`` is at the destination now: ``{target: (size in bytes, version)}``,
+        the version being what the destination changes on every write (a file's
+        modification time, an object's ETag), as the ``deliver`` outcome's
+        ``detail.version`` recorded it, or None where there is none.
 
         ``targets`` are the strings delivery recorded (``item["target"]``: a path
         relative to a folder, ``s3://bucket/key``...); one found is in the answer

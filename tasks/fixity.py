@@ -7,7 +7,9 @@ itself, through its :meth:`~photo_escape.plugins.Destination.inventory` (one lis
 :meth:`~photo_escape.plugins.Destination.read_back` (a full read, hashed as it
 streams) and :meth:`~photo_escape.plugins.Destination.set_aside`:
 
-* :func:`compare` the rerun's check: sizes from one listing against the ledger;
+* :func:`compare` sizes from one listing against the ledger, and :func:`look` the
+  rerun's check: the same, plus a full read of the few photos whose version
+  (modification time, ETag) changed since delivery;
 * :func:`verify` the ``verify`` command's check: the listing for every photo, and a
   full read (sha256) of all of them or of a random sample, several files at once;
 * :func:`repair` re-delivers what is missing or changed, from the source, only when
@@ -37,7 +39,7 @@ from photo_escape.outcomes import outcome
 from photo_escape.plugins import Destination, DestinationUnreadable, Source
 from photo_escape.secrets import redact
 
-__all__ = ["DestinationUnreadable", "FixityUnsupported", "compare", "verify", "repair", "counts"]
+__all__ = ["DestinationUnreadable", "FixityUnsupported", "compare", "look", "verify", "repair", "counts"]
 
 #: what a fixity check can find wrong with a delivered photo
 PROBLEMS = ("missing", "changed", "unreadable")
@@ -76,13 +78,14 @@ def _as_delivered(rec: dict, row: dict) -> dict:
     return rec
 
 
-def compare(delivered: list[dict], inventory: dict[str, int] | None) -> list[dict]:
+def compare(delivered: list[dict], inventory: dict[str, tuple[int, str | None]] | None) -> list[dict]:
     """One ``fixity`` outcome per delivered photo with a target, by size: ``ok`` when the
     listing has it at the size delivered, ``missing`` when it does not have it,
     ``changed`` (``changed_by: size``) when the size differs. Bytes edited in place
-    keep their size: only :func:`verify`'s full read sees them. ``inventory`` is
-    ``destination.inventory(targets)``; None (a destination that cannot be listed)
-    gives no outcomes: the ledger is all there is to go by."""
+    keep their size: only a read sees them (:func:`look` reads those whose version
+    changed, :func:`verify` reads all). ``inventory`` is ``destination.inventory(targets)``;
+    None (a destination that cannot be listed) gives no outcomes: the ledger is all
+    there is to go by."""
     if inventory is None:
         return []
     out = []
@@ -90,7 +93,7 @@ def compare(delivered: list[dict], inventory: dict[str, int] | None) -> list[dic
         target = row.get("target")
         if not target:
             continue
-        size = inventory.get(target)
+        size, _version = inventory.get(target, (None, None))
         if size is None:
             out.append(fixity_outcome(row, "missing", "size"))
         elif row.get("bytes") is not None and size != row["bytes"]:
@@ -98,6 +101,41 @@ def compare(delivered: list[dict], inventory: dict[str, int] | None) -> list[dic
         else:
             out.append(fixity_outcome(row, "ok", "size", {"size": size}))
     return out
+
+
+def look(destination: Destination, delivered: list[dict], *, workers: int = 8) -> list[dict]:
+    """A rerun's look at the destination: ONE listing (:func:`compare`), then a full read
+    of just the photos whose version (modification time, ETag) is no longer the one
+    recorded at delivery, since something wrote there: the bytes decide (``changed``,
+    ``changed_by: sha256``, or ``ok`` when someone only touched the file). Photos
+    delivered before versions were recorded are judged by size alone. Returns the
+    ``fixity`` outcomes; an empty list when this kind of destination cannot be listed;
+    raises :class:`DestinationUnreadable` when it cannot be listed now."""
+    rows = [r for r in delivered if r.get("target")]
+    inventory = destination.inventory([r["target"] for r in rows])
+    results = compare(rows, inventory)
+    if not results:
+        return []
+    _read_back(destination, rows, results, _touched(rows, results, inventory), workers)
+    return results
+
+
+def _touched(rows: list[dict], results: list[dict], inventory: dict) -> list[int]:
+    """Indices of the photos listed at the right size whose version is no longer the one
+    recorded at delivery (something wrote there since)."""
+    return [i for i, (row, rec) in enumerate(zip(rows, results)) if rec["outcome"] == "ok"
+            and row.get("version") and inventory[row["target"]][1] not in (None, row["version"])]
+
+
+def _read_back(destination: Destination, rows: list[dict], results: list[dict], indices: list[int],
+               workers: int) -> None:
+    """Replace ``results[i]`` by the outcome of reading ``rows[i]`` back whole, for each
+    index, ``workers`` files at once."""
+    if not indices:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(indices))), thread_name_prefix="fixity") as pool:
+        for i, rec in zip(indices, pool.map(lambda i: read_and_check(destination, rows[i]), indices)):
+            results[i] = rec
 
 
 def verify(destination: Destination, delivered: list[dict], sample_percent: float | None = None, *,
@@ -122,13 +160,10 @@ def verify(destination: Destination, delivered: list[dict], sample_percent: floa
                                 "nothing there can be verified")
     results = compare(rows, inventory)
     present = [i for i, rec in enumerate(results) if rec["outcome"] == "ok"]
-    if sample_percent is not None:
+    if sample_percent is not None:  # a random share, and always those something wrote to since
         share = math.ceil(len(present) * sample_percent / 100)
-        present = sorted(random.Random(seed).sample(present, share))
-    if present:
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(present))), thread_name_prefix="fixity") as pool:
-            for i, rec in zip(present, pool.map(lambda i: read_and_check(destination, rows[i]), present)):
-                results[i] = rec
+        present = sorted(set(random.Random(seed).sample(present, share)) | set(_touched(rows, results, inventory)))
+    _read_back(destination, rows, results, present, workers)
     return results
 
 

@@ -560,7 +560,9 @@ class Ledger:
 
         ``item_id``, ``target`` (where it went: ``detail.target``, or
         ``s3://bucket/key`` from ``detail.bucket``/``detail.key``; None when the
-        destination records no place, an upload API), ``sha256``, ``bytes``,
+        destination records no place, an upload API), ``version`` (what a listing
+        showed of it then: a file's mtime, an object's ETag; None if not recorded),
+        ``sha256``, ``bytes``,
         ``source_ref``, ``name``, ``run_id``, ``settings`` and ``fingerprint`` of that
         deliver event, ``detail`` (its detail), ``capture`` (the item's latest
         capture-time record, or None) and ``item`` (the item as its listing recorded it,
@@ -585,12 +587,21 @@ class Ledger:
             detail = json.loads(detail) if detail else {}
             target = detail.get("target") or (s3_uri(detail["bucket"], detail["key"])
                                               if detail.get("bucket") and detail.get("key") else None)
-            out.append({"item_id": item_id, "target": target, "sha256": sha,
+            version = detail.get("version") or (detail.get("fixity") or {}).get("etag")
+            out.append({"item_id": item_id, "target": target, "sha256": sha, "version": version,
                         "bytes": int(size) if size is not None else None, "source_ref": ref, "name": name,
                         "run_id": run_id, "settings": sets, "fingerprint": fingerprint, "detail": detail,
                         "capture": json.loads(capture) if capture else None,
                         "item": _listed_item(item_id, ref, name, listing)})
         return out
+
+    def fixity_problems(self, job: str, reason: str) -> set[str]:
+        """The items of ``job`` whose latest event is a failed ``fixity`` check for ``reason``
+        (``changed``, ``missing``): what a ``verify`` found and nothing has mended since."""
+        rows = self.con.execute(
+            "SELECT item_id FROM item_status WHERE job = ? AND stage = 'fixity' AND outcome = 'failed' AND reason = ?",
+            [job, reason]).fetchall()
+        return {r[0] for r in rows}
 
     def has_history(self, job: str) -> bool:
         """Whether any earlier run did work for this job (else no item can be complete)."""

@@ -18,7 +18,7 @@ from prefect import task
 from prefect.utilities.annotations import BaseAnnotation
 
 from photo_escape.outcomes import Stopwatch, outcome
-from photo_escape.plugins import KindConfig, make_destination, make_source
+from photo_escape.plugins import DestinationUnreadable, KindConfig, make_destination, make_source
 from photo_escape.secrets import scrubbed_exceptions
 
 BATCH_RETRIES = 2
@@ -169,3 +169,66 @@ def deliver(destination_config: KindConfig, items: list[dict], workdir: str, opt
 def _folder(item: dict) -> str:
     rel = item.get("relpath") or item.get("source_ref") or ""
     return rel.rsplit("/", 1)[0] if "/" in rel else ""
+
+
+# -- fixity: the destination as it is -------------------------------------------------------------
+@task(task_run_name="look-at-destination", cache_policy=None, persist_result=False)
+def look_at_destination(destination_config: KindConfig, items: list[dict], workdir: str,
+                        options: Any) -> dict[str, Any]:
+    """A rerun's look at what the ledger says was delivered (``Ledger.delivered`` rows):
+    one listing of the destination, a full read of the few files written to since;
+    ``{"findings": [one fixity outcome each], "unreadable": None}`` (:func:`tasks.fixity.look`).
+    A destination that cannot be listed is not retried: ``{"unreadable": its one-line
+    reason}``, for the flow to stop on."""
+    from tasks import fixity
+
+    destination = make_destination(destination_config, workdir=Path(workdir), options=options)
+    try:
+        with scrubbed_exceptions():
+            return {"findings": fixity.look(destination, _unquoted(items), workers=options.concurrency),
+                    "unreadable": None}
+    except DestinationUnreadable as exc:
+        return {"findings": [], "unreadable": str(exc)}
+    finally:
+        destination.close()
+
+
+@task(retries=BATCH_RETRIES, retry_delay_seconds=_retry_delays(BATCH_RETRIES), retry_jitter_factor=0.5,
+      task_run_name=_name("verify"), cache_policy=None, persist_result=False)
+def verify_batch(destination_config: KindConfig, items: list[dict], workdir: str, options: Any,
+                 sample_percent: float | None) -> dict[str, Any]:
+    """Check delivered photos (``Ledger.delivered`` rows) at the destination: one listing,
+    then full reads ``options.concurrency`` at a time (all, or a random sample);
+    ``{"findings": [one fixity outcome each], "unreadable": None}`` (:func:`tasks.fixity.verify`),
+    or ``{"unreadable": why}`` when the destination cannot be listed."""
+    from tasks import fixity
+
+    destination = make_destination(destination_config, workdir=Path(workdir), options=options)
+    try:
+        with scrubbed_exceptions():
+            return {"findings": fixity.verify(destination, _unquoted(items), sample_percent,
+                                              workers=options.concurrency), "unreadable": None}
+    except (DestinationUnreadable, fixity.FixityUnsupported) as exc:
+        return {"findings": [], "unreadable": str(exc)}
+    finally:
+        destination.close()
+
+
+@task(retries=BATCH_RETRIES, retry_delay_seconds=_retry_delays(BATCH_RETRIES), retry_jitter_factor=0.5,
+      task_run_name=_name("repair"), cache_policy=None, persist_result=False)
+def repair_batch(source_config: KindConfig, destination_config: KindConfig, items: list[dict],
+                 findings: list[dict], workdir: str, options: Any) -> list[dict]:
+    """Deliver again, from the source, the delivered photos (``items``) that ``findings``
+    found missing or changed, only where the source still has the recorded content; a
+    changed copy is kept beside (:func:`tasks.fixity.repair`)."""
+    from tasks import fixity
+
+    source = make_source(source_config, workdir=Path(workdir), options=options)
+    destination = make_destination(destination_config, workdir=Path(workdir), options=options)
+    try:
+        with scrubbed_exceptions():
+            return fixity.repair(destination, source, _unquoted(items), _unquoted(findings),
+                                 batch_size=options.batch_size)
+    finally:
+        source.close()
+        destination.close()

@@ -114,8 +114,10 @@ def _check_the_whole_story(spec, destination, source, read, write, delete) -> di
     # a sampled verify: size for all, a full read for a random share of the right-sized
     sampled = verify(destination, rows, sample_percent=50, seed=3, workers=3)
     methods = [o["detail"]["method"] for o in sampled]
-    assert methods.count("full_read") == math.ceil(len(untouched | done["flipped"]) / 2)
-    assert _by(sampled)["missing"] == done["missing"] and done["truncated"] <= _by(sampled)["changed"]
+    assert methods.count("full_read") >= math.ceil(len(untouched | done["flipped"]) / 2)
+    assert methods.count("full_read") < len(untouched | done["flipped"])  # a sample, not all of them
+    # what was written to since delivery (a new mtime, a new ETag) is read whatever the draw
+    assert _by(sampled)["missing"] == done["missing"] and _by(sampled)["changed"] == changed
 
     # the full verify: every photo read back and hashed
     full = verify(destination, rows, workers=4)
@@ -270,12 +272,13 @@ def test_a_destination_that_cannot_be_listed_says_so(tmp_path, s3_server, s3_cre
 
     broken = tmp_path / "not-a-folder"
     broken.write_bytes(b"a file where the archive should be")
-    for path, says in ((broken, "is not a folder"), (tmp_path / "unmounted", "does not exist")):
-        dest = _destination(tmp_path, kind="local", path=path)
-        with pytest.raises(DestinationUnreadable, match=says):
-            dest.inventory([row["target"]])
-        with pytest.raises(DestinationUnreadable):
-            verify(dest, [row])
+    dest = _destination(tmp_path, kind="local", path=broken)
+    with pytest.raises(DestinationUnreadable, match="is not a folder"):
+        dest.inventory([row["target"]])
+    with pytest.raises(DestinationUnreadable):
+        verify(dest, [row])
+    # an archive folder deleted whole (or a new disk with nothing on it yet): all of it is missing
+    assert _by(verify(_destination(tmp_path, kind="local", path=tmp_path / "gone"), [row])) == {"missing": {row["item_id"]}}
     (tmp_path / "archive" / "2006" / "10").rmdir()
     (tmp_path / "archive" / "2006" / "10").write_bytes(b"a file where a folder should be")
     with pytest.raises(DestinationUnreadable, match="cannot list"):

@@ -88,33 +88,39 @@ class LocalDestination(Destination):
                                    detail={"target": rel, "message": exc.strerror or str(exc)},
                                    duration_ms=sw.ms) | {"item": item})
                 continue
+            detail = {"target": rel}
+            if result == "ok":  # what a listing will show if nobody touches the file (see inventory)
+                detail["version"] = _version(self.root / rel)
             out.append(outcome(item["item_id"], "deliver", result, reason, final=result == "ok",
                                bytes=item.get("bytes"), sha256=item.get("sha256"),
-                               detail={"target": rel}, duration_ms=sw.ms) | {"item": dict(item, target=rel)})
+                               detail=detail, duration_ms=sw.ms) | {"item": dict(item, target=rel)})
         return out
 
     # -- fixity: the folder as it is ----------------------------------------------------
-    def inventory(self, targets: list[str]) -> dict[str, int]:
-        """Sizes of the ``targets`` (paths relative to the folder) that are there: one
-        listing of each folder the targets live in, never a look per photo. A missing
-        sub-folder means its photos are missing; a destination folder that does not
-        exist at all (a disk not mounted) or cannot be read raises
-        :class:`DestinationUnreadable`."""
+    def inventory(self, targets: list[str]) -> dict[str, tuple[int, str]]:
+        """Size and version (the modification time in ns, which a write changes) of the
+        ``targets`` (paths relative to the folder) that are there: one listing of each
+        folder the targets live in, never a look per photo. A missing folder means its
+        photos are missing (the destination's own folder too: a new, empty disk in place
+        of the old one, or an archive deleted whole); a destination that is not a folder
+        or cannot be read raises :class:`DestinationUnreadable`."""
         if not targets:
             return {}
-        self._check_root()
+        if self.root.exists() and not self.root.is_dir():
+            raise DestinationUnreadable(f"the destination {self.root} is not a folder")
         wanted: dict[str, dict[str, str]] = {}  # folder -> {file name: target}
         for target in targets:
             folder, _, name = safe_relpath(target).rpartition("/")
             wanted.setdefault(folder, {})[name] = target
-        found: dict[str, int] = {}
+        found: dict[str, tuple[int, str]] = {}
         for folder, names in wanted.items():
             path = self.root / folder if folder else self.root
             try:
                 with os.scandir(path) as entries:
                     for entry in entries:
                         if entry.name in names and entry.is_file():
-                            found[names[entry.name]] = entry.stat().st_size
+                            st = entry.stat()
+                            found[names[entry.name]] = (st.st_size, str(st.st_mtime_ns))
             except FileNotFoundError:
                 continue  # the whole folder is gone: its photos are missing
             except OSError as exc:
@@ -144,13 +150,6 @@ class LocalDestination(Destination):
                 _fsync_dir(src.parent)
                 return new_rel
         raise FileExistsError(f"no free name to set {src} aside")
-
-    def _check_root(self) -> None:
-        if not self.root.exists():
-            raise DestinationUnreadable(f"the destination folder {self.root} does not exist (is its disk mounted?); "
-                                        "create it to have what was delivered there delivered again")
-        if not self.root.is_dir():
-            raise DestinationUnreadable(f"the destination {self.root} is not a folder")
 
     def _place(self, item: dict, rel: str) -> tuple[str, str, str]:
         sha = item["sha256"]
@@ -235,3 +234,11 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _version(path: Path) -> str | None:
+    """A delivered file's version as :meth:`LocalDestination.inventory` lists it."""
+    try:
+        return str(os.stat(path).st_mtime_ns)
+    except OSError:
+        return None

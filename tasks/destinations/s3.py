@@ -262,8 +262,9 @@ class S3Destination(Destination):
         return out
 
     # -- fixity: the bucket as it is ----------------------------------------------------
-    def inventory(self, targets: list[str]) -> dict[str, int]:
-        """Sizes of the ``targets`` (``s3://bucket/key`` or bare keys) that are in the
+    def inventory(self, targets: list[str]) -> dict[str, tuple[int, str]]:
+        """Size and version (the ETag, which a new upload changes) of the ``targets``
+        (``s3://bucket/key`` or bare keys) that are in the
         bucket: a paginated listing of the targets' common prefix (split by its next
         folder level and listed in parallel when there are a few hundred such folders
         or fewer), never a request per photo. Raises :class:`DestinationUnreadable`
@@ -280,11 +281,11 @@ class S3Destination(Destination):
         folders = {common + k[len(common):].split("/", 1)[0] + "/" for k in keys}
         if any("/" not in k[len(common):] for k in keys) or len(folders) > 256:
             folders = {common}
-        found: dict[str, int] = {}
+        found: dict[str, tuple[int, str]] = {}
 
-        def listing(prefix: str) -> list[tuple[str, int]]:
+        def listing(prefix: str) -> list[tuple[str, tuple[int, str]]]:
             try:
-                return [(o["Key"], o["Size"])
+                return [(o["Key"], (o["Size"], (o.get("ETag") or "").strip('"')))
                         for page in self.client.get_paginator("list_objects_v2").paginate(
                             Bucket=self.config.bucket, Prefix=prefix)
                         for o in page.get("Contents", [])]
@@ -295,9 +296,9 @@ class S3Destination(Destination):
 
         with ThreadPoolExecutor(max_workers=min(8, len(folders)), thread_name_prefix="s3-inventory") as pool:
             for listed in pool.map(listing, sorted(folders)):
-                for key, size in listed:
+                for key, entry in listed:
                     for target in keys.get(key, ()):
-                        found[target] = size
+                        found[target] = entry
         return found
 
     def read_back(self, target: str) -> dict | None:

@@ -568,7 +568,48 @@ class Ledger:
             out.append(item)
         return out
 
+    def first_ok_details(self, job: str, stage: str, item_ids: list[str]) -> dict[str, dict]:
+        """What each item's first ``ok`` event of ``stage`` recorded, in any run of the job:
+        ``{item_id: detail}`` (the earliest such event that has a detail; items with none
+        are left out).
+
+        What a stage read before later stages changed it stays readable here: the hi-res
+        story restores the date taken its ``master`` stage first read, never the date Flickr
+        shows after a replace."""
+        if not item_ids:
+            return {}
+        rows = self.con.execute(
+            """SELECT item_id, arg_min(detail, seq) FROM events
+               WHERE job = ? AND stage = ? AND outcome = 'ok' AND item_id IN (SELECT unnest(?::VARCHAR[]))
+               GROUP BY item_id""", [job, stage, list(item_ids)]).fetchall()
+        return {item_id: json.loads(detail) for item_id, detail in rows if detail}
+
+    def run_stage_counts(self, run_id: str, stages: Iterable[str]) -> dict[tuple[str, str, str | None], int]:
+        """How many items a run's events of these stages recorded with each outcome and reason:
+        ``{(stage, outcome, reason): items}``. An item counts once for each combination it
+        has, however many times it was tried."""
+        rows = self.con.execute(
+            """SELECT stage, outcome, reason, count(DISTINCT item_id) FROM events
+               WHERE run_id = ? AND stage IN (SELECT unnest(?::VARCHAR[])) GROUP BY ALL""",
+            [run_id, list(stages)]).fetchall()
+        return {(stage, outcome, reason): int(n) for stage, outcome, reason, n in rows}
+
     # -- assets and capture times -------------------------------------------------------
+    def hashed_assets(self, shas: Iterable[str | None], hash_version: str) -> dict[str, dict]:
+        """The ``assets`` rows of these contents hashed by ``hash_version`` (perceptual hashes
+        included): ``{sha256: row}``. Contents with no such row, and empty values, are left out."""
+        wanted = sorted({s for s in shas if s})
+        if not wanted:
+            return {}
+        con = self.con.cursor()  # its own cursor: the ledger's may hold an unfinished result
+        try:  # one statement: each call into DuckDB waits for the interpreter lock in a busy flow
+            rows = _dicts(con.execute(
+                "SELECT * FROM assets WHERE sha256 IN (SELECT unnest(?::VARCHAR[])) "
+                "AND hash_version = ? AND phash IS NOT NULL", [wanted, hash_version]))
+        finally:
+            con.close()
+        return {r["sha256"]: r for r in rows}
+
     def known_assets(self, shas: list[str]) -> set[str]:
         if not shas:
             return set()
@@ -669,9 +710,7 @@ class Ledger:
 
     # -- reading ------------------------------------------------------------------------
     def query(self, sql: str, params: list | None = None) -> list[dict]:
-        cur = self.con.execute(sql, params or [])
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
+        return _dicts(self.con.execute(sql, params or []))
 
     def reconciliation(self, *, run_id: str | None = None, job: str | None = None) -> dict:
         """``{listed, done, skipped, failed, pending, needs_review}`` for a run or a whole job."""
@@ -683,6 +722,12 @@ class Ledger:
         if not rows:
             return {k: 0 for k in keys}
         return {k: int(rows[0][k]) for k in keys}
+
+
+def _dicts(cur: Any) -> list[dict]:
+    """A query's whole result as dicts by column name."""
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
 class LedgerWriter:

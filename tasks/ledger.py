@@ -36,7 +36,7 @@ from photo_escape import TOOL_VERSION
 from photo_escape.crashpoints import crash_point
 from photo_escape.secrets import redact
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each migration moves the schema from version n-1 to n. Append, never edit.
 MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -193,6 +193,51 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 FROM joined""",
         ],
     ),
+    (
+        3,
+        [
+            # the status views name the latest event (its seq), so a reader can take that
+            # event's detail and time from ``events`` instead of working out the latest again
+            """CREATE OR REPLACE VIEW item_status AS
+                WITH last AS (
+                    SELECT job, item_id, max(seq) AS seq, arg_max_null(stage, seq) AS stage,
+                           arg_max_null(outcome, seq) AS outcome, arg_max_null(reason, seq) AS reason,
+                           arg_max_null(final, seq) AS final, arg_max_null(settings, seq) AS settings,
+                           arg_max_null(fingerprint, seq) AS fingerprint, arg_max_null(sha256, seq) AS sha256,
+                           arg_max_null(run_id, seq) AS run_id
+                    FROM events WHERE stage <> 'list' GROUP BY ALL)
+                SELECT i.job, i.item_id, i.source_ref, i.name, l.run_id, l.stage, l.outcome,
+                       l.reason, l.settings, l.fingerprint, l.sha256,
+                       CASE WHEN l.outcome = 'failed' THEN 'failed'
+                            WHEN l.outcome = 'skipped' THEN 'skipped'
+                            WHEN l.outcome = 'ok' AND l.final THEN 'done'
+                            ELSE 'pending' END AS status,
+                       l.seq
+                FROM items i LEFT JOIN last l USING (job, item_id)""",
+            """CREATE OR REPLACE VIEW run_item_status AS
+                WITH listed AS (
+                    SELECT job, run_id, item_id, min(seq) AS list_seq
+                    FROM events WHERE stage = 'list' GROUP BY ALL),
+                joined AS (
+                    SELECT l.job, l.run_id, l.item_id,
+                           CASE WHEN w.seq IS NOT NULL THEN w.stage ELSE p.stage END AS stage,
+                           CASE WHEN w.seq IS NOT NULL THEN w.outcome ELSE p.outcome END AS outcome,
+                           CASE WHEN w.seq IS NOT NULL THEN w.reason ELSE p.reason END AS reason,
+                           CASE WHEN w.seq IS NOT NULL THEN w.final ELSE p.final END AS final,
+                           w.seq IS NULL AND p.seq IS NOT NULL AS carried,
+                           CASE WHEN w.seq IS NOT NULL THEN w.seq ELSE p.seq END AS seq
+                    FROM listed l
+                    LEFT JOIN item_run_last w
+                        ON w.job = l.job AND w.run_id = l.run_id AND w.item_id = l.item_id
+                    ASOF LEFT JOIN item_run_last p
+                        ON p.job = l.job AND p.item_id = l.item_id AND l.list_seq > p.seq)
+                SELECT * EXCLUDE (seq), CASE WHEN outcome = 'failed' THEN 'failed'
+                                             WHEN outcome = 'skipped' THEN 'skipped'
+                                             WHEN outcome = 'ok' AND final THEN 'done'
+                                             ELSE 'pending' END AS status, seq
+                FROM joined""",
+        ],
+    ),
 ]
 
 EVENT_COLUMNS = [
@@ -270,6 +315,8 @@ class Ledger:
         self._merging: dict[str, tuple[list[pa.Table], str | None]] | None = None  # see merged_inserts()
         if not read_only:
             self.migrate()
+        else:
+            self._current_views()
 
     # -- schema -------------------------------------------------------------------------
     def schema_version(self) -> int:
@@ -305,6 +352,19 @@ class Ledger:
         except Exception:
             self.con.execute("ROLLBACK")
             raise
+
+    def _current_views(self) -> None:
+        """On a read-only handle of a ledger an older photo-escape wrote, make the views of the
+        migrations it lacks as temporary views of this connection (they come before the file's
+        own), so a report reads it as it reads a current one. Nothing is written to the file.
+        (Only when what it lacks is views: new tables or columns need the ledger opened to write.)"""
+        current = self.schema_version()
+        missing = [sql.lstrip() for version, statements in MIGRATIONS if version > current for sql in statements]
+        view = "CREATE OR REPLACE VIEW "
+        if current == 0 or not all(sql.startswith(view) for sql in missing):
+            return
+        for sql in missing:
+            self.con.execute("CREATE OR REPLACE TEMP VIEW " + sql[len(view):])
 
     def close(self) -> None:
         self.con.close()

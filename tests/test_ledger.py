@@ -272,6 +272,67 @@ def test_an_older_ledger_is_migrated_forward(tmp_path):
         assert "arg_max_null" in led.query("SELECT sql FROM duckdb_views() WHERE view_name = 'item_status'")[0]["sql"]
 
 
+def _as_written_by_schema_2(path):
+    """Turn a current ledger file back into what photo-escape with schema version 2 left."""
+    import tasks.ledger as ledger_mod
+
+    con = duckdb.connect(str(path))
+    for sql in ledger_mod.MIGRATIONS[1][1]:  # version 2's views
+        con.execute(sql)
+    con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    con.close()
+
+
+def _latest_events(led, job, *, run_id=None):
+    """{item_id: (seq, run_id)} of each item's last event other than its listing, worked
+    out in Python from every event (for a run: up to the item's last event in that run)."""
+    events = led.query("SELECT seq, run_id, item_id, stage FROM events WHERE job = ? ORDER BY seq", [job])
+    cutoff = {}
+    if run_id:
+        cutoff = {e["item_id"]: e["seq"] for e in events if e["run_id"] == run_id}
+    latest = {}
+    for e in events:
+        if e["stage"] != "list" and (not run_id or e["seq"] <= cutoff.get(e["item_id"], -1)):
+            latest[e["item_id"]] = (e["seq"], e["run_id"])
+    return latest
+
+
+def test_status_views_name_the_event_that_gave_the_status(tmp_path):
+    items = _items(6)
+    with Ledger(tmp_path / "l.duckdb") as led:
+        _run(led, "r1", items, {"p0": "done", "p1": "failed", "p2": "review", "p3": "skipped"})
+        led.append_events("job", "r1", [outcome("p1", "deliver", "failed", "http_503", attempt=2)], settings="s1")
+        _run(led, "r2", items, {"p1": "done", "p4": "failed"})
+        job = {r["item_id"]: r["seq"] for r in led.query("SELECT item_id, seq FROM item_status")}
+        assert job == {**{i["item_id"]: None for i in items},
+                       **{k: seq for k, (seq, _) in _latest_events(led, "job").items()}}
+        for run_id in ("r1", "r2"):
+            rows = led.query("SELECT item_id, seq, carried FROM run_item_status WHERE run_id = ?", [run_id])
+            latest = _latest_events(led, "job", run_id=run_id)
+            assert {r["item_id"]: r["seq"] for r in rows} == {i["item_id"]: latest.get(i["item_id"], (None,))[0]
+                                                               for i in items}
+            # carried: the event that gave the status is an earlier run's
+            assert {r["item_id"] for r in rows if r["carried"]} == \
+                {i for i, (_, by) in latest.items() if by != run_id}
+
+
+def test_a_read_only_handle_on_an_older_ledger_sees_the_current_views(tmp_path):
+    path = tmp_path / "old.duckdb"
+    items = _items(4)
+    with Ledger(path) as led:
+        _run(led, "r1", items, {"p0": "done", "p1": "failed"})
+        _run(led, "r2", items, {"p1": "done"})
+        current = {v: led.query(f"SELECT * FROM {v} ORDER BY ALL") for v in ("item_status", "run_item_status")}
+    _as_written_by_schema_2(path)
+    with Ledger(path, read_only=True) as led:
+        assert led.schema_version() == 2
+        assert {v: led.query(f"SELECT * FROM {v} ORDER BY ALL") for v in current} == current
+        assert led.reconciliation(run_id="r2")["done"] == 2
+    con = duckdb.connect(str(path), read_only=True)  # the file itself was not changed
+    assert "seq" not in {r[0] for r in con.execute("DESCRIBE item_status").fetchall()}
+    con.close()
+
+
 def test_hashed_assets_are_those_of_the_asked_hash_version(tmp_path):
     shas = [f"{i:064x}" for i in range(4)]
     with Ledger(tmp_path / "l.duckdb") as led:

@@ -189,14 +189,14 @@ def reasons(con) -> list[dict]:
     """Per stage, outcome and reason code: how many items (latest event per stage)."""
     return rows(con, """SELECT stage, outcome, coalesce(reason, '') AS reason, count(*) AS count
            FROM _rep_stage_latest WHERE reason IS NOT NULL OR outcome <> 'ok'
-           GROUP BY ALL ORDER BY count DESC, stage, reason""")
+           GROUP BY ALL ORDER BY count DESC, stage, reason, outcome""")
 
 
 def final_reasons(con) -> list[dict]:
     """Why items ended where they did: status and reason of each item's last word."""
     return rows(con, """SELECT status, coalesce(stage, '') AS stage, coalesce(reason, '') AS reason,
                   count(*) AS count
-           FROM _rep_items GROUP BY ALL ORDER BY count DESC, status, reason""")
+           FROM _rep_items GROUP BY ALL ORDER BY count DESC, status, reason, stage""")
 
 
 def activity(con, scope: Scope) -> dict:
@@ -285,8 +285,8 @@ def best_matches(con, query_ids: list[str], per_query: int = 2) -> dict[str, lis
                 SELECT m.*, dense_rank() OVER (PARTITION BY m.query ORDER BY m."at" DESC) AS r
                 FROM matches m SEMI JOIN _rep_q USING (query))
             SELECT query, candidate, distance, rank, chosen, method, detail FROM latest
-            WHERE r = 1 QUALIFY row_number() OVER (PARTITION BY query ORDER BY chosen DESC, rank, distance) <= {int(per_query)}
-            ORDER BY query, chosen DESC, rank, distance""")
+            WHERE r = 1 QUALIFY row_number() OVER (PARTITION BY query ORDER BY chosen DESC, rank, distance, candidate) <= {int(per_query)}
+            ORDER BY query, chosen DESC, rank, distance, candidate""")
     finally:
         con.unregister("_rep_q")
     out: dict[str, list[dict]] = {}
@@ -380,7 +380,7 @@ def provenance(con) -> list[dict]:
                   count(DISTINCT tz) AS zones
            FROM _rep_ct GROUP BY ALL ORDER BY list_position(
                ['exif:offset', 'xmp:offset', 'gps:time', 'gps:position', 'gps:utc', 'rule', 'previous',
-                'default', 'unknown', 'none'], any_value(provenance)) NULLS LAST, count DESC""")
+                'default', 'unknown', 'none'], any_value(provenance)) NULLS LAST, count DESC, provenance""")
 
 
 PLAN_SQL = """SELECT coalesce(i.name, c.item_id) AS name, c.item_id, c."local", c.utc,
@@ -389,7 +389,7 @@ PLAN_SQL = """SELECT coalesce(i.name, c.item_id) AS name, c.item_id, c."local", 
               FROM _rep_ct c LEFT JOIN _rep_items i USING (item_id)
               LEFT JOIN _rep_stage_latest l ON l.item_id = c.item_id AND l.stage = 'deliver'
               LEFT JOIN events e ON e.seq = l.seq
-              ORDER BY c.utc NULLS LAST, name"""
+              ORDER BY c.utc NULLS LAST, name, c.item_id"""
 
 
 def capture_plan(con, limit: int | None) -> list[dict]:
@@ -408,18 +408,18 @@ def plan_counts(con) -> list[dict]:
     return rows(con, """SELECT json_extract_string(e.detail, '$.plan') AS would, count(*) AS count
            FROM events e SEMI JOIN _rep_stage_latest l USING (seq)
            WHERE e.stage = 'deliver' AND json_extract_string(e.detail, '$.plan') IS NOT NULL
-           GROUP BY ALL ORDER BY count DESC""")
+           GROUP BY ALL ORDER BY count DESC, would""")
 
 
 def distance_histogram(con) -> list[dict]:
     """Counts of match distances (rounded to 2 decimals) for best candidates and the rest."""
     return rows(con, """SELECT (rank = 1 OR chosen) AS best, round(distance, 2) AS distance, count(*) AS count
-           FROM _rep_matches WHERE distance IS NOT NULL GROUP BY ALL ORDER BY distance""")
+           FROM _rep_matches WHERE distance IS NOT NULL GROUP BY ALL ORDER BY distance, best""")
 
 
 def match_methods(con) -> list[str]:
     return [r[0] for r in con.execute(
-        "SELECT coalesce(method, '') FROM _rep_matches GROUP BY 1 ORDER BY count(*) DESC").fetchall()]
+        "SELECT coalesce(method, '') FROM _rep_matches GROUP BY 1 ORDER BY count(*) DESC, 1").fetchall()]
 
 
 def match_threshold(con) -> float | None:
@@ -444,7 +444,7 @@ def query_margins(con, higher_is_closer: bool, limit: int = 200) -> tuple[dict, 
     sign = "" if higher_is_closer else "-"
     sql = f"""WITH ranked AS (
                 SELECT query, candidate, distance, chosen,
-                       row_number() OVER (PARTITION BY query ORDER BY chosen DESC, distance {order}) AS r
+                       row_number() OVER (PARTITION BY query ORDER BY chosen DESC, distance {order}, candidate) AS r
                 FROM _rep_matches WHERE distance IS NOT NULL),
               per AS (
                 SELECT query,
@@ -473,7 +473,7 @@ def detail_counts(con, stage: str, key: str) -> list[dict]:
     """Counts of one detail field's values over a stage's latest events (e.g. deliver.storage_class)."""
     return rows(con, f"""SELECT coalesce(json_extract_string(e.detail, '$.{key}'), '(none)') AS value,
                    count(*) AS count FROM events e SEMI JOIN _rep_stage_latest l USING (seq)
-            WHERE e.stage = ? GROUP BY ALL ORDER BY count DESC""", [stage])
+            WHERE e.stage = ? GROUP BY ALL ORDER BY count DESC, value""", [stage])
 
 
 def reason_counts(con) -> dict[tuple[str, str, str], int]:

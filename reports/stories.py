@@ -200,7 +200,8 @@ def hires(con, facts: dict, ctx: dict) -> dict | None:
         ("date_verified", "dates verified", _by_reason(ctx, "date_verified")),
         ("failed", "failed", s["failed"]),
     ]
-    notes = {"not_matched": ", ".join(f"{r} × {n:,}" for r, n in sorted(unmatched.items(), key=lambda x: -x[1])),
+    by_count = sorted(unmatched.items(), key=lambda x: (-x[1], x[0]))  # ties by name: the same text every time
+    notes = {"not_matched": ", ".join(f"{r} × {n:,}" for r, n in by_count),
              "replaced": (f"{_by_reason(ctx, 'already_replaced', 'replace'):,} by an earlier attempt"
                           if _by_reason(ctx, "already_replaced", "replace") else "")}
     items = [_fact(label, n, key=f"hires-{key}",

@@ -20,14 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from photo_escape import TOOL_VERSION
 from photo_escape.secrets import MASK, redact
-from reports import charts, stories, thumbs
+from reports import charts, common, stories, thumbs
 from reports import queries as q
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -136,8 +134,8 @@ def gather(con, scope: q.Scope) -> dict:
     stage_rows = [by_stage[s] for s in stage_names if s in by_stage]
     attention_total, attention = q.attention(con)
     run = scope.runs[-1] if scope.runs else {}
-    spec = _json(run.get("spec")) or {}
-    run_summary = _json(run.get("summary")) or {}
+    spec = common.json_value(run.get("spec")) or {}
+    run_summary = common.json_value(run.get("summary")) or {}
     activity = q.activity(con, scope)
     reconciles = rec["listed"] == rec["done"] + rec["skipped"] + rec["failed"] + rec["pending"]
     summary = {
@@ -178,67 +176,13 @@ def decorate(con, facts: dict) -> None:
         f"{finished:,} items finished within {_duration(span)}, too short a time for a chart"
         + (f" (about {finished * 3600 / span:,.0f} per hour)." if span >= 1 else "."))
     facts["attention_thumbs"] = False
-    for a, row in zip(facts["attention"], side_by_side(con, facts["attention"])):
+    for a, row in zip(facts["attention"], common.side_by_side(con, facts["attention"])):
         a["link"] = thumbs.link(a.get("source_ref"))
         a["thumbs"] = row
         facts["attention_thumbs"] |= any(t["src"] for t in row)
     facts["stories"], facts["story_lines"] = stories.sections(con, facts)
     s["stories"] = {st["id"]: {f["key"]: f["value"] for f in st["facts"] if f.get("key")}
                     for st in facts["stories"]}
-
-
-def side_by_side(con, items: list[dict], source_label: str = "source") -> list[list[dict]]:
-    """For each item: [source, chosen candidate, runner-up] thumbnails with captions.
-
-    Batched: one query for the items' best matches, one for the candidates' content
-    hashes, one for the stored thumbnails, whatever the number of rows.
-    """
-    matches = q.best_matches(con, [i["item_id"] for i in items])
-    wanted: list[str] = []
-    for ranked in matches.values():
-        for m in ranked:
-            d = _json(m.get("detail")) or {}
-            d = d if isinstance(d, dict) else {}
-            m["_sha"] = d.get("sha256") or d.get("candidate_sha256")
-            m["_path"] = d.get("path") or d.get("local_path")
-            m["_link"] = thumbs.link(d.get("candidate_url") or d.get("url") or m["_path"] or m["candidate"])
-            if not m["_sha"]:
-                wanted.append(m["candidate"])
-    known = q.shas_of(con, wanted)
-    for ranked in matches.values():
-        for m in ranked:
-            m["_sha"] = m["_sha"] or known.get(m["candidate"])
-    assets = q.asset_thumbs(con, [i.get("sha256") for i in items]
-                            + [m["_sha"] for ranked in matches.values() for m in ranked])
-    out = []
-    for item in items:
-        detail = item.get("detail") if isinstance(item.get("detail"), dict) else {}
-        src = asset_src(assets.get(item.get("sha256"))) or thumbs.from_file(
-            detail.get("local_path") or detail.get("path"))
-        row = [{"src": src, "caption": source_label, "link": thumbs.link(item.get("source_ref"))}]
-        ranked = matches.get(item["item_id"], [])
-        for label, m in zip(("chosen", "runner-up"), (ranked + [None, None])[:2]):
-            if m is None:
-                row.append({"src": None, "caption": f"no {label}", "link": None})
-                continue
-            name = thumbs.short_name(m["candidate"])
-            if label == "chosen" and not m.get("chosen"):
-                label = "best (not chosen)"
-            row.append({"src": asset_src(assets.get(m["_sha"])) or thumbs.from_file(m["_path"] or m["candidate"]),
-                        "link": m["_link"],
-                        "caption": f"{label}: {name} · {m['distance']:g}" if m.get("distance") is not None
-                        else f"{label}: {name}"})
-        out.append(row)
-    return out
-
-
-def asset_src(asset: dict | None) -> str | None:
-    """Data URI of an asset's stored thumbnail."""
-    if not asset or not asset.get("thumb"):
-        return None
-    d = _json(asset.get("detail")) or {}
-    shape = d.get("thumb_size") if isinstance(d, dict) else None
-    return thumbs.from_blob(asset["thumb"], tuple(shape) if shape else None)
 
 
 def bucket_seconds(first: Any, last: Any) -> int:
@@ -304,15 +248,6 @@ def _top(final: list[dict], status: str, n: int = 2) -> str:
     rows = [r for r in final if r["status"] == status and r["reason"]]
     more = ", …" if len(rows) > n else ""  # the list is not the whole story: say so
     return ", ".join(f"{r['reason']} × {r['count']:,}" for r in rows[:n]) + more
-
-
-def _json(value: Any) -> Any:
-    if value is None or not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except ValueError:
-        return None
 
 
 def _run_row(run: dict) -> dict:
@@ -390,28 +325,12 @@ def _show(key: str, value: Any) -> str:
 # -- outcomes.csv / .parquet -------------------------------------------------------------
 def write_outcomes(con, facts: dict, out: Path) -> dict:
     """One row per item: status and the final outcome and reason of each stage."""
-    table = redact_table(q.outcomes_table(con, facts["stages"]))
+    table = common.redact_table(q.outcomes_table(con, facts["stages"]))
     csv_path, pq_path = out / "outcomes.csv", out / "outcomes.parquet"
     pacsv.write_csv(table, csv_path)
     pq.write_table(table, pq_path)
     facts["outcomes_rows"] = table.num_rows
     return {"outcomes_csv": str(csv_path), "outcomes_parquet": str(pq_path)}
-
-
-def redact_table(table: pa.Table) -> pa.Table:
-    """The table with every known secret masked in its string columns (vectorised)."""
-    from photo_escape import secrets
-
-    known = sorted(getattr(secrets, "_KNOWN", ()), key=len, reverse=True)
-    if not known:
-        return table
-    cols = []
-    for col in table.columns:
-        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            for value in known:
-                col = pc.replace_substring(col, pattern=value, replacement=MASK)
-        cols.append(col)
-    return pa.table(cols, names=table.column_names)
 
 
 # -- rendering ------------------------------------------------------------------------

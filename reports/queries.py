@@ -5,8 +5,9 @@ a date) and a DuckDB connection, and returns plain rows. The work is done by Duc
 over the ``events`` table and the ledger's views, never by Python loops over events,
 so a million events summarise in well under a second.
 
-:func:`prepare` materialises the scope's items and their status once into a
-temporary table (``_rep_items``) that the other queries join; temporary tables
+:func:`prepare` materialises the scope's items, with the status the ledger's views
+give them (the report works out no status of its own), once into a temporary table
+(``_rep_items``) that the other queries join; temporary tables
 live in the connection's memory, so this works on a read-only ledger and on the
 flow's own writing connection alike (the flow is the only writer; a report only
 reads). Call :func:`release` when done.
@@ -91,51 +92,40 @@ def resolve_scope(con, *, run_id: str | None, job: str | None, since: datetime |
     return Scope(job=job, since=since, runs=runs)
 
 
-STATUS_SQL = """CASE WHEN e.outcome = 'failed' THEN 'failed'
-                     WHEN e.outcome = 'skipped' THEN 'skipped'
-                     WHEN e.outcome = 'ok' AND e.final THEN 'done'
-                     ELSE 'pending' END"""
-
-
 def prepare(con, scope: Scope) -> None:
     """Materialise the scope's items with their status into ``_rep_items``.
 
-    An item's status is that of its last event other than ``list``, exactly as the
-    ledger's views define it (``item_status``, ``run_item_status``). For a job: every
-    item of the job (with ``since``, those listed since then). For a run: every item
-    the run listed, as the run left it: its last event up to its last event in that
-    run, so items finished by an earlier run count, as *carried*. The same numbers as
-    ``reconciliation_job``/``reconciliation_run`` (the tests hold them equal), reached
-    with one grouping and one join on ``seq``, so the reason shown is that of the very
-    last event (the views' ``arg_max`` passes over NULL reasons and can show an older
-    one) and a run's items are cut off at that run's end.
+    Statuses are the ledger's own (:mod:`tasks.ledger`): for a job, ``item_status``
+    (every item of the job; with ``since``, those listed since then); for a run,
+    ``run_item_status`` (every item the run listed, as the run left it, items an earlier
+    run finished counting as *carried*). ``last_seq`` is the event that gave the status
+    (its detail and time are in ``events``). ``cutoff`` is, for a run, each item's last
+    event in that run: the report shows the items' stages up to there.
     """
     if scope.run_id:
-        scoped = """SELECT item_id, max(seq) AS cutoff FROM events
-                    WHERE run_id = ? AND job = ? GROUP BY item_id HAVING bool_or(stage = 'list')"""
-        params: list = [scope.run_id, scope.job]
-    elif scope.since:
-        scoped = """SELECT item_id, NULL::BIGINT AS cutoff FROM events
-                    WHERE job = ? AND stage = 'list' AND "at" >= ? GROUP BY item_id"""
-        params = [scope.job, scope.since]
-    else:
-        scoped = "SELECT item_id, NULL::BIGINT AS cutoff FROM items WHERE job = ?"
-        params = [scope.job]
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE _rep_items AS
+               WITH cut AS (
+                   SELECT item_id, max(seq) AS cutoff FROM events WHERE run_id = ? AND job = ? GROUP BY item_id)
+               SELECT s.job, s.item_id, i.name, i.source_ref, c.cutoff, s.seq AS last_seq,
+                      s.stage, s.outcome, s.reason, s.status, s.carried
+               FROM run_item_status s JOIN cut c USING (item_id)
+               LEFT JOIN items i ON i.job = s.job AND i.item_id = s.item_id
+               WHERE s.run_id = ? AND s.job = ?""",
+            [scope.run_id, scope.job, scope.run_id, scope.job])
+        return
+    listed_since = ""
+    params: list = [scope.job]
+    if scope.since:
+        listed_since = """ AND s.item_id IN (
+            SELECT item_id FROM events WHERE job = ? AND stage = 'list' AND "at" >= ?)"""
+        params += [scope.job, scope.since]
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _rep_items AS
-            WITH scoped AS ({scoped}),
-            last AS (
-                SELECT e.item_id, max(e.seq) AS seq FROM events e JOIN scoped s USING (item_id)
-                WHERE e.job = ? AND e.stage <> 'list' AND (s.cutoff IS NULL OR e.seq <= s.cutoff)
-                GROUP BY e.item_id)
-            SELECT ?::VARCHAR AS job, s.item_id, i.name, i.source_ref, s.cutoff, e.seq AS last_seq,
-                   e.stage, e.outcome, e.reason, e.final, e.run_id AS last_run, {STATUS_SQL} AS status,
-                   coalesce(?::VARCHAR IS NOT NULL AND e.run_id <> ?::VARCHAR, false) AS carried
-            FROM scoped s LEFT JOIN last l USING (item_id)
-            LEFT JOIN events e ON e.seq = l.seq
-            LEFT JOIN items i ON i.job = ? AND i.item_id = s.item_id""",
-        params + [scope.job, scope.job, scope.run_id, scope.run_id, scope.job],
-    )
+            SELECT s.job, s.item_id, s.name, s.source_ref, NULL::BIGINT AS cutoff, s.seq AS last_seq,
+                   s.stage, s.outcome, s.reason, s.status, false AS carried
+            FROM item_status s WHERE s.job = ?{listed_since}""",
+        params)
 
 
 def release(con) -> None:
@@ -199,14 +189,14 @@ def reasons(con) -> list[dict]:
     """Per stage, outcome and reason code: how many items (latest event per stage)."""
     return rows(con, """SELECT stage, outcome, coalesce(reason, '') AS reason, count(*) AS count
            FROM _rep_stage_latest WHERE reason IS NOT NULL OR outcome <> 'ok'
-           GROUP BY ALL ORDER BY count DESC, stage, reason""")
+           GROUP BY ALL ORDER BY count DESC, stage, reason, outcome""")
 
 
 def final_reasons(con) -> list[dict]:
     """Why items ended where they did: status and reason of each item's last word."""
     return rows(con, """SELECT status, coalesce(stage, '') AS stage, coalesce(reason, '') AS reason,
                   count(*) AS count
-           FROM _rep_items GROUP BY ALL ORDER BY count DESC, status, reason""")
+           FROM _rep_items GROUP BY ALL ORDER BY count DESC, status, reason, stage""")
 
 
 def activity(con, scope: Scope) -> dict:
@@ -241,7 +231,7 @@ def attention(con, limit: int = ATTENTION_LIMIT) -> tuple[int, list[dict]]:
                SELECT * FROM _rep_items WHERE status = 'failed' OR outcome = 'needs_review'
                ORDER BY status, stage, reason, item_id LIMIT ?)
            SELECT a.item_id, a.name, a.source_ref, a.status, a.outcome, a.stage, a.reason,
-                  e.detail, a.last_run AS run_id, e."at",
+                  e.detail, e.run_id, e."at",
                   (SELECT arg_max(sha256, seq) FROM _rep_stage_latest s
                    WHERE s.item_id = a.item_id AND s.sha256 IS NOT NULL) AS sha256
            FROM a LEFT JOIN events e ON e.seq = a.last_seq
@@ -295,8 +285,8 @@ def best_matches(con, query_ids: list[str], per_query: int = 2) -> dict[str, lis
                 SELECT m.*, dense_rank() OVER (PARTITION BY m.query ORDER BY m."at" DESC) AS r
                 FROM matches m SEMI JOIN _rep_q USING (query))
             SELECT query, candidate, distance, rank, chosen, method, detail FROM latest
-            WHERE r = 1 QUALIFY row_number() OVER (PARTITION BY query ORDER BY chosen DESC, rank, distance) <= {int(per_query)}
-            ORDER BY query, chosen DESC, rank, distance""")
+            WHERE r = 1 QUALIFY row_number() OVER (PARTITION BY query ORDER BY chosen DESC, rank, distance, candidate) <= {int(per_query)}
+            ORDER BY query, chosen DESC, rank, distance, candidate""")
     finally:
         con.unregister("_rep_q")
     out: dict[str, list[dict]] = {}
@@ -390,7 +380,7 @@ def provenance(con) -> list[dict]:
                   count(DISTINCT tz) AS zones
            FROM _rep_ct GROUP BY ALL ORDER BY list_position(
                ['exif:offset', 'xmp:offset', 'gps:time', 'gps:position', 'gps:utc', 'rule', 'previous',
-                'default', 'unknown', 'none'], any_value(provenance)) NULLS LAST, count DESC""")
+                'default', 'unknown', 'none'], any_value(provenance)) NULLS LAST, count DESC, provenance""")
 
 
 PLAN_SQL = """SELECT coalesce(i.name, c.item_id) AS name, c.item_id, c."local", c.utc,
@@ -399,7 +389,7 @@ PLAN_SQL = """SELECT coalesce(i.name, c.item_id) AS name, c.item_id, c."local", 
               FROM _rep_ct c LEFT JOIN _rep_items i USING (item_id)
               LEFT JOIN _rep_stage_latest l ON l.item_id = c.item_id AND l.stage = 'deliver'
               LEFT JOIN events e ON e.seq = l.seq
-              ORDER BY c.utc NULLS LAST, name"""
+              ORDER BY c.utc NULLS LAST, name, c.item_id"""
 
 
 def capture_plan(con, limit: int | None) -> list[dict]:
@@ -418,18 +408,18 @@ def plan_counts(con) -> list[dict]:
     return rows(con, """SELECT json_extract_string(e.detail, '$.plan') AS would, count(*) AS count
            FROM events e SEMI JOIN _rep_stage_latest l USING (seq)
            WHERE e.stage = 'deliver' AND json_extract_string(e.detail, '$.plan') IS NOT NULL
-           GROUP BY ALL ORDER BY count DESC""")
+           GROUP BY ALL ORDER BY count DESC, would""")
 
 
 def distance_histogram(con) -> list[dict]:
     """Counts of match distances (rounded to 2 decimals) for best candidates and the rest."""
     return rows(con, """SELECT (rank = 1 OR chosen) AS best, round(distance, 2) AS distance, count(*) AS count
-           FROM _rep_matches WHERE distance IS NOT NULL GROUP BY ALL ORDER BY distance""")
+           FROM _rep_matches WHERE distance IS NOT NULL GROUP BY ALL ORDER BY distance, best""")
 
 
 def match_methods(con) -> list[str]:
     return [r[0] for r in con.execute(
-        "SELECT coalesce(method, '') FROM _rep_matches GROUP BY 1 ORDER BY count(*) DESC").fetchall()]
+        "SELECT coalesce(method, '') FROM _rep_matches GROUP BY 1 ORDER BY count(*) DESC, 1").fetchall()]
 
 
 def match_threshold(con) -> float | None:
@@ -454,7 +444,7 @@ def query_margins(con, higher_is_closer: bool, limit: int = 200) -> tuple[dict, 
     sign = "" if higher_is_closer else "-"
     sql = f"""WITH ranked AS (
                 SELECT query, candidate, distance, chosen,
-                       row_number() OVER (PARTITION BY query ORDER BY chosen DESC, distance {order}) AS r
+                       row_number() OVER (PARTITION BY query ORDER BY chosen DESC, distance {order}, candidate) AS r
                 FROM _rep_matches WHERE distance IS NOT NULL),
               per AS (
                 SELECT query,
@@ -483,7 +473,7 @@ def detail_counts(con, stage: str, key: str) -> list[dict]:
     """Counts of one detail field's values over a stage's latest events (e.g. deliver.storage_class)."""
     return rows(con, f"""SELECT coalesce(json_extract_string(e.detail, '$.{key}'), '(none)') AS value,
                    count(*) AS count FROM events e SEMI JOIN _rep_stage_latest l USING (seq)
-            WHERE e.stage = ? GROUP BY ALL ORDER BY count DESC""", [stage])
+            WHERE e.stage = ? GROUP BY ALL ORDER BY count DESC, value""", [stage])
 
 
 def reason_counts(con) -> dict[tuple[str, str, str], int]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reports import charts
+from reports import charts, common, thumbs
 from reports import queries as q
 
 PLAN_LIMIT = 2000      # photos shown in the HTML's dry-run plan (plan.csv has them all)
@@ -200,7 +200,8 @@ def hires(con, facts: dict, ctx: dict) -> dict | None:
         ("date_verified", "dates verified", _by_reason(ctx, "date_verified")),
         ("failed", "failed", s["failed"]),
     ]
-    notes = {"not_matched": ", ".join(f"{r} × {n:,}" for r, n in sorted(unmatched.items(), key=lambda x: -x[1])),
+    by_count = sorted(unmatched.items(), key=lambda x: (-x[1], x[0]))  # ties by name: the same text every time
+    notes = {"not_matched": ", ".join(f"{r} × {n:,}" for r, n in by_count),
              "replaced": (f"{_by_reason(ctx, 'already_replaced', 'replace'):,} by an earlier attempt"
                           if _by_reason(ctx, "already_replaced", "replace") else "")}
     items = [_fact(label, n, key=f"hires-{key}",
@@ -220,8 +221,6 @@ def _person_list(con, item_ids: list[str], source_label: str) -> dict | None:
     """Rows of [item, source thumbnail, best candidate, runner-up] for a person to decide."""
     if not item_ids:
         return None
-    from reports import build, thumbs
-
     more = max(0, len(item_ids) - GALLERY_LIMIT)
     item_ids = item_ids[:GALLERY_LIMIT]
     info = {r["item_id"]: r for r in q.rows(con, f"""
@@ -238,10 +237,10 @@ def _person_list(con, item_ids: list[str], source_label: str) -> dict | None:
         r["detail"] = details.get(r.get("last_seq"))
     ordered = [info.get(i, {"item_id": i}) for i in item_ids]
     for r in ordered:
-        r["detail"] = build._json(r.get("detail"))
+        r["detail"] = common.json_value(r.get("detail"))
     rows = [{"label": r.get("name") or r["item_id"], "link": thumbs.link(r.get("source_ref")),
              "verdict": r.get("reason") or "", "thumbs": t}
-            for r, t in zip(ordered, build.side_by_side(con, ordered, source_label))]
+            for r, t in zip(ordered, common.side_by_side(con, ordered, source_label))]
     return {"head": ["item", source_label, "best candidate", "runner-up"], "rows": rows, "more": more}
 
 
@@ -364,10 +363,8 @@ def write_plan_csv(con, out: Path) -> Path:
     (all rows, not just the HTML's), written from Arrow with secrets masked."""
     import pyarrow.csv as pacsv
 
-    from reports.build import redact_table
-
     path = out / "plan.csv"
-    pacsv.write_csv(redact_table(q.capture_plan_table(con)), path)
+    pacsv.write_csv(common.redact_table(q.capture_plan_table(con)), path)
     return path
 
 

@@ -384,20 +384,9 @@ def record_from_asset(row: dict, path: str) -> dict[str, Any]:
 
 
 def cached_assets(ledger: Any, shas: list[str]) -> dict[str, dict]:
-    """Rows of the ledger's ``assets`` table for these sha256s, hashed by this version."""
-    shas = sorted({s for s in shas if s})
-    if not shas:
-        return {}
-    con = ledger.con.cursor()  # its own cursor: the ledger's may hold an unfinished result
-    try:  # one statement: each call into DuckDB waits for the interpreter lock in a busy flow
-        cur = con.execute(
-            "SELECT * FROM assets WHERE sha256 IN (SELECT unnest(?::VARCHAR[])) "
-            "AND hash_version = ? AND phash IS NOT NULL", [shas, HASH_VERSION])
-        names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, r)) for r in cur.fetchall()]
-    finally:
-        con.close()
-    return {r["sha256"]: r for r in rows}
+    """The ledger's asset rows for these sha256s hashed by this version
+    (:meth:`tasks.ledger.Ledger.hashed_assets`)."""
+    return ledger.hashed_assets(shas, HASH_VERSION)
 
 
 def store_assets(ledger: Any, records: list[dict]) -> int:

@@ -172,27 +172,14 @@ def photo_item(photo: dict) -> dict:
 
 
 def remembered_dates(ledger: Any, job: str, item_ids: list[str]) -> dict[str, dict]:
-    """The date taken each photo had *before* any replace, as first read into the ledger.
+    """The date taken each photo had *before* any replace, as its first ``master`` stage
+    read it into the ledger (:meth:`tasks.ledger.Ledger.first_ok_details`).
 
     After a replace Flickr shows the master's EXIF date; if a run stopped between the
     replace and the restore, the next run must restore the date read before, never
     the one Flickr shows now."""
-    if not item_ids:
-        return {}
-    import pyarrow as pa
-
-    ledger.con.register("_hires_ask", pa.table({"item_id": item_ids}))
-    try:
-        rows = ledger.con.execute(
-            """SELECT item_id, arg_min(detail, seq) FROM events JOIN _hires_ask USING (item_id)
-               WHERE job = ? AND stage = 'master' AND outcome = 'ok' GROUP BY item_id""", [job]).fetchall()
-    finally:
-        ledger.con.unregister("_hires_ask")
-    import json
-
     out = {}
-    for item_id, detail in rows:
-        d = json.loads(detail) if detail else {}
+    for item_id, d in ledger.first_ok_details(job, "master", item_ids).items():
         if d.get("date_taken"):
             out[item_id] = {"date_taken": d["date_taken"], "granularity": int(d.get("granularity") or 0),
                             "master_width": d.get("master_width"), "master_height": d.get("master_height")}
@@ -200,15 +187,13 @@ def remembered_dates(ledger: Any, job: str, item_ids: list[str]) -> dict[str, di
 
 
 def run_counts(ledger: Any, run_id: str) -> dict[str, int]:
-    """The story's own numbers for one run: matched, replaced, dates verified..."""
-    rows = ledger.query(
-        """SELECT stage, outcome, reason, count(DISTINCT item_id) AS n FROM events
-           WHERE run_id = ? AND stage IN ('match', 'master', 'replace', 'restore_date', 'verify')
-           GROUP BY ALL""", [run_id])
+    """The story's own numbers for one run: matched, replaced, dates verified...
+    (named from :meth:`tasks.ledger.Ledger.run_stage_counts`)."""
+    counts = ledger.run_stage_counts(run_id, ("match", "master", "replace", "restore_date", "verify"))
 
     def n(stage: str, outcome_: str | None = None, reason: str | None = None) -> int:
-        return sum(r["n"] for r in rows if r["stage"] == stage and (outcome_ is None or r["outcome"] == outcome_)
-                   and (reason is None or r["reason"] == reason))
+        return sum(k for (s, o, r), k in counts.items() if s == stage and (outcome_ is None or o == outcome_)
+                   and (reason is None or r == reason))
 
     return {
         "matched": n("match", "ok"),

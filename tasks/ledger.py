@@ -36,7 +36,7 @@ from photo_escape import TOOL_VERSION
 from photo_escape.crashpoints import crash_point
 from photo_escape.secrets import redact
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each migration moves the schema from version n-1 to n. Append, never edit.
 MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -193,6 +193,51 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 FROM joined""",
         ],
     ),
+    (
+        3,
+        [
+            # the status views name the latest event (its seq), so a reader can take that
+            # event's detail and time from ``events`` instead of working out the latest again
+            """CREATE OR REPLACE VIEW item_status AS
+                WITH last AS (
+                    SELECT job, item_id, max(seq) AS seq, arg_max_null(stage, seq) AS stage,
+                           arg_max_null(outcome, seq) AS outcome, arg_max_null(reason, seq) AS reason,
+                           arg_max_null(final, seq) AS final, arg_max_null(settings, seq) AS settings,
+                           arg_max_null(fingerprint, seq) AS fingerprint, arg_max_null(sha256, seq) AS sha256,
+                           arg_max_null(run_id, seq) AS run_id
+                    FROM events WHERE stage <> 'list' GROUP BY ALL)
+                SELECT i.job, i.item_id, i.source_ref, i.name, l.run_id, l.stage, l.outcome,
+                       l.reason, l.settings, l.fingerprint, l.sha256,
+                       CASE WHEN l.outcome = 'failed' THEN 'failed'
+                            WHEN l.outcome = 'skipped' THEN 'skipped'
+                            WHEN l.outcome = 'ok' AND l.final THEN 'done'
+                            ELSE 'pending' END AS status,
+                       l.seq
+                FROM items i LEFT JOIN last l USING (job, item_id)""",
+            """CREATE OR REPLACE VIEW run_item_status AS
+                WITH listed AS (
+                    SELECT job, run_id, item_id, min(seq) AS list_seq
+                    FROM events WHERE stage = 'list' GROUP BY ALL),
+                joined AS (
+                    SELECT l.job, l.run_id, l.item_id,
+                           CASE WHEN w.seq IS NOT NULL THEN w.stage ELSE p.stage END AS stage,
+                           CASE WHEN w.seq IS NOT NULL THEN w.outcome ELSE p.outcome END AS outcome,
+                           CASE WHEN w.seq IS NOT NULL THEN w.reason ELSE p.reason END AS reason,
+                           CASE WHEN w.seq IS NOT NULL THEN w.final ELSE p.final END AS final,
+                           w.seq IS NULL AND p.seq IS NOT NULL AS carried,
+                           CASE WHEN w.seq IS NOT NULL THEN w.seq ELSE p.seq END AS seq
+                    FROM listed l
+                    LEFT JOIN item_run_last w
+                        ON w.job = l.job AND w.run_id = l.run_id AND w.item_id = l.item_id
+                    ASOF LEFT JOIN item_run_last p
+                        ON p.job = l.job AND p.item_id = l.item_id AND l.list_seq > p.seq)
+                SELECT * EXCLUDE (seq), CASE WHEN outcome = 'failed' THEN 'failed'
+                                             WHEN outcome = 'skipped' THEN 'skipped'
+                                             WHEN outcome = 'ok' AND final THEN 'done'
+                                             ELSE 'pending' END AS status, seq
+                FROM joined""",
+        ],
+    ),
 ]
 
 EVENT_COLUMNS = [
@@ -277,6 +322,8 @@ class Ledger:
         self._merging: dict[str, tuple[list[pa.Table], str | None]] | None = None  # see merged_inserts()
         if not read_only:
             self.migrate()
+        else:
+            self._current_views()
 
     # -- schema -------------------------------------------------------------------------
     def schema_version(self) -> int:
@@ -312,6 +359,19 @@ class Ledger:
         except Exception:
             self.con.execute("ROLLBACK")
             raise
+
+    def _current_views(self) -> None:
+        """On a read-only handle of a ledger an older photo-escape wrote, make the views of the
+        migrations it lacks as temporary views of this connection (they come before the file's
+        own), so a report reads it as it reads a current one. Nothing is written to the file.
+        (Only when what it lacks is views: new tables or columns need the ledger opened to write.)"""
+        current = self.schema_version()
+        missing = [sql.lstrip() for version, statements in MIGRATIONS if version > current for sql in statements]
+        view = "CREATE OR REPLACE VIEW "
+        if current == 0 or not all(sql.startswith(view) for sql in missing):
+            return
+        for sql in missing:
+            self.con.execute("CREATE OR REPLACE TEMP VIEW " + sql[len(view):])
 
     def close(self) -> None:
         self.con.close()
@@ -620,7 +680,48 @@ class Ledger:
         ).fetchall()
         return [_listed_item(*row) for row in rows]
 
+    def first_ok_details(self, job: str, stage: str, item_ids: list[str]) -> dict[str, dict]:
+        """What each item's first ``ok`` event of ``stage`` recorded, in any run of the job:
+        ``{item_id: detail}`` (the earliest such event that has a detail; items with none
+        are left out).
+
+        What a stage read before later stages changed it stays readable here: the hi-res
+        story restores the date taken its ``master`` stage first read, never the date Flickr
+        shows after a replace."""
+        if not item_ids:
+            return {}
+        rows = self.con.execute(
+            """SELECT item_id, arg_min(detail, seq) FROM events
+               WHERE job = ? AND stage = ? AND outcome = 'ok' AND item_id IN (SELECT unnest(?::VARCHAR[]))
+               GROUP BY item_id""", [job, stage, list(item_ids)]).fetchall()
+        return {item_id: json.loads(detail) for item_id, detail in rows if detail}
+
+    def run_stage_counts(self, run_id: str, stages: Iterable[str]) -> dict[tuple[str, str, str | None], int]:
+        """How many items a run's events of these stages recorded with each outcome and reason:
+        ``{(stage, outcome, reason): items}``. An item counts once for each combination it
+        has, however many times it was tried."""
+        rows = self.con.execute(
+            """SELECT stage, outcome, reason, count(DISTINCT item_id) FROM events
+               WHERE run_id = ? AND stage IN (SELECT unnest(?::VARCHAR[])) GROUP BY ALL""",
+            [run_id, list(stages)]).fetchall()
+        return {(stage, outcome, reason): int(n) for stage, outcome, reason, n in rows}
+
     # -- assets and capture times -------------------------------------------------------
+    def hashed_assets(self, shas: Iterable[str | None], hash_version: str) -> dict[str, dict]:
+        """The ``assets`` rows of these contents hashed by ``hash_version`` (perceptual hashes
+        included): ``{sha256: row}``. Contents with no such row, and empty values, are left out."""
+        wanted = sorted({s for s in shas if s})
+        if not wanted:
+            return {}
+        con = self.con.cursor()  # its own cursor: the ledger's may hold an unfinished result
+        try:  # one statement: each call into DuckDB waits for the interpreter lock in a busy flow
+            rows = _dicts(con.execute(
+                "SELECT * FROM assets WHERE sha256 IN (SELECT unnest(?::VARCHAR[])) "
+                "AND hash_version = ? AND phash IS NOT NULL", [wanted, hash_version]))
+        finally:
+            con.close()
+        return {r["sha256"]: r for r in rows}
+
     def known_assets(self, shas: list[str]) -> set[str]:
         if not shas:
             return set()
@@ -721,9 +822,7 @@ class Ledger:
 
     # -- reading ------------------------------------------------------------------------
     def query(self, sql: str, params: list | None = None) -> list[dict]:
-        cur = self.con.execute(sql, params or [])
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
+        return _dicts(self.con.execute(sql, params or []))
 
     def reconciliation(self, *, run_id: str | None = None, job: str | None = None) -> dict:
         """``{listed, done, skipped, failed, pending, needs_review}`` for a run or a whole job."""
@@ -735,6 +834,12 @@ class Ledger:
         if not rows:
             return {k: 0 for k in keys}
         return {k: int(rows[0][k]) for k in keys}
+
+
+def _dicts(cur: Any) -> list[dict]:
+    """A query's whole result as dicts by column name."""
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
 class LedgerWriter:

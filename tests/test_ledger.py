@@ -270,3 +270,115 @@ def test_an_older_ledger_is_migrated_forward(tmp_path):
     with Ledger(path) as led:
         assert led.schema_version() == SCHEMA_VERSION
         assert "arg_max_null" in led.query("SELECT sql FROM duckdb_views() WHERE view_name = 'item_status'")[0]["sql"]
+
+
+def _as_written_by_schema_2(path):
+    """Turn a current ledger file back into what photo-escape with schema version 2 left."""
+    import tasks.ledger as ledger_mod
+
+    con = duckdb.connect(str(path))
+    for sql in ledger_mod.MIGRATIONS[1][1]:  # version 2's views
+        con.execute(sql)
+    con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    con.close()
+
+
+def _latest_events(led, job, *, run_id=None):
+    """{item_id: (seq, run_id)} of each item's last event other than its listing, worked
+    out in Python from every event (for a run: up to the item's last event in that run)."""
+    events = led.query("SELECT seq, run_id, item_id, stage FROM events WHERE job = ? ORDER BY seq", [job])
+    cutoff = {}
+    if run_id:
+        cutoff = {e["item_id"]: e["seq"] for e in events if e["run_id"] == run_id}
+    latest = {}
+    for e in events:
+        if e["stage"] != "list" and (not run_id or e["seq"] <= cutoff.get(e["item_id"], -1)):
+            latest[e["item_id"]] = (e["seq"], e["run_id"])
+    return latest
+
+
+def test_status_views_name_the_event_that_gave_the_status(tmp_path):
+    items = _items(6)
+    with Ledger(tmp_path / "l.duckdb") as led:
+        _run(led, "r1", items, {"p0": "done", "p1": "failed", "p2": "review", "p3": "skipped"})
+        led.append_events("job", "r1", [outcome("p1", "deliver", "failed", "http_503", attempt=2)], settings="s1")
+        _run(led, "r2", items, {"p1": "done", "p4": "failed"})
+        job = {r["item_id"]: r["seq"] for r in led.query("SELECT item_id, seq FROM item_status")}
+        assert job == {**{i["item_id"]: None for i in items},
+                       **{k: seq for k, (seq, _) in _latest_events(led, "job").items()}}
+        for run_id in ("r1", "r2"):
+            rows = led.query("SELECT item_id, seq, carried FROM run_item_status WHERE run_id = ?", [run_id])
+            latest = _latest_events(led, "job", run_id=run_id)
+            assert {r["item_id"]: r["seq"] for r in rows} == {i["item_id"]: latest.get(i["item_id"], (None,))[0]
+                                                               for i in items}
+            # carried: the event that gave the status is an earlier run's
+            assert {r["item_id"] for r in rows if r["carried"]} == \
+                {i for i, (_, by) in latest.items() if by != run_id}
+
+
+def test_a_read_only_handle_on_an_older_ledger_sees_the_current_views(tmp_path):
+    path = tmp_path / "old.duckdb"
+    items = _items(4)
+    with Ledger(path) as led:
+        _run(led, "r1", items, {"p0": "done", "p1": "failed"})
+        _run(led, "r2", items, {"p1": "done"})
+        current = {v: led.query(f"SELECT * FROM {v} ORDER BY ALL") for v in ("item_status", "run_item_status")}
+    _as_written_by_schema_2(path)
+    with Ledger(path, read_only=True) as led:
+        assert led.schema_version() == 2
+        assert {v: led.query(f"SELECT * FROM {v} ORDER BY ALL") for v in current} == current
+        assert led.reconciliation(run_id="r2")["done"] == 2
+    con = duckdb.connect(str(path), read_only=True)  # the file itself was not changed
+    assert "seq" not in {r[0] for r in con.execute("DESCRIBE item_status").fetchall()}
+    con.close()
+
+
+def test_hashed_assets_are_those_of_the_asked_hash_version(tmp_path):
+    shas = [f"{i:064x}" for i in range(4)]
+    with Ledger(tmp_path / "l.duckdb") as led:
+        led.add_assets([{"sha256": shas[0], "phash": "00ff00ff00ff00ff", "hash_version": "v2", "width": 3},
+                        {"sha256": shas[1], "phash": "0f0f0f0f0f0f0f0f", "hash_version": "v1"},
+                        {"sha256": shas[2], "phash": None, "hash_version": "v2"}])  # not hashed perceptually
+        found = led.hashed_assets([shas[0], shas[1], shas[2], shas[3], None, "", shas[0]], "v2")
+        assert set(found) == {shas[0]}
+        assert found[shas[0]]["width"] == 3 and found[shas[0]]["phash"] == 0x00ff00ff00ff00ff
+        assert set(led.hashed_assets(shas, "v1")) == {shas[1]}
+        assert led.hashed_assets([None, ""], "v2") == {}
+
+
+def _listed_twice(led):
+    """Runs r1 and r2 of the hi-res story, each listing p0, p1 and p2."""
+    for run_id in ("r1", "r2"):
+        led.start_run(run_id, "job", flow="replace_hires", settings="s")
+        led.add_items("job", run_id, _items(3))
+
+
+def test_first_ok_details_are_what_a_stage_first_read(tmp_path):
+    with Ledger(tmp_path / "l.duckdb") as led:
+        _listed_twice(led)
+        led.append_events("job", "r1", [
+            outcome("p0", "master", "failed", "timeout", detail={"date_taken": "never used"}),
+            outcome("p0", "master", "ok", detail={"date_taken": "2001-02-03 04:05:06"}),
+            outcome("p1", "master", "ok"),  # no detail: the next one that has one counts
+            outcome("p2", "replace", "ok", detail={"date_taken": "another stage"})])
+        led.append_events("job", "r2", [
+            outcome("p0", "master", "ok", detail={"date_taken": "what Flickr shows after the replace"}),
+            outcome("p1", "master", "ok", detail={"date_taken": "1999-12-31 23:59:59"})])
+        led.append_events("other", "r2", [outcome("p2", "master", "ok", detail={"date_taken": "another job"})])
+        assert led.first_ok_details("job", "master", ["p0", "p1", "p2", "p9"]) == {
+            "p0": {"date_taken": "2001-02-03 04:05:06"}, "p1": {"date_taken": "1999-12-31 23:59:59"}}
+        assert led.first_ok_details("job", "master", []) == {}
+
+
+def test_run_stage_counts_count_each_item_once_per_outcome_and_reason(tmp_path):
+    with Ledger(tmp_path / "l.duckdb") as led:
+        _listed_twice(led)
+        led.append_events("job", "r1", [
+            outcome("p0", "match", "failed", "timeout"), outcome("p0", "match", "failed", "timeout", attempt=2),
+            outcome("p0", "match", "ok", "matched_direct"), outcome("p1", "match", "ok", "matched_direct"),
+            outcome("p2", "match", "needs_review", "not_in_album"), outcome("p1", "replace", "ok", "replaced")])
+        led.append_events("job", "r2", [outcome("p2", "match", "ok", "matched_album")])
+        assert led.run_stage_counts("r1", ("match",)) == {
+            ("match", "failed", "timeout"): 1, ("match", "ok", "matched_direct"): 2,
+            ("match", "needs_review", "not_in_album"): 1}
+        assert led.run_stage_counts("r2", ("match", "replace")) == {("match", "ok", "matched_album"): 1}

@@ -326,3 +326,34 @@ def test_a_run_that_listed_nothing_still_gets_a_report(tmp_path):
     assert "Nothing was listed" in Path(result["report_html"]).read_text()
     with open(result["outcomes_csv"]) as f:
         assert len(f.read().splitlines()) == 1  # the header alone
+
+
+def test_a_ledger_an_older_photo_escape_wrote_gets_the_same_report(story_ledger, tmp_path):
+    """Read-only, a report reads the ledger's current status views even from a file whose
+    schema is older (they are made for the connection alone; nothing is written)."""
+    import shutil
+
+    import duckdb
+
+    import tasks.ledger as ledger_mod
+
+    old = tmp_path / "old.duckdb"
+    shutil.copy(story_ledger.path, old)
+    con = duckdb.connect(str(old))
+    for sql in ledger_mod.MIGRATIONS[1][1]:  # schema version 2's views
+        con.execute(sql)
+    con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    con.close()
+    for scope in ({"run_id": story_ledger.runs[0]}, {"run_id": story_ledger.runs[1]}, {"job": story_ledger.job}):
+        now, then = (write_reports(p, **scope, out_dir=tmp_path / name)
+                     for p, name in ((story_ledger.path, "now"), (old, "then")))
+        assert then["summary"] == now["summary"]
+        for key in ("report_md", "outcomes_csv"):
+            assert _without_time(then[key]) == _without_time(now[key])
+    with Ledger(old, read_only=True) as led:
+        assert led.schema_version() == 2
+
+
+def _without_time(path) -> list[str]:
+    """A report file's lines but the one saying when it was generated."""
+    return [line for line in Path(path).read_text().splitlines() if not line.startswith("_Generated ")]

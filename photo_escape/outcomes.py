@@ -17,6 +17,26 @@ from typing import Any, Literal, NotRequired, TypedDict
 OUTCOMES = ("ok", "skipped", "failed", "needs_review")
 
 
+class ItemMeta(TypedDict, total=False):
+    """What a source knows about a photo beyond its bytes (a Takeout sidecar, Flickr's API):
+    handed to the capture-time decision, which weighs it against the file's own tags and
+    records where what it chose came from, and to the XMP sidecar written beside the photo."""
+
+    time_utc: str  # an instant, ISO 8601 with offset (a Takeout sidecar's photoTakenTime)
+    time_local: str  # a wall-clock time with no zone, ISO 8601 (Flickr's date taken)
+    time_granularity: str  # exact | month | year | circa (Flickr's granularity)
+    time_provenance: str  # how the capture-time decision names this level: "sidecar:utc", "source:flickr"
+    latitude: float
+    longitude: float
+    title: str
+    description: str
+    albums: list[str]  # album titles, as the source names them (not sanitised folder names)
+    favourite: bool
+    tags: list[str]
+    sidecar: str  # where the metadata came from (a sidecar's name in the export), for the report
+    sidecar_rule: str  # which naming rule matched it (takeout: "exact", "supplemental", "clipped"...)
+
+
 class Item(TypedDict, total=False):
     """One photo on its way, as a plain dict (it pickles to a Dask worker and is JSON in the ledger).
 
@@ -28,6 +48,7 @@ class Item(TypedDict, total=False):
     source_ref: str  # where it came from (path, URL, s3://bucket/key), shown in reports
     name: str  # a safe file name for it
     fingerprint: str | None  # what the source says about its content (mtime+size, etag): a change means redo
+    meta: ItemMeta  # what the source knows beyond the bytes (optional)
     # after fetch
     local_path: str  # the file to read (a download in the work folder, or the source file itself)
     local_path_hex: str  # the same path's bytes in hex, when it is not valid UTF-8

@@ -106,7 +106,7 @@ def examine(items: list[dict], hash_entries: list[dict], *, processes: int, max_
                          max_pixels=max_pixels, max_bytes=max_bytes)
     unreadable = {e.get("sha256") for e, r in zip(hash_entries, records) if r.get("status") != "ok"}
     readable = [{"path": i["local_path"], "item_id": i["item_id"], "sha256": i.get("sha256"),
-                 "name": i.get("name"), "folder": _folder(i)}
+                 "name": i.get("name"), "folder": _folder(i), "meta": i.get("meta")}
                 for i in items if i.get("sha256") not in unreadable]
     times = capture_times(readable, rules=rules, default_tz=default_tz)
     return records, {e["item_id"]: t for e, t in zip(readable, times)}

@@ -21,11 +21,12 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	  $$UV sync --frozen --compile-bytecode --python $(PYTHON) --quiet
 	@touch $@
 
-# Debian's Chromium for the report's browser test (no browser download at run time)
+# Debian's Chromium for the report's browser test (no browser download at run time), and
+# exiftool, the field's reference reader of photo metadata, which the tests use as an oracle
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	  || echo "warning: could not install chromium; the browser test will be skipped"; }
+	@command -v chromium >/dev/null 2>&1 && command -v exiftool >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libimage-exiftool-perl >/dev/null) \
+	  || echo "warning: could not install chromium and exiftool; the tests that need them will be skipped"; }
 
 demo: setup
 	$(VENV)/bin/photo-escape demo

@@ -6,6 +6,8 @@ front of it, and a RAW file maker (a NEF-like/DNG-like TIFF with a JPEG preview)
         with FaultProxy(s3.port) as proxy:    # the same endpoint, behind a proxy
             proxy.drop_uploads(1)             # the next upload request is reset mid-body
 
+``python -m sandbox.s3 [--bucket NAME]`` serves one on its own and prints its URL.
+
 moto keeps its buckets in process-wide state: two servers in one process see the
 same buckets, so callers use their own bucket names.
 """
@@ -479,3 +481,29 @@ def sandbox_credentials_env(var: str = "PHOTO_ESCAPE_SANDBOX_S3") -> str:
 
     os.environ[var] = json.dumps(SANDBOX_KEYS)
     return var
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve moto's S3 on its own until interrupted; print its URL and keys as one JSON line."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description="moto's S3 server on 127.0.0.1 (the sandbox's S3)")
+    ap.add_argument("--port", type=int, default=0, help="default: any free port")
+    ap.add_argument("--bucket", action="append", default=[], help="create this bucket (repeatable)")
+    args = ap.parse_args(argv)
+    server = MotoS3(port=args.port).start()
+    try:
+        for name in args.bucket:
+            server.make_bucket(name)
+        print(json.dumps({"url": server.url, **SANDBOX_KEYS}), flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -221,9 +221,11 @@ class S3Destination(Destination):
 
     def _listed(self, key: str) -> dict | bool | None:
         """What the listing says of ``key``: its entry, False (not there), None (no listing)."""
-        if self._listing is None and not self._looked_for_listing:
-            self._looked_for_listing = True
-            self._listing = _saved_listing(self.workdir / LISTING_FILE, self.config.bucket)
+        if not self._looked_for_listing:
+            with self._lock:  # the batch's threads all wait for the one reading it
+                if self._listing is None and not self._looked_for_listing:
+                    self._listing = _saved_listing(self.workdir / LISTING_FILE, self.config.bucket)
+                self._looked_for_listing = True
         if self._listing is None:
             return None
         return self._listing.get(key, False)

@@ -4,15 +4,17 @@ The original rescue used a scrapy spider with the ImagesPipeline. Here both tool
 log in to the same sandbox photo-frame site (run in its own process, originals made
 beforehand so both measure transfer, not picture making), walk its pages of 48
 thumbnails, rewrite ``~t~`` to ``~a~`` and download every original, with the same
-concurrency and no artificial delay, in the same run, each in a fresh process:
+concurrency and no artificial delay, in alternating rounds, each a whole process
+timed from outside (start-up included):
 
-* **photo-escape**: the gallery source's listing and fetch (streamed to disk, sha256
-  while streaming, Content-Length and image-signature checks, atomic rename), in
-  batches as the escape flow cuts them, every listed item and fetch outcome
-  appended to a DuckDB ledger;
+* **photo-escape**: ``photo-escape run`` of the gallery job to a local folder: the
+  listing and fetch (streamed to disk, sha256 while streaming, Content-Length and
+  image-signature checks, atomic rename), hashing, capture times, delivery, the
+  ledger, the report and Prefect, as a user runs it;
 * **scrapy**: the spider from the original write-up (FormRequest login, ``parse``
   following pages while a page has 48 images) with ``ImagesPipeline`` (which
-  decodes each image with Pillow and re-encodes it as JPEG).
+  decodes each image with Pillow and re-encodes it as JPEG), the whole process
+  (not scrapy's own ``elapsed_time_seconds``, which leaves out its start-up).
 
 Prints images per second for both and the ratio (photo-escape / scrapy).
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -36,58 +39,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+PREFECT_HOME = Path(tempfile.gettempdir()) / "photo-escape-bench-download-prefect"
 
 
-# -- the two contenders, each run in its own process ---------------------------------------
-def run_photo_escape(site: str, password: str, out: Path, concurrency: int, batch_size: int) -> dict:
-    """List and fetch the whole gallery the photo-escape way, recording to a ledger."""
-    from photo_escape.jobspec import parse_job
-    from photo_escape.plugins import make_source
-    from tasks.ledger import Ledger, new_run_id
-
-    os.environ["KODAK_PASSWORD"] = password
-    source = {
-        "kind": "gallery",
-        "login": {"url": f"{site}/", "fields": {"username": "alice"},
-                  "secret_fields": {"password": {"env": "KODAK_PASSWORD"}}},
-        "pages": {"url": f"{site}/Frame/AllPictures?p={{page}}", "first": 1, "last_when_fewer_than": 48},
-        "images": {"css": "img", "attribute": "src", "contains": "~t~", "rewrite": [{"from": "~t~", "to": "~a~"}]},
-        "http": {"per_host": concurrency},
-    }
-    spec = parse_job({"name": "bench-download", "source": source,
-                      "destination": {"kind": "local", "path": str(out / "dest")},
-                      "options": {"batch_size": batch_size, "concurrency": concurrency}})
-    started = time.perf_counter()
-    ledger = Ledger(out / "ledger.duckdb")
-    run_id = new_run_id()
-    ledger.start_run(run_id, spec.name, flow="bench", settings="bench")
-    lister = make_source(spec.source, workdir=out / "work", options=spec.options)
-    ok = 0
-    batch: list[dict] = []
-
-    def fetch(items: list[dict]) -> int:
-        ledger.add_items(spec.name, run_id, items)
-        fetcher = make_source(spec.source, workdir=out / "work", options=spec.options)  # as a fetch task does
-        try:
-            outcomes = fetcher.fetch(items)
-        finally:
-            fetcher.close()
-        ledger.append_events(spec.name, run_id, outcomes, settings="bench")
-        return sum(o["outcome"] == "ok" for o in outcomes)
-
-    for page in lister.list_pages():
-        batch.extend(page)
-        if len(batch) >= batch_size:
-            ok += fetch(batch)
-            batch = []
-    if batch:
-        ok += fetch(batch)
-    lister.close()
-    ledger.close()
-    seconds = time.perf_counter() - started
-    return {"tool": "photo-escape", "images": ok, "seconds": seconds}
-
-
+# -- the peer, run in its own process ---------------------------------------------------
 def run_scrapy(site: str, password: str, out: Path, concurrency: int, pipeline: str = "images") -> dict:
     """The original rescue's spider with ImagesPipeline (or, for reference, FilesPipeline,
     which stores the bytes as they came), at the same concurrency."""
@@ -157,26 +112,52 @@ def run_scrapy(site: str, password: str, out: Path, concurrency: int, pipeline: 
 
 # -- the harness ------------------------------------------------------------------------------
 def worker(args: argparse.Namespace) -> None:
-    out = Path(args.out)
-    if args.worker == "photo-escape":
-        res = run_photo_escape(args.site, args.password, out, args.concurrency, args.batch_size)
-    else:
-        res = run_scrapy(args.site, args.password, out, args.concurrency,
-                         "images" if args.worker == "scrapy" else "files")
+    res = run_scrapy(args.site, args.password, Path(args.out), args.concurrency,
+                     "images" if args.worker == "scrapy" else "files")
     print("RESULT " + json.dumps(res), flush=True)
 
 
+def gallery_job(sandbox: dict, out: Path, args: argparse.Namespace) -> Path:
+    """The rescue's job file for the sandbox gallery, to a local folder."""
+    import yaml
+
+    source = {
+        "kind": "gallery",
+        "login": {"url": f"{sandbox['site']}/", "fields": {"username": sandbox["username"]},
+                  "secret_fields": {"password": {"env": "KODAK_PASSWORD"}}},
+        "pages": {"url": f"{sandbox['site']}/Frame/AllPictures?p={{page}}", "first": 1, "last_when_fewer_than": 48},
+        "images": {"css": "img", "attribute": "src", "contains": "~t~", "rewrite": [{"from": "~t~", "to": "~a~"}]},
+        "expected_count": sandbox["count"],
+    }
+    job = {"name": "bench-download", "ledger": str(out / "ledger.duckdb"), "work_dir": str(out / "work"),
+           "reports_dir": str(out / "reports"), "source": source,
+           "destination": {"kind": "local", "path": str(out / "dest")},
+           "options": {"batch_size": args.batch_size, "concurrency": args.concurrency}}
+    path = out / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
 def contender(tool: str, sandbox: dict, args: argparse.Namespace) -> dict:
+    """One whole process, timed from outside; the images that arrived."""
+    from bench.peers import Command, default_photo_escape, timed
+
     out = Path(tempfile.mkdtemp(prefix=f"bench-{tool}-"))
     try:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", tool, "--site", sandbox["site"],
-               "--password", sandbox["password"], "--out", str(out), "--concurrency", str(args.concurrency),
-               "--batch-size", str(args.batch_size)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            raise SystemExit(f"{tool} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-        return json.loads(line[len("RESULT "):])
+        if tool == "photo-escape":
+            pe = shlex.split(args.photo_escape) if args.photo_escape else default_photo_escape()
+            cmd = Command(pe + ["run", str(gallery_job(sandbox, out, args)), "--json"],
+                          {"KODAK_PASSWORD": sandbox["password"], "PREFECT_HOME": str(PREFECT_HOME),
+                           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+        else:
+            cmd = Command([sys.executable, str(Path(__file__).resolve()), "--worker", tool, "--site", sandbox["site"],
+                           "--password", sandbox["password"], "--out", str(out), "--concurrency",
+                           str(args.concurrency)], {"PYTHONPATH": str(ROOT)})
+        seconds, error = timed(cmd, 1800)
+        if error:
+            raise SystemExit(f"{tool} failed: {error}")
+        found = out / ("dest" if tool == "photo-escape" else "images/full")
+        return {"tool": tool, "images": sum(1 for _ in found.rglob("*.jpg")), "seconds": seconds}
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -190,7 +171,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds; the median is reported")
     ap.add_argument("--files-pipeline", action="store_true",
                     help="also run scrapy with FilesPipeline (bytes stored as they came, no re-encoding), for reference")
-    ap.add_argument("--worker", choices=["photo-escape", "scrapy", "scrapy-files"], help=argparse.SUPPRESS)
+    ap.add_argument("--photo-escape", help="photo-escape's command (default: the console script beside this Python)")
+    ap.add_argument("--worker", choices=["scrapy", "scrapy-files"], help=argparse.SUPPRESS)
     ap.add_argument("--site", help=argparse.SUPPRESS)
     ap.add_argument("--password", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -205,6 +187,7 @@ def main() -> None:
     try:
         sandbox = json.loads(server.stdout.readline())
         tools = ["photo-escape", "scrapy"] + (["scrapy-files"] if args.files_pipeline else [])
+        contender("photo-escape", sandbox, args)  # untimed: Prefect's database made, caches filled
         results: dict[str, list[dict]] = {t: [] for t in tools}
         for r in range(args.rounds):
             order = tools if r % 2 == 0 else tools[::-1]

@@ -22,7 +22,8 @@ Faults (``kind``):
 
 Control it from the test's own process (``server.faults.add(...)``) or over HTTP:
 ``POST /_admin/faults`` with a JSON rule, ``DELETE /_admin/faults`` to clear,
-``GET /_admin/faults`` (rules with their hit counts), ``GET /_admin/requests``
+``GET /_admin/faults`` (rules with their hit counts, the most requests answered at once,
+and ``busy_seconds``: requests in flight integrated over time), ``GET /_admin/requests``
 (what was asked for, with the fault served and whether cookies came along).
 """
 
@@ -96,6 +97,8 @@ class FaultPlan:
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.peak_in_flight = 0  # most requests being answered at once (politeness checks)
+        self.busy_seconds = 0.0  # requests in flight, integrated over time (/ wall time = mean in flight)
+        self._changed = time.monotonic()
         for r in rules:
             self.add(**r)
 
@@ -112,6 +115,8 @@ class FaultPlan:
             self.rules.clear()
             self.requests.clear()
             self.peak_in_flight = self.in_flight
+            self._tick()
+            self.busy_seconds = 0.0
 
     def pick(self, target: str, path: str) -> Fault | None:
         """The fault this request gets, if any (the first rule that claims it)."""
@@ -127,12 +132,19 @@ class FaultPlan:
 
     def enter(self) -> None:
         with self._lock:
+            self._tick()
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
 
     def leave(self) -> None:
         with self._lock:
+            self._tick()
             self.in_flight -= 1
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self.busy_seconds += self.in_flight * (now - self._changed)
+        self._changed = now
 
     def count(self, pattern: str = ".*", fault: str | None = None) -> int:
         """How many logged requests matched ``pattern`` (and got ``fault``, if given)."""
@@ -142,7 +154,9 @@ class FaultPlan:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {"rules": [r.public() for r in self.rules], "requests": len(self.requests)}
+            self._tick()
+            return {"rules": [r.public() for r in self.rules], "requests": len(self.requests),
+                    "peak_in_flight": self.peak_in_flight, "busy_seconds": round(self.busy_seconds, 6)}
 
 
 def _reset_connection(environ: dict[str, Any]) -> None:

@@ -7,7 +7,10 @@ drawn per number), and everything past ``count`` is gone too: each of those answ
 made on first request and cached. Wrapped in :class:`sandbox.faults.FaultInjector`
 (``host.faults`` is its plan).
 
-``python -m sandbox.numbered --count 500`` serves one on its own and prints its URL.
+``latency_ms`` makes every answer wait first, as a server far away does.
+
+``python -m sandbox.numbered --count 500 [--latency-ms 30] [--warm]`` serves one on its
+own and prints its URL (``GET /_admin/requests`` and ``/_admin/faults`` tell what it saw).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import random
 import re
 import tempfile
 import threading
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -44,8 +48,11 @@ class NumberedHost:
         faults: list[dict[str, Any]] | None = None,
         seed: int = 2009,
         start: datetime = datetime(2009, 11, 23, 18, 0),
+        latency_ms: float = 0.0,
     ) -> None:
         self.count = count
+        #: every answer (404s included) waits this long first, as a distant server's round trip does
+        self.latency_ms = latency_ms
         self.size = size
         self.seed = seed
         self.start_time = start
@@ -77,6 +84,8 @@ class NumberedHost:
         return path
 
     def _app(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if self.latency_ms:
+            time.sleep(self.latency_ms / 1000.0)
         m = PATH_RE.match(environ.get("PATH_INFO", ""))
         if not m or not self.present(int(m.group(1))):
             body = b"<html><body><h1>404 Not Found</h1></body></html>"
@@ -112,16 +121,25 @@ class NumberedHost:
 
 def main(argv: list[str] | None = None) -> None:
     import logging
-    import time
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=20000)
     ap.add_argument("--missing-rate", type=float, default=0.25)
     ap.add_argument("--port", type=int, default=0, help="default: any free port")
     ap.add_argument("--cache-dir", help="where the pictures are made and kept (default: a new temporary folder)")
+    ap.add_argument("--size", default="320x240", help="the pictures' size, WxH")
+    ap.add_argument("--latency-ms", type=float, default=0.0,
+                    help="wait this long before every answer, as a distant server does (default: none)")
+    ap.add_argument("--warm", action="store_true", help="make every picture before serving")
     args = ap.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    host = NumberedHost(args.count, missing_rate=args.missing_rate, cache_dir=args.cache_dir).start(args.port)
+    w, h = (int(v) for v in args.size.split("x"))
+    host = NumberedHost(args.count, missing_rate=args.missing_rate, cache_dir=args.cache_dir, size=(w, h),
+                        latency_ms=args.latency_ms)
+    if args.warm:
+        for n in host.present_numbers():
+            host.picture_file(n)
+    host.start(args.port)
     try:
         print(json.dumps({"url": host.url, "count": host.count}), flush=True)
         while True:

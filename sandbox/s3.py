@@ -6,6 +6,8 @@ front of it, and a RAW file maker (a NEF-like/DNG-like TIFF with a JPEG preview)
         with FaultProxy(s3.port) as proxy:    # the same endpoint, behind a proxy
             proxy.drop_uploads(1)             # the next upload request is reset mid-body
 
+``python -m sandbox.s3 [--bucket NAME]`` serves one on its own and prints its URL.
+
 moto keeps its buckets in process-wide state: two servers in one process see the
 same buckets, so callers use their own bucket names.
 """
@@ -115,11 +117,13 @@ class FaultProxy:
         self._corrupt = 0
         self._cut_downloads = 0
         self._cut_after = 0
+        self._refuse: dict[bytes, tuple[int, str, str, str]] = {}
         self.requests: list[tuple[str, str]] = []
         #: access key ids seen in the requests' signatures (never the secret keys)
         self.access_keys: set[str] = set()
         self.resets: list[dict[str, Any]] = []
         self.corrupted: list[str] = []
+        self._refused: list[tuple[str, str]] = []
         self._socks: set[socket.socket] = set()
         self._running = True
         self._thread = threading.Thread(target=self._accept, name=f"s3-proxy-{self.port}", daemon=True)
@@ -169,6 +173,24 @@ class FaultProxy:
         after ``after_bytes`` of the response, as a network failure mid-download does."""
         with self._lock:
             self._cut_downloads, self._cut_after = count, after_bytes
+
+    def refuse_header(self, header: str, status: int = 501, code: str = "NotImplemented",
+                      message: str = "A header you provided implies functionality that is not implemented") -> None:
+        """Answer every request carrying ``header`` with an S3 error instead of forwarding it,
+        as a store that predates the header does (e.g. ``If-None-Match`` on a PUT, or
+        ``x-amz-checksum-sha256``). The error is sent before the body is read (the client
+        waits for ``100 Continue`` before it sends one) and the connection is then closed."""
+        with self._lock:
+            self._refuse[header.lower().encode("latin-1")] = (status, code, message, header)
+
+    def refused(self) -> list[tuple[str, str]]:
+        """The requests answered by :meth:`refuse_header`'s error."""
+        with self._lock:
+            return list(self._refused)
+
+    def _refusal(self, headers: dict[bytes, bytes]) -> tuple[int, str, str, str] | None:
+        with self._lock:
+            return next((r for h, r in self._refuse.items() if h in headers), None)
 
     def uploads(self) -> list[tuple[str, str]]:
         """The upload requests (PUT with a body) seen so far, reset ones included."""
@@ -276,6 +298,16 @@ class FaultProxy:
                     self._pipe(client, upstream)  # cannot follow chunked bodies: plain pipe
                     return
                 length = int(headers.get(b"content-length", b"0") or 0)
+                refusal = self._refusal(headers)
+                if refusal is not None:
+                    status, code, message, header = refusal  # S3 names the header it does not implement
+                    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+                            f"<Message>{message}</Message><Header>{header}</Header></Error>").encode()
+                    client.sendall(f"HTTP/1.1 {status} {code}\r\nContent-Type: application/xml\r\n"
+                                   f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+                    with self._lock:
+                        self._refused.append((m, p))
+                    return
                 if self.latency:
                     time.sleep(self.latency)
                 if self._should_cut(m, p):
@@ -449,3 +481,29 @@ def sandbox_credentials_env(var: str = "PHOTO_ESCAPE_SANDBOX_S3") -> str:
 
     os.environ[var] = json.dumps(SANDBOX_KEYS)
     return var
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve moto's S3 on its own until interrupted; print its URL and keys as one JSON line."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description="moto's S3 server on 127.0.0.1 (the sandbox's S3)")
+    ap.add_argument("--port", type=int, default=0, help="default: any free port")
+    ap.add_argument("--bucket", action="append", default=[], help="create this bucket (repeatable)")
+    args = ap.parse_args(argv)
+    server = MotoS3(port=args.port).start()
+    try:
+        for name in args.bucket:
+            server.make_bucket(name)
+        print(json.dumps({"url": server.url, **SANDBOX_KEYS}), flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

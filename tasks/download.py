@@ -4,8 +4,10 @@ Plain code (requests + tenacity, no Prefect). A :class:`Downloader` holds one
 ``requests`` session with a connection pool and works through a batch of items with
 a bounded thread pool:
 
-* **polite**: at most ``per_host`` requests in flight per host (a semaphore per host),
-  and optionally at most ``rate_per_host`` requests per second per host;
+* **polite**: at most ``per_host`` requests in flight per host (a semaphore per host,
+  shared by every downloader of the process with the same limits, so batches fetched at
+  the same time keep to them together; by default ``options.concurrency``), and
+  optionally at most ``rate_per_host`` requests per second per host;
 * **patient**: connect and read timeouts; retries with exponential backoff and jitter
   for 5xx answers, connection resets, timeouts and truncated bodies; a 429 waits for
   its ``Retry-After`` (capped by ``retry_after_max``); other 4xx are not retried;
@@ -72,7 +74,8 @@ class HttpSettings(BaseModel):
     """How politely and patiently a web source downloads (``source.http`` in a job)."""
 
     model_config = ConfigDict(extra="forbid")
-    per_host: int = Field(4, ge=1, le=256, description="requests in flight at once per host")
+    per_host: int | None = Field(None, ge=1, le=256, description="requests in flight at once per host, all the "
+                                 "batches of a process together; default: options.concurrency")
     rate_per_host: float | None = Field(None, gt=0, description="at most this many requests per second per host")
     connect_timeout: float = Field(10.0, gt=0, description="seconds to wait for a connection")
     read_timeout: float = Field(60.0, gt=0, description="seconds to wait for the next bytes of an answer")
@@ -242,6 +245,18 @@ class HostGate:
             yield
 
 
+_GATES: dict[tuple[int, float | None], HostGate] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def shared_gate(per_host: int, rate_per_host: float | None) -> HostGate:
+    """The process's gate for these limits. A flow fetches several batches at once, each
+    with its own downloader: sharing the gate keeps the host at ``per_host`` requests in
+    flight in all (not ``per_host`` per batch), and lets one batch use every slot alone."""
+    with _GATES_LOCK:
+        return _GATES.setdefault((per_host, rate_per_host), HostGate(per_host, rate_per_host))
+
+
 class _NoCookies(CookiePolicy):
     """A cookie policy that neither stores nor sends cookies (for CDNs)."""
 
@@ -312,7 +327,7 @@ class Downloader:
         self.backoff_seconds = backoff_seconds
         self.max_bytes = max_bytes
         self.session = session or make_session(self.settings, pool=concurrency, cookies=False)
-        self.gate = HostGate(self.settings.per_host, self.settings.rate_per_host)
+        self.gate = shared_gate(self.settings.per_host or concurrency, self.settings.rate_per_host)
         self.sleep = sleep
         self._expo = wait_exponential_jitter(multiplier=backoff_seconds, max=self.settings.backoff_max,
                                              jitter=backoff_seconds)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+import threading
+from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel, Field
 
@@ -78,9 +79,30 @@ def make_client(conn: S3Connection, *, pool: int = 10) -> Any:
         request_checksum_calculation="when_required" if conn.endpoint_url else "when_supported",
         response_checksum_validation="when_required" if conn.endpoint_url else "when_supported",
     )
-    session = boto3.session.Session(region_name=conn.region, **credentials_from(conn.credentials))
+    import botocore.session
+
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _shared_loader())  # the models read once per process, not per client
+    session = boto3.session.Session(region_name=conn.region, botocore_session=core,
+                                    **credentials_from(conn.credentials))
     region = conn.region or session.region_name or "us-east-1"
     return session.client("s3", endpoint_url=conn.endpoint_url, region_name=region, config=cfg)
+
+
+_LOADER: list[Any] = []
+_LOADER_LOCK = threading.Lock()
+
+
+def _shared_loader() -> Any:
+    """botocore's data loader, one per process: it caches the service models it reads,
+    which is most of the ~0.1 s a new session takes to make its first client (each
+    batch's source or destination makes one). Credentials stay per session."""
+    with _LOADER_LOCK:
+        if not _LOADER:
+            from botocore.loaders import create_loader
+
+            _LOADER.append(create_loader())
+        return _LOADER[0]
 
 
 _PERMANENT = {

@@ -5,6 +5,7 @@ kept off the CDN, and the escape flow: faults recorded, a rerun completing the r
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -302,3 +303,19 @@ def test_faults_given_to_the_constructor_apply_from_the_first_request(make_galle
     items = listing(src)[0]
     outs = source_for(g, tmp_path).fetch(items[:2])
     assert [(o["outcome"], o["reason"]) for o in outs] == [("failed", "http_500")] * 2
+
+
+def test_originals_keep_every_allowed_request_in_flight(gallery, tmp_path):
+    """With the CDN answering after 80 ms, a batch of originals keeps the job's
+    concurrency (8: no per_host set) in flight there."""
+    items = listing(source_for(gallery, tmp_path))[0]
+    spec = parse_job(job(gallery.job_source(), tmp_path, options=dict(FAST, concurrency=8)))
+    fetcher = make_source(spec.source, workdir=tmp_path / "work", options=spec.options)
+    gallery.cdn_faults.add("slow", match="~a~", delay=0.08, times=None)
+    started = time.monotonic()
+    outs = fetcher.fetch(items)
+    seconds = time.monotonic() - started
+    fetcher.close()
+    assert [o["outcome"] for o in outs] == ["ok"] * 48
+    assert gallery.cdn_faults.peak_in_flight >= 7
+    assert gallery.cdn_faults.busy_seconds / seconds >= 5, (gallery.cdn_faults.busy_seconds, seconds)

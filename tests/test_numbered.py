@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -99,7 +101,8 @@ def test_stop_after_missing_ends_at_the_first_long_enough_run(numbered_host, tmp
     pages, outs, lister = harvest(numbered_host, tmp_path, start=1, stop=1000, stop_after_missing=3)
     assert lister.report_facts()["ended_at"] == 11
     asked = numbers_asked(numbered_host)
-    assert max(asked) <= 12  # the chunk of 4 that found the run, no further
+    # no further than the requests in flight (4) while the run's answers came in, not the page of 20
+    assert max(asked) < 11 + 2 * 4
     assert len(pages) == 1  # no second page was made
     skipped = Counter(o["reason"] for o in outs if o["outcome"] == "skipped")
     assert skipped["not_found"] == 4 and skipped["stopped_after_missing"] == 20 - len(asked)
@@ -109,7 +112,7 @@ def test_stop_after_missing_past_the_end_of_the_collection(numbered_host, tmp_pa
     pages, outs, lister = harvest(numbered_host, tmp_path, start=1, stop=20000, stop_after_missing=5)
     assert lister.report_facts()["ended_at"] == NUMBERED_COUNT + 5
     assert sum(o["outcome"] == "ok" for o in outs) == PRESENT
-    assert max(numbers_asked(numbered_host)) < NUMBERED_COUNT + 5 + 4
+    assert max(numbers_asked(numbered_host)) < NUMBERED_COUNT + 5 + 2 * 4  # about the 4 in flight past the end
     assert sum(len(p) for p in pages) <= 100  # not 20,000
 
 
@@ -161,3 +164,45 @@ def test_a_soft_404_page_can_count_as_missing(numbered_host, tmp_path):
     assert (by_n[24]["outcome"], by_n[24]["reason"]) == ("skipped", "not_found")
     assert by_n[24]["detail"]["soft_404"] is True
     assert lister.report_facts()["ended_at"] == 27  # 23 (a real 404) and 24..27: five in a row
+
+
+def test_a_batch_keeps_every_allowed_request_in_flight(numbered_host, tmp_path):
+    """With the host 60 ms away and a few answers slower still, a batch keeps the job's
+    concurrency (8: no per_host set) in flight at the host, the next number starting as
+    soon as any answer is in, rather than rounds of 8 that wait for their slowest."""
+    spec = parse_job(dict(job(numbered_host.job_source(stop_after_missing=5), tmp_path),
+                          options={"concurrency": 8, "retries": 1, "backoff_seconds": 0.01}))
+    src = make_source(spec.source, workdir=tmp_path / "work", options=spec.options)
+    items = [src.item(n) for n in range(1, NUMBERED_COUNT + 1)]
+    numbered_host.latency_ms = 60
+    numbered_host.faults.add("slow", match=r"/(5|15|25|35|45|55)\.jpg$", delay=0.4, times=None)
+    try:
+        started = time.monotonic()
+        out = src.fetch(items)
+        seconds = time.monotonic() - started
+    finally:
+        numbered_host.latency_ms = 0
+        src.close()
+    assert Counter(o["outcome"] for o in out) == {"ok": PRESENT, "skipped": len(NUMBERED_MISSING)}
+    plan = numbered_host.faults
+    assert plan.peak_in_flight >= 7
+    # the mean over the batch: more than the 4 the old per_host default allowed, and far more
+    # than rounds that wait for a slow answer (about 2.5 here)
+    assert plan.busy_seconds / seconds >= 5, (plan.busy_seconds, seconds)
+
+
+def test_batches_fetched_at_once_keep_per_host_together(numbered_host, tmp_path):
+    """The flow fetches several batches at once, each with its own source: the host still
+    sees at most per_host requests in flight, not per_host per batch."""
+    spec = parse_job(dict(job(dict(numbered_host.job_source(), http={"per_host": 3}), tmp_path),
+                          options={"concurrency": 8, "retries": 1, "backoff_seconds": 0.01}))
+    sources = [make_source(spec.source, workdir=tmp_path / "work", options=spec.options) for _ in range(2)]
+    halves = [[sources[0].item(n) for n in range(1, 31)], [sources[1].item(n) for n in range(31, 61)]]
+    numbered_host.latency_ms = 50
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            outs = list(pool.map(lambda k: sources[k].fetch(halves[k]), [0, 1]))
+    finally:
+        numbered_host.latency_ms = 0
+    assert sum(o["outcome"] == "ok" for out in outs for o in out) == PRESENT
+    assert numbered_host.faults.peak_in_flight == 3

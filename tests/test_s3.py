@@ -18,7 +18,7 @@ from PIL import Image
 
 from sandbox import photos
 from sandbox.s3 import FaultProxy, preview_of, write_raw
-from tasks.destinations.s3 import S3Destination, S3DestinationConfig, sampled
+from tasks.destinations.s3 import _REFUSED, S3Destination, S3DestinationConfig, sampled
 from tasks.files import sha256_file
 from tasks.sources.s3 import S3Source, S3SourceConfig
 
@@ -89,9 +89,10 @@ def test_archive_layout_keys_classes_metadata_and_sidecar(s3_server, s3_bucket, 
     assert side["sha256"] == camera[2]["sha256"] and side["capture_time"]["local"] is None
     assert side["original"]["key"] == "originals/undated/scan.jpg"
     assert side["thumbnail"] == "thumbnails/undated/scan.jpg.jpg" and "local_path" not in side["source"]
-    # one fixity event per original, before its deliver outcome
+    # one fixity event per original, before its deliver outcome: the PUT's answer (the ETag
+    # moto computed of the bytes it kept) proved each one, no HEAD after
     fix = [o for o in out if o["stage"] == "fixity"]
-    assert len(fix) == 4 and all(o["outcome"] == "ok" and o["detail"]["method"] == "head" for o in fix)
+    assert len(fix) == 4 and all(o["outcome"] == "ok" and o["detail"]["method"] == "put_md5" for o in fix)
     assert [o["stage"] for o in out if o["item_id"] == camera[0]["item_id"]] == ["fixity", "deliver"]
 
 
@@ -421,3 +422,127 @@ def test_bytes_damaged_on_the_way_are_caught_by_full_verification_and_sent_again
     assert o["outcome"] == "ok" and o["attempt"] == 2 and o["detail"]["fixity"]["method"] == "full"
     body = s3_client.get_object(Bucket=s3_bucket, Key="originals/2006/10/04/IMG_00001.JPG")["Body"].read()
     assert hashlib.sha256(body).hexdigest() == camera[0]["sha256"]
+
+
+# --- requests per photo: conditional writes, the PUT's answer as proof, one listing -----------
+
+
+def _per_object(requests: list[tuple[str, str]], bucket: str) -> dict[str, list[str]]:
+    """The requests the proxy saw, by object key (listing requests under '')."""
+    out: dict[str, list[str]] = {}
+    for method, path in requests:
+        key = path.split("?", 1)[0].removeprefix(f"/{bucket}").lstrip("/") if "?list-type" not in path else ""
+        out.setdefault(key, []).append(method)
+    return out
+
+
+@pytest.mark.parametrize("thumbnails", [False, True])
+def test_a_new_photo_costs_at_most_two_requests(s3_server, s3_bucket, s3_credentials, s3_client, camera, tmp_path,
+                                                thumbnails):
+    """A new original is looked at once (HEAD) and stored once (a conditional PUT whose
+    answer proves the bytes): no HEAD after. Its thumbnail, whose original was not there
+    either, goes up with a conditional PUT at once. With a listing taken once, no HEAD."""
+    cfg = {} if thumbnails else {"thumbnails": None}
+    with FaultProxy(s3_server.port) as proxy:
+        out = _dest(s3_server, s3_bucket, s3_credentials, url=proxy.url, **cfg).deliver(camera[:2])
+        seen = _per_object(proxy.requests, s3_bucket)
+    assert {o["reason"] for o in _final(out).values()} == {"uploaded"}
+    for item in camera[:2]:
+        original = _final(out)[item["item_id"]]["detail"]["key"]
+        assert seen[original] == ["HEAD", "PUT"]
+        if thumbnails:
+            assert seen["thumbnails/" + original.removeprefix("originals/") + ".jpg"] == ["PUT"]
+    assert len(proxy.requests) == (3 if thumbnails else 2) * 2
+    # with a listing of the bucket (one request per prefix) the photos go up without a look
+    with FaultProxy(s3_server.port) as proxy:
+        dest = _dest(s3_server, s3_bucket, s3_credentials, url=proxy.url, **cfg)
+        dest.use_listing(dest.listing())
+        listed = len(proxy.requests)
+        out = dest.deliver(camera[2:])
+        seen = _per_object(proxy.requests[listed:], s3_bucket)
+    assert listed == (2 if thumbnails else 1) and {o["reason"] for o in _final(out).values()} == {"uploaded"}
+    assert all(methods == ["PUT"] for methods in seen.values()) and len(seen) == (4 if thumbnails else 2)
+    for key in seen:
+        assert key in _keys(s3_client, s3_bucket)
+    fix = [o for o in out if o["stage"] == "fixity"]
+    assert {o["detail"]["method"] for o in fix} == {"put_md5"}
+
+
+def test_a_listing_in_the_work_folder_spares_the_heads_of_a_rerun(s3_server, s3_bucket, s3_credentials, s3_client,
+                                                                  camera, tmp_path):
+    """take_listing() leaves the bucket's listing in the run's work folder; a destination
+    made later with that folder (a batch's task) decides by it: what is there with our
+    bytes is already_present without a request, what is missing goes up at once."""
+    first = S3Destination(S3DestinationConfig(kind="s3", bucket=s3_bucket, endpoint_url=s3_server.url,
+                                              credentials={"env": s3_credentials}, thumbnails=None),
+                          workdir=tmp_path, options=FAST)
+    first.deliver(camera[:2])
+    assert first.take_listing().name == "s3-destination-listing.json"
+    with FaultProxy(s3_server.port) as proxy:
+        config = S3DestinationConfig(kind="s3", bucket=s3_bucket, endpoint_url=proxy.url,
+                                     credentials={"env": s3_credentials}, thumbnails=None)
+        out = S3Destination(config, workdir=tmp_path, options=FAST).deliver(camera)
+    final = _final(out)
+    assert [final[i["item_id"]]["reason"] for i in camera] == ["already_present"] * 2 + ["uploaded"] * 2
+    assert [m for m, _ in proxy.requests] == ["PUT", "PUT"]
+    fix = {o["item_id"]: o["detail"] for o in out if o["stage"] == "fixity"}
+    assert fix[camera[0]["item_id"]]["method"] == "etag_md5" and fix[camera[2]["item_id"]]["method"] == "put_md5"
+
+
+def test_what_arrived_after_the_listing_is_never_overwritten(s3_server, s3_bucket, s3_credentials, s3_client, camera):
+    """The listing is old news: another writer stored something under two of the keys
+    since. The conditional PUT (If-None-Match: *, which moto honours) is refused, and
+    the photo is decided again by HEAD: its own bytes are already_present, someone
+    else's are a key_conflict, left as they are."""
+    dest = _dest(s3_server, s3_bucket, s3_credentials, thumbnails=None)
+    dest.use_listing(dest.listing())  # an empty bucket
+    ours, theirs = "originals/2006/10/04/IMG_00001.JPG", "originals/2006/10/05/IMG_00002.JPG"
+    s3_client.upload_file(camera[0]["local_path"], s3_bucket, ours, ExtraArgs={"Metadata": {"sha256": camera[0]["sha256"]}})
+    s3_client.put_object(Bucket=s3_bucket, Key=theirs, Body=b"another writer's picture")
+    out = _final(dest.deliver(camera[:2]))
+    assert out[camera[0]["item_id"]]["reason"] == "already_present"
+    assert (out[camera[1]["item_id"]]["outcome"], out[camera[1]["item_id"]]["reason"]) == ("failed", "key_conflict")
+    assert s3_client.get_object(Bucket=s3_bucket, Key=theirs)["Body"].read() == b"another writer's picture"
+
+
+def test_bytes_damaged_on_the_way_are_caught_by_the_puts_etag(s3_server, s3_bucket, s3_credentials, s3_client, camera):
+    """moto checks neither Content-MD5 nor x-amz-checksum-sha256, but its ETag is the MD5
+    of what it kept: a byte flipped in transit shows there, with no read-back (verify: head)."""
+    with FaultProxy(s3_server.port) as proxy:
+        dest = _dest(s3_server, s3_bucket, s3_credentials, url=proxy.url, thumbnails=None)
+        proxy.corrupt_uploads(1)
+        out = dest.deliver(camera[:1])
+        assert [m for m, _ in proxy.requests] == ["HEAD", "PUT", "DELETE", "PUT"]  # no GET, no HEAD after
+    assert len(proxy.corrupted) == 1
+    o = _final(out)[camera[0]["item_id"]]
+    assert o["outcome"] == "ok" and o["attempt"] == 2 and o["detail"]["fixity"]["method"] == "put_md5"
+    body = s3_client.get_object(Bucket=s3_bucket, Key="originals/2006/10/04/IMG_00001.JPG")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == camera[0]["sha256"]
+
+
+@pytest.mark.parametrize("header", ["If-None-Match", "x-amz-checksum-sha256"])
+def test_a_store_refusing_a_header_gets_requests_without_it(s3_server, s3_bucket, s3_credentials, s3_client, camera,
+                                                            header):
+    """A store that predates conditional writes or checksums answers 501 NotImplemented:
+    the header is dropped for that store (once), the photos still arrive, and without
+    the condition every write is looked at first, so nothing is ever overwritten."""
+    key = "originals/2006/10/05/IMG_00002.JPG"
+    s3_client.put_object(Bucket=s3_bucket, Key=key, Body=b"another writer's picture")
+    with FaultProxy(s3_server.port) as proxy:
+        proxy.refuse_header(header)
+        one_at_a_time = SimpleNamespace(retries=2, backoff_seconds=0.01, concurrency=1)
+        dest = _dest(s3_server, s3_bucket, s3_credentials, url=proxy.url, options=one_at_a_time)
+        dest.use_listing({})  # a stale listing: the bucket looked empty
+        out = _final(dest.deliver(camera[:3]))
+        refused = proxy.refused()
+        again = _final(_dest(s3_server, s3_bucket, s3_credentials, url=proxy.url).deliver(camera[3:]))
+        assert len(proxy.refused()) == len(refused) == 1  # refused once, then never sent again
+    _REFUSED.pop(proxy.url)  # the process remembers it by URL: a later proxy on this port is another store
+    assert {i: (o["outcome"], o["reason"]) for i, o in out.items()} == {
+        camera[0]["item_id"]: ("ok", "uploaded"), camera[1]["item_id"]: ("failed", "key_conflict"),
+        camera[2]["item_id"]: ("ok", "uploaded")}
+    assert again[camera[3]["item_id"]]["reason"] == "uploaded"
+    assert s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == b"another writer's picture"
+    for item in (camera[0], camera[2], camera[3]):
+        body = s3_client.get_object(Bucket=s3_bucket, Key=out.get(item["item_id"], again.get(item["item_id"]))["detail"]["key"])["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == item["sha256"]

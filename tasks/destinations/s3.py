@@ -15,14 +15,26 @@ its JPEG thumbnail (a RAW's embedded preview) as
 metadata as ``originals/2006/10/04/IMG_00001.NEF.json``.
 
 Integrity: every original carries its sha256 in its object metadata
-(``x-amz-meta-sha256``); files above ``multipart_threshold_mb`` go up in parts
-(boto3's TransferConfig), and a failed multipart upload is aborted, so no partial
-object is ever visible. After each upload the object is verified (``verify: head``:
-size and sha256 metadata; ``full``: downloaded again and hashed; ``sample``: full for
-a ``verify_sample`` share chosen by content hash, head for the rest) and the result
-is recorded as a ``fixity`` event. An object already there with the same sha256 is
-``already_present``; different content under the same key is never overwritten
-(``key_conflict``, or with ``on_conflict: suffix`` a ``~sha8`` suffixed key).
+(``x-amz-meta-sha256``) and goes up with ``Content-MD5`` and ``x-amz-checksum-sha256``
+(S3 refuses bytes that do not match them); files above ``multipart_threshold_mb`` go
+up in parts (boto3's TransferConfig), and a failed multipart upload is aborted, so no
+partial object is ever visible. Each upload is verified and the result recorded as a
+``fixity`` event: ``verify: head`` takes the PUT's own answer when it proves the bytes
+(the ETag of a single-part object is the MD5 the store computed of what it kept:
+``put_md5``; or S3's verified sha256 checksum: ``put_sha256``) and a HEAD (size and
+sha256 metadata) otherwise; ``full`` also downloads the object again and hashes it;
+``sample`` is full for a ``verify_sample`` share chosen by content hash. An object
+already there with the same sha256 is ``already_present``; different content under the
+same key is never overwritten (``key_conflict``, or with ``on_conflict: suffix`` a
+``~sha8`` suffixed key): each PUT of a new key is conditional (``If-None-Match: *``).
+
+Requests per new photo: a HEAD to look, a PUT for the original and one for its
+thumbnail (whose key is taken to be free too); with a listing of the bucket taken once
+(:meth:`S3Destination.take_listing`, or :meth:`S3Destination.use_listing`) no HEAD.
+A store that refuses the conditional or checksum header gets requests without it (a
+HEAD before every write, as without a listing). moto's server (the sandbox) honours
+``If-None-Match: *`` but checks neither Content-MD5 nor checksums: there the ETag
+comparison is what catches bytes damaged on the way.
 
 Fixity (:mod:`tasks.fixity`): ``inventory`` is a paginated listing of the delivered
 keys' common prefix, ``read_back`` a streamed download hashed as it comes (with the
@@ -42,6 +54,7 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
@@ -122,6 +135,9 @@ class S3Destination(Destination):
         self._requests: dict[str, int] = {}
         self._storage_class: str | None = None  # set when the store refused the default class
         self._paths: dict[str, Any] = {}  # sha256 -> local file, for comparing with foreign objects
+        self._md5s: dict[str, str] = {}  # sha256 -> the local file's MD5 (hex)
+        self._listing: dict[str, dict] | None = None  # key -> size, etag, storage_class (see use_listing)
+        self._looked_for_listing = False
 
     # -- plumbing ----------------------------------------------------------------------
     @property
@@ -174,6 +190,52 @@ class S3Destination(Destination):
     def _retries(self) -> tuple[int, float]:
         return int(getattr(self.options, "retries", 3)), float(getattr(self.options, "backoff_seconds", 0.5))
 
+    # -- what the bucket holds -------------------------------------------------------------
+    def listing(self) -> dict[str, dict]:
+        """Every object under the layout's fixed prefixes (originals, with their sidecars,
+        and thumbnails), from ListObjectsV2 pages of 1,000 keys: key -> ``size``, ``etag``,
+        ``storage_class``. One request per 1,000 objects, against one per photo for HEADs."""
+        c = self.config
+        prefixes = sorted({_literal_prefix(t) for t in (c.originals, c.thumbnails) if t})
+        prefixes = [p for p in prefixes if not any(p != q and p.startswith(q) for q in prefixes)]
+        out: dict[str, dict] = {}
+        pages = self.client.get_paginator("list_objects_v2")
+        for prefix in prefixes:
+            for page in pages.paginate(Bucket=c.bucket, Prefix=prefix):
+                for o in page.get("Contents", []):
+                    out[o["Key"]] = {"size": o["Size"], "etag": (o.get("ETag") or "").strip('"'),
+                                     "storage_class": o.get("StorageClass") or "STANDARD"}
+        return out
+
+    def use_listing(self, listing: dict[str, dict] | None) -> None:
+        """Deliver by what one listing of the bucket (:meth:`listing`, taken by the caller,
+        e.g. at the start of a run) shows, instead of a HEAD per photo: a key it lacks goes
+        up at once (the conditional PUT still refuses to overwrite whatever came since); a
+        key it shows with our bytes (size and MD5 ETag) is ``already_present``."""
+        self._listing = listing
+
+    def take_listing(self) -> Path:
+        """List the bucket once into the work folder (:data:`LISTING_FILE`), where every
+        destination made with the same work folder (one per batch, in any process of the
+        run) finds it. Returns the file's path."""
+        path = self.workdir / LISTING_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"bucket": self.config.bucket, "objects": self.listing()}))
+        os.replace(tmp, path)
+        return path
+
+    def _listed(self, key: str) -> dict | bool | None:
+        """What the listing says of ``key``: its entry, False (not there), None (no listing)."""
+        if not self._looked_for_listing:
+            with self._lock:  # the batch's threads all wait for the one reading it
+                if self._listing is None and not self._looked_for_listing:
+                    self._listing = _saved_listing(self.workdir / LISTING_FILE, self.config.bucket)
+                self._looked_for_listing = True
+        if self._listing is None:
+            return None
+        return self._listing.get(key, False)
+
     # -- keys ---------------------------------------------------------------------------
     def keys_for(self, item: dict, name: str | None = None) -> dict[str, str | None]:
         """The original's, thumbnail's and sidecar's keys for ``item`` (``name`` overrides its name)."""
@@ -211,7 +273,9 @@ class S3Destination(Destination):
                             attempt=int(getattr(exc, "attempts", 1)),
                             sha256=item.get("sha256")) | {"item": item}]
 
-    def _deliver_one(self, item: dict, dry_run: bool, sw: Stopwatch) -> list[dict]:
+    def _deliver_one(self, item: dict, dry_run: bool, sw: Stopwatch, look: bool = False) -> list[dict]:
+        """One photo: decide (listing or HEAD), upload, verify, derivatives. ``look``: decide
+        by HEAD whatever the listing says (a conditional PUT found the key taken)."""
         sha = item["sha256"]
         path: Any = bytes.fromhex(item["local_path_hex"]) if item.get("local_path_hex") else item["local_path"]
         try:
@@ -220,11 +284,11 @@ class S3Destination(Destination):
             raise PermanentError("missing", f"the fetched file is gone: {exc.strerror}") from None
         self._paths[sha] = path
         keys = self.keys_for(item)
-        state, head = self._existing(keys["original"], sha, size)
+        state, head = self._existing(keys["original"], sha, size, look)
         if state == "different" and self.config.on_conflict == "suffix" and not item.get("redeliver_to"):
             name = with_suffix(keys["original"].rsplit("/", 1)[-1], f"~{sha[:8]}")
             keys = self.keys_for(item, name=name)
-            state, head = self._existing(keys["original"], sha, size)
+            state, head = self._existing(keys["original"], sha, size, look)
         base = {"bucket": self.config.bucket, "key": keys["original"]}
         if state == "different":
             return [outcome(item["item_id"], "deliver", "failed", "key_conflict", sha256=sha, duration_ms=sw.ms,
@@ -241,11 +305,16 @@ class S3Destination(Destination):
             if not fixity["ok"]:
                 return self._fixity_failed(item, keys, fixity, sw)
         else:
-            fixity, attempt = self._upload_original(path, keys["original"], item, size)
+            try:
+                fixity, attempt = self._upload_original(path, keys["original"], item, size)
+            except _LookAgain:  # stored by someone else since we looked, or the store takes no condition
+                if look:
+                    raise TransientError("changed", "the key changed while the photo was being stored") from None
+                return self._deliver_one(item, dry_run, sw, look=True)
             reason = "uploaded"
             if not fixity["ok"]:
                 return self._fixity_failed(item, keys, fixity, sw)
-        extras = self._derivatives(path, item, keys)
+        extras = self._derivatives(path, item, keys, fresh=state == "absent")
         out = []
         if self.config.fixity_events:
             out.append(outcome(item["item_id"], "fixity", "ok", fixity["method"], detail=fixity, sha256=sha,
@@ -392,8 +461,18 @@ class S3Destination(Destination):
                 return None
             raise classify(exc) from None
 
-    def _existing(self, key: str, sha: str, size: int) -> tuple[str, dict]:
-        """'absent', 'same' (our content: sha256 metadata and size agree) or 'different'."""
+    def _existing(self, key: str, sha: str, size: int, look: bool = False) -> tuple[str, dict]:
+        """'absent', 'same' (our content: sha256 metadata and size agree) or 'different'.
+        With a listing of the bucket (:meth:`use_listing`) no request is made for a key it
+        lacks (if the store takes conditional writes: the PUT then refuses to overwrite what
+        came since), nor for one it shows holding our bytes (size and MD5 ETag); ``look``:
+        HEAD anyway."""
+        listed = None if look else self._listed(key)
+        if listed is False and self.may_write_conditionally():
+            return "absent", {}
+        if listed and listed["size"] == size and listed["etag"] == self._md5(sha):
+            return "same", {"ContentLength": size, "ETag": listed["etag"], "StorageClass": listed["storage_class"],
+                            "Metadata": {}, "matched_by": "etag_md5"}
         head = self._head(key)
         if head is None:
             return "absent", {}
@@ -413,25 +492,35 @@ class S3Destination(Destination):
         ``etag_md5`` (a single-part ETag equal to the file's MD5) or ``download`` (read
         back and hashed, when the ETag cannot tell); None if it holds something else."""
         etag = (head.get("ETag") or "").strip('"')
-        path = self._paths.get(sha)
-        if path is not None and "-" not in etag and len(etag) == 32:
-            import hashlib
-
-            h = hashlib.md5()
-            with open(path, "rb") as fh:
-                while block := fh.read(MiB):
-                    h.update(block)
-            if h.hexdigest() == etag:
-                return "etag_md5"
+        if sha in self._paths and "-" not in etag and len(etag) == 32 and etag == self._md5(sha):
+            return "etag_md5"
         if (head.get("StorageClass") or "STANDARD") in ARCHIVED:
             return None
         got, _ = sha256_stream(self.client.get_object(Bucket=self.config.bucket, Key=key)["Body"].iter_chunks(MiB))
         return "download" if got == sha else None
 
+    def _md5(self, sha: str) -> str:
+        """The MD5 (hex) of the local file holding content ``sha`` (read once, then remembered):
+        what a single-part object's ETag is when the store holds exactly these bytes."""
+        with self._lock:
+            known = self._md5s.get(sha)
+        if known is None:
+            import hashlib
+
+            h = hashlib.md5()
+            with open(self._paths[sha], "rb") as fh:
+                while block := fh.read(MiB):
+                    h.update(block)
+            known = h.hexdigest()
+            with self._lock:
+                self._md5s[sha] = known
+        return known
+
     def _upload_original(self, path: Any, key: str, item: dict, size: int) -> tuple[dict, int]:
         """Upload, verify, and on a failed transfer or verification try again; returns
         (fixity record, attempts). A failed multipart upload is aborted by s3transfer
-        (and any stale one for this key is aborted first), so nothing partial shows."""
+        (and any stale one for this key is aborted first), so nothing partial shows.
+        Raises :class:`_LookAgain` when the conditional PUT finds the key taken."""
         retries, backoff = self._retries()
         sha = item["sha256"]
         extra = {
@@ -445,12 +534,14 @@ class S3Destination(Destination):
             try:
                 if size >= self.config.multipart_threshold_mb * MiB:
                     self._abort_stale_uploads(key)
-                self._put_file(path, key, extra)
-                fixity = self._verify(key, sha, size, self._full(sha))
+                put = self._put_file(path, key, extra, sha, size)
+                fixity = self._verify(key, sha, size, self._full(sha), put=put)
                 if fixity["ok"]:
                     return fixity, attempt
                 self._delete_quietly(key)  # our own bad copy: never leave it looking verified
                 last = TransientError(fixity["reason"])
+            except _LookAgain:
+                raise
             except Exception as exc:  # noqa: BLE001
                 last = classify(exc)
                 if getattr(last, "reason", "") == "invalid_storage_class" and self._may_fall_back(extra):
@@ -473,26 +564,74 @@ class S3Destination(Destination):
         self._storage_class = extra["StorageClass"] = "STANDARD"
         return True
 
-    def _put_file(self, path: Any, key: str, extra: dict) -> None:
-        """One PUT below the multipart threshold (botocore rewinds the file to retry);
-        boto3's managed transfer in parts above it."""
-        if os.stat(path).st_size < self.config.multipart_threshold_mb * MiB:
-            import base64
-            import hashlib
-
-            with open(path, "rb") as fh:  # Content-MD5: the store itself refuses bytes damaged on the way
-                md5 = hashlib.md5()
-                while block := fh.read(MiB):
-                    md5.update(block)
-                fh.seek(0)
-                self.client.put_object(Bucket=self.config.bucket, Key=key, Body=fh,
-                                       ContentMD5=base64.b64encode(md5.digest()).decode(), **extra)
-            return
+    def _put_file(self, path: Any, key: str, extra: dict, sha: str, size: int) -> dict | None:
+        """One conditional PUT below the multipart threshold, returning the fixity its answer
+        proves (None when it proves nothing); boto3's managed transfer in parts above it (None)."""
+        if size < self.config.multipart_threshold_mb * MiB:
+            md5 = self._md5(sha)
+            resp = self._put(dict(Bucket=self.config.bucket, Key=key, **extra), path, sha, md5, conditional=True)
+            return self._put_fixity(resp, key, sha, size, md5, extra["StorageClass"])
         if isinstance(path, bytes):  # a non-UTF-8 local name: hand boto3 an open file
             with open(path, "rb") as fh:
                 self.client.upload_fileobj(fh, self.config.bucket, key, ExtraArgs=extra, Config=self._transfer())
         else:
             self.client.upload_file(path, self.config.bucket, key, ExtraArgs=extra, Config=self._transfer())
+        return None
+
+    def _put(self, kw: dict, body: Any, sha: str, md5: str, conditional: bool) -> dict:
+        """``put_object`` with the integrity headers (Content-MD5, and the sha256 as
+        ``x-amz-checksum-sha256``, both checked by S3 itself) and, if ``conditional``,
+        ``If-None-Match: *`` (S3 refuses to overwrite). ``body``: bytes, or a local path
+        (opened again for each try). A header the store refuses is dropped for the rest of
+        the process; raises :class:`_LookAgain` when the key is taken or the store takes no
+        condition (then the caller looks before writing)."""
+        refused = _REFUSED.setdefault(self._endpoint, set())
+        while True:
+            headers: dict[str, str] = {"ContentMD5": _b64(md5)}
+            if conditional and "IfNoneMatch" not in refused:
+                headers["IfNoneMatch"] = "*"
+            if "ChecksumSHA256" not in refused:
+                headers.update(ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(sha))
+            try:
+                if isinstance(body, (bytes, bytearray)):
+                    return self.client.put_object(Body=body, **kw, **headers)
+                with open(body, "rb") as fh:
+                    return self.client.put_object(Body=fh, **kw, **headers)
+            except Exception as exc:  # noqa: BLE001
+                if error_code(exc) in ("PreconditionFailed", "412") and "IfNoneMatch" in headers:
+                    raise _LookAgain(kw["Key"]) from None
+                header = _refused_header(exc, headers)
+                if header is None:
+                    raise
+                with self._lock:
+                    refused.add(header)
+                if header == "IfNoneMatch":
+                    raise _LookAgain(kw["Key"]) from None
+
+    def may_write_conditionally(self) -> bool:
+        """Whether this store has not refused ``If-None-Match: *`` (so far, in this process)."""
+        return "IfNoneMatch" not in _REFUSED.get(self._endpoint, ())
+
+    @property
+    def _endpoint(self) -> str:
+        return self.config.endpoint_url or "aws"
+
+    @staticmethod
+    def _put_fixity(resp: dict, key: str, sha: str, size: int, md5: str, storage_class: str) -> dict | None:
+        """What a PUT's answer proves. A single-part object's ETag is the MD5 the store
+        computed of the bytes it kept (unless it is encrypted with KMS or a customer key):
+        equal to the local file's, the store holds our bytes (``put_md5``); different, they
+        were damaged on the way (``content_mismatch``). Else a sha256 checksum S3 itself
+        verified and echoed (``put_sha256``). None: the answer proves nothing (HEAD instead)."""
+        etag = (resp.get("ETag") or "").strip('"')
+        rec: dict[str, Any] = {"key": key, "method": "put_md5", "ok": True, "reason": None, "size": size,
+                               "sha256": sha, "etag": etag, "storage_class": storage_class}
+        encrypted = resp.get("SSECustomerAlgorithm") or resp.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse")
+        if not encrypted and len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):
+            return rec if etag == md5 else dict(rec, ok=False, reason="content_mismatch")
+        if resp.get("ChecksumSHA256") == _b64(sha):
+            return dict(rec, method="put_sha256")
+        return None
 
     def _abort_stale_uploads(self, key: str) -> None:
         """Abort multipart uploads for ``key`` that a killed run left open (invisible, but billed)."""
@@ -510,31 +649,38 @@ class S3Destination(Destination):
         except Exception:  # noqa: BLE001
             pass
 
-    def _verify(self, key: str, sha: str, size: int, full: bool, head: dict | None = None) -> dict:
-        """Fixity of one stored object: HEAD (size and sha256 metadata), and with ``full``
-        a re-download hashed as it streams. Archived classes (GLACIER, DEEP_ARCHIVE) cannot
-        be read back without a restore: HEAD only, said so in the record."""
-        head = head or self._head(key) or {}
-        storage_class = head.get("StorageClass") or "STANDARD"
-        rec: dict[str, Any] = {"key": key, "method": "head", "ok": True, "reason": None,
-                               "size": head.get("ContentLength"), "sha256": (head.get("Metadata") or {}).get("sha256"),
-                               "etag": (head.get("ETag") or "").strip('"'), "storage_class": storage_class}
-        if not head:
-            return dict(rec, ok=False, reason="missing_after_upload")
-        if rec["size"] != size:
-            return dict(rec, ok=False, reason="size_mismatch")
-        if head.get("matched_by"):  # another tool's object holding our bytes (no sha256 metadata)
-            rec.update(method=head["matched_by"], sha256=sha)
-            if head["matched_by"] == "download":
+    def _verify(self, key: str, sha: str, size: int, full: bool, head: dict | None = None,
+                put: dict | None = None) -> dict:
+        """Fixity of one stored object: what the PUT's answer proved (``put``), else HEAD
+        (size and sha256 metadata); with ``full`` also a re-download hashed as it streams.
+        Archived classes (GLACIER, DEEP_ARCHIVE) cannot be read back without a restore:
+        HEAD only, said so in the record."""
+        if put is not None and not (full and put["storage_class"] in ARCHIVED):
+            rec = put
+            if not rec["ok"] or not full:
                 return rec
-        elif rec["sha256"] != sha:
-            return dict(rec, ok=False, reason="sha256_mismatch")
+        else:
+            head = head or self._head(key) or {}
+            storage_class = head.get("StorageClass") or "STANDARD"
+            rec = {"key": key, "method": "head", "ok": True, "reason": None, "size": head.get("ContentLength"),
+                   "sha256": (head.get("Metadata") or {}).get("sha256"), "etag": (head.get("ETag") or "").strip('"'),
+                   "storage_class": storage_class}
+            if not head:
+                return dict(rec, ok=False, reason="missing_after_upload")
+            if rec["size"] != size:
+                return dict(rec, ok=False, reason="size_mismatch")
+            if head.get("matched_by"):  # another tool's object holding our bytes (no sha256 metadata)
+                rec.update(method=head["matched_by"], sha256=sha)
+                if head["matched_by"] == "download":
+                    return rec
+            elif rec["sha256"] != sha:
+                return dict(rec, ok=False, reason="sha256_mismatch")
         if full:
-            if storage_class in ARCHIVED:
+            if rec["storage_class"] in ARCHIVED:
                 return dict(rec, note="archived class: not readable without a restore")
             resp = self.client.get_object(Bucket=self.config.bucket, Key=key)
             got, n = sha256_stream(resp["Body"].iter_chunks(MiB))
-            rec.update(method="full", downloaded_sha256=got, downloaded_bytes=n)
+            rec = dict(rec, method="full", downloaded_sha256=got, downloaded_bytes=n)
             if n != size or got != sha:
                 return dict(rec, ok=False, reason="content_mismatch")
         return rec
@@ -558,35 +704,44 @@ class S3Destination(Destination):
         return RAW_TYPES.get(ext) or mimetypes.guess_type(name)[0] or "application/octet-stream"
 
     # -- thumbnail and sidecar ---------------------------------------------------------------
-    def _derivatives(self, path: Any, item: dict, keys: dict) -> dict[str, Any]:
-        """Store the thumbnail and sidecar if missing (a rerun fills in what a crash left out)."""
+    def _derivatives(self, path: Any, item: dict, keys: dict, fresh: bool = False) -> dict[str, Any]:
+        """Store the thumbnail and sidecar if missing (a rerun fills in what a crash left out).
+        ``fresh``: the original was not there before (its derivatives are taken to be missing
+        too, and go up with a conditional PUT without looking first)."""
         out: dict[str, Any] = {"thumbnail": None, "sidecar": None}
         try:
             if keys["thumbnail"]:
-                out["thumbnail"] = self._thumbnail(path, item, keys["thumbnail"])
+                out["thumbnail"] = self._thumbnail(path, item, keys["thumbnail"], fresh)
             if keys["sidecar"]:
-                out["sidecar"] = self._sidecar(item, keys)
+                out["sidecar"] = self._sidecar(item, keys, fresh)
         except Exception as exc:  # noqa: BLE001
             err = classify(exc)
             out["error"] = f"derivative_{getattr(err, 'reason', 'failed')}"
         return out
 
-    def _thumbnail(self, path: Any, item: dict, key: str) -> dict[str, Any]:
+    def _thumbnail(self, path: Any, item: dict, key: str, fresh: bool = False) -> dict[str, Any]:
+        from hashlib import sha256
+
         from tasks.thumbnails import ThumbnailError, make_thumbnail
 
-        head = self._head(key)
-        meta = (head or {}).get("Metadata") or {}
-        if head and meta.get("original-sha256") == item["sha256"] and meta.get("size") == str(self.config.thumbnail_size):
-            return {"key": key, "result": "already_present", "bytes": head.get("ContentLength")}
+        def current(head: dict) -> bool:
+            meta = head.get("Metadata") or {}
+            return meta.get("original-sha256") == item["sha256"] and meta.get("size") == str(self.config.thumbnail_size)
+
+        direct = self._known_absent(key, fresh)
+        if not direct:
+            head = self._head(key)
+            if head and current(head):
+                return {"key": key, "result": "already_present", "bytes": head.get("ContentLength")}
         try:
             thumb = make_thumbnail(os.fsdecode(path), self.config.thumbnail_size)
         except ThumbnailError as exc:
             return {"key": None, "result": "none", "reason": exc.reason}
-        from hashlib import sha256
-
-        self._put_bytes(key, thumb.data, "image/jpeg", {
+        stored = self._put_unless_current(key, direct, current, thumb.data, "image/jpeg", {
             "original-sha256": item["sha256"], "sha256": sha256(thumb.data).hexdigest(),
             "size": str(self.config.thumbnail_size), "method": thumb.method})
+        if stored is not None:
+            return {"key": key, "result": "already_present", "bytes": stored.get("ContentLength")}
         return {"key": key, "result": "uploaded", "bytes": len(thumb.data), "width": thumb.width,
                 "height": thumb.height, "method": thumb.method}
 
@@ -605,22 +760,110 @@ class S3Destination(Destination):
             "source": {k: redact(v) for k, v in keep.items()},
         }
 
-    def _sidecar(self, item: dict, keys: dict) -> dict[str, Any]:
+    def _sidecar(self, item: dict, keys: dict, fresh: bool = False) -> dict[str, Any]:
         from hashlib import sha256
 
         body = json.dumps(self.sidecar_document(item, keys), sort_keys=True, indent=1, default=str).encode()
         digest = sha256(body).hexdigest()
-        head = self._head(keys["sidecar"])
-        if head and (head.get("Metadata") or {}).get("sha256") == digest:
-            return {"key": keys["sidecar"], "result": "already_present"}
-        self._put_bytes(keys["sidecar"], body, "application/json", {"sha256": digest, "original-sha256": item["sha256"]})
-        return {"key": keys["sidecar"], "result": "uploaded" if head is None else "updated"}
+        key = keys["sidecar"]
 
-    def _put_bytes(self, key: str, data: bytes, content_type: str, meta: dict[str, str]) -> None:
+        def current(head: dict) -> bool:
+            return (head.get("Metadata") or {}).get("sha256") == digest
+
+        direct = self._known_absent(key, fresh)
+        head = None if direct else self._head(key)
+        if head and current(head):
+            return {"key": key, "result": "already_present"}
+        stored = self._put_unless_current(key, direct, current, body, "application/json",
+                                          {"sha256": digest, "original-sha256": item["sha256"]})
+        if stored is not None:
+            return {"key": key, "result": "already_present"}
+        return {"key": key, "result": "uploaded" if head is None else "updated"}
+
+    def _known_absent(self, key: str, fresh: bool) -> bool:
+        """Whether ``key`` may go up with a conditional PUT without a look first: the listing
+        lacks it, or (with no listing) the original it belongs with was not there either."""
+        listed = self._listed(key)
+        return self.may_write_conditionally() and (listed is False or (listed is None and fresh))
+
+    def _put_unless_current(self, key: str, direct: bool, current: Any, data: bytes, content_type: str,
+                            meta: dict[str, str]) -> dict | None:
+        """Store a thumbnail or sidecar: with ``direct`` by a conditional PUT, and should the
+        key be taken, keep what is there if ``current(head)`` says it is up to date (returns
+        that HEAD); otherwise (or without ``direct``) by a plain PUT, replacing a stale one."""
+        if direct:
+            try:
+                self._put_bytes(key, data, content_type, meta, conditional=True)
+                return None
+            except _LookAgain:
+                head = self._head(key)
+                if head and current(head):
+                    return head
+        self._put_bytes(key, data, content_type, meta)
+        return None
+
+    def _put_bytes(self, key: str, data: bytes, content_type: str, meta: dict[str, str],
+                   conditional: bool = False) -> None:
         """A small object in STANDARD, with botocore's retries (a PUT is atomic)."""
-        import base64
         import hashlib
 
-        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
-        self.client.put_object(Bucket=self.config.bucket, Key=key, Body=data, ContentType=content_type,
-                               Metadata=meta, StorageClass="STANDARD", ContentMD5=md5)
+        self._put(dict(Bucket=self.config.bucket, Key=key, ContentType=content_type, Metadata=meta,
+                       StorageClass="STANDARD"), data, hashlib.sha256(data).hexdigest(),
+                  hashlib.md5(data).hexdigest(), conditional=conditional)
+
+
+#: where :meth:`S3Destination.take_listing` leaves a run's listing, in its work folder
+LISTING_FILE = "s3-destination-listing.json"
+_SAVED: dict[str, tuple[float, dict | None]] = {}
+
+
+def _saved_listing(path: Path, bucket: str) -> dict[str, dict] | None:
+    """The listing :meth:`S3Destination.take_listing` saved at ``path`` for ``bucket``
+    (read once per process and file version), or None."""
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        return None
+    key = str(path)
+    cached = _SAVED.get(key)
+    if cached is None or cached[0] != mtime:
+        data = json.loads(path.read_text())
+        cached = (mtime, data)
+        _SAVED[key] = cached
+    data = cached[1]
+    return data["objects"] if data and data.get("bucket") == bucket else None
+
+
+class _LookAgain(Exception):
+    """A conditional PUT found its key taken (412), or the store takes no condition: the
+    caller decides again by looking (HEAD) before writing."""
+
+
+#: headers each endpoint refused in this process ("IfNoneMatch", "ChecksumSHA256"): sent no more
+_REFUSED: dict[str, set[str]] = {}
+
+
+def _b64(hex_digest: str) -> str:
+    """A hex digest as the base64 S3's Content-MD5 and x-amz-checksum-* headers carry."""
+    import base64
+
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+
+
+def _refused_header(exc: BaseException, sent: dict) -> str | None:
+    """Which of the optional headers ``sent`` the store's error refuses (None: another error).
+    Stores that predate them answer 501 NotImplemented (S3 names the header in the error)
+    or 400 InvalidArgument/InvalidRequest; a NotImplemented naming none is taken to be
+    about the checksum first."""
+    code = error_code(exc)
+    if code not in ("NotImplemented", "501", "InvalidArgument", "InvalidRequest", "400", "BadRequest"):
+        return None
+    error = (getattr(exc, "response", None) or {}).get("Error") or {}
+    text = " ".join(str(error.get(k) or "") for k in ("Header", "ArgumentName", "Message")).lower()
+    if "ChecksumSHA256" in sent and "checksum" in text:
+        return "ChecksumSHA256"
+    if "IfNoneMatch" in sent and ("if-none-match" in text or "condition" in text):
+        return "IfNoneMatch"
+    if code in ("NotImplemented", "501"):
+        return next((h for h in ("ChecksumSHA256", "IfNoneMatch") if h in sent), None)
+    return None

@@ -15,8 +15,9 @@ them) and fetched politely; a number the host does not have (404) ends as
 ``stop_after_missing: N`` needs what the fetches found, so the source keeps a
 :class:`MissingRun` per run (shared by the listing and the fetch batches of one
 process): the listing stops making new pages once N consecutive numbers are known
-to be missing, and a fetch batch works through its numbers in order, a few at a
-time, skipping (reason ``stopped_after_missing``) the numbers past such a run.
+to be missing, and a fetch batch works through its numbers in order, ``concurrency``
+in flight all the time (the next number starts as soon as any request ends),
+skipping (reason ``stopped_after_missing``) the numbers past such a run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import re
 import string
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -132,28 +134,25 @@ class NumberedSource(Source):
 
     def fetch(self, items: list[dict]) -> list[dict]:
         """Download a batch; a 404 is ``skipped``/``not_found``. With ``stop_after_missing``
-        the batch goes in number order, ``concurrency`` at a time, so a run of misses
-        stops it as soon as it is seen."""
+        the batch goes in number order, ``concurrency`` at a time (a sliding window, not
+        rounds that wait for their slowest), so a run of misses stops it as soon as it is seen."""
         dest = self.workdir / "numbered"
         if self.config.stop_after_missing is None:
             return [self._missing(o) for o in self.downloader.fetch_items(items, dest, missing="skipped")]
+
+        def one(it: dict) -> dict:
+            if self.misses.ended_before(it["n"]):
+                return outcome(it["item_id"], "fetch", "skipped", "stopped_after_missing",
+                               detail={"url": it["url"], "after": self.misses.end})
+            (out,) = self.downloader.fetch_items([it], dest, missing="skipped")
+            out = self._missing(out)
+            self.misses.saw(it["n"], present=out["reason"] != "not_found")
+            return out
+
         ordered = sorted(items, key=lambda i: i.get("n", 0))
-        step = max(1, self.downloader.concurrency)
-        results: dict[str, dict] = {}
-        for k in range(0, len(ordered), step):
-            chunk = ordered[k:k + step]
-            todo = []
-            for it in chunk:
-                if self.misses.ended_before(it["n"]):
-                    results[it["item_id"]] = outcome(
-                        it["item_id"], "fetch", "skipped", "stopped_after_missing",
-                        detail={"url": it["url"], "after": self.misses.end})
-                else:
-                    todo.append(it)
-            for it, out in zip(todo, self.downloader.fetch_items(todo, dest, missing="skipped")):
-                out = self._missing(out)
-                self.misses.saw(it["n"], present=out["reason"] != "not_found")
-                results[it["item_id"]] = out
+        workers = max(1, min(self.downloader.concurrency, len(ordered)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="numbered") as pool:
+            results = {it["item_id"]: out for it, out in zip(ordered, pool.map(one, ordered))}
         return [results[i["item_id"]] for i in items]
 
     def _missing(self, out: dict) -> dict:

@@ -178,6 +178,7 @@ class EscapeRun:
         Path(self.workdir).mkdir(parents=True, exist_ok=True)
         destination = make_destination(spec.destination, workdir=Path(self.workdir), options=self.opts)
         source = make_source(spec.source, workdir=Path(self.workdir), options=self.opts)
+        self.destination = destination
         try:
             source.protect(destination.protected_prefixes())
             self.steps = _steps(source.pipeline)
@@ -220,7 +221,8 @@ class EscapeRun:
                 shutil.rmtree(old, ignore_errors=True)
 
     def _look_at_destination(self) -> None:
-        """Compare what the ledger says was delivered with ONE listing of the destination.
+        """Survey the destination (:meth:`Destination.survey`) and compare what the ledger
+        says was delivered with ONE listing of it.
 
         A photo the ledger calls delivered but which is not there any more is delivered
         again, to the same place, after a ``fixity`` event ``missing_at_destination``; one
@@ -230,11 +232,10 @@ class EscapeRun:
         before anything is delivered twice."""
         self.missing: dict[str, str] = {}  # item_id -> the target it was delivered to
         self.changed: set[str] = set()
-        if not self.record.has_history:
-            return
-        delivered = self.record.ledger.delivered(self.spec.name, settings=self.record.settings)
-        if not delivered:
-            return
+        delivered = self.record.ledger.delivered(self.spec.name, settings=self.record.settings) \
+            if self.record.has_history else []
+        if not delivered and not self.destination.surveys:
+            return  # nothing delivered yet, and nothing a look now would spare later
         looked = look_at_destination(self.spec.destination, self._batch_arg(delivered), self.workdir, self.opts)
         if looked["unreadable"]:
             raise DestinationUnreadable(looked["unreadable"])

@@ -123,6 +123,14 @@ class Destination:
         """Places the source must never list (our own output): avoids recursion."""
         return []
 
+    #: whether :meth:`survey` does anything (the flow runs it in a task of its own only then)
+    surveys: ClassVar[bool] = False
+
+    def survey(self) -> None:
+        """Look at the destination once, at the start of a run, where that spares a request
+        per photo later (S3: one listing of the bucket's prefixes, left in the run's work
+        folder for every batch's deliveries and for :meth:`inventory`). Nothing by default."""
+
     def inventory(self, targets: list[str]) -> dict[str, tuple[int, str | None]] | None:
         """What of ``targets`` is at the destination now: ``{target: (size in bytes, version)}``,
         the version being what the destination changes on every write (a file's

@@ -175,17 +175,20 @@ def _folder(item: dict) -> str:
 @task(task_run_name="look-at-destination", cache_policy=None, persist_result=False)
 def look_at_destination(destination_config: KindConfig, items: list[dict], workdir: str,
                         options: Any) -> dict[str, Any]:
-    """A rerun's look at what the ledger says was delivered (``Ledger.delivered`` rows):
-    one listing of the destination, a full read of the few files written to since;
-    ``{"findings": [one fixity outcome each], "unreadable": None}`` (:func:`tasks.fixity.look`).
-    A destination that cannot be listed is not retried: ``{"unreadable": its one-line
-    reason}``, for the flow to stop on."""
+    """A run's first look at its destination: its survey (:meth:`Destination.survey`, S3:
+    one listing the run's deliveries then use instead of a request per photo) and, for
+    what the ledger says was delivered (``Ledger.delivered`` rows), one listing and a
+    full read of the few files written to since: ``{"findings": [one fixity outcome
+    each], "unreadable": None}`` (:func:`tasks.fixity.look`). A destination that cannot be
+    listed is not retried: ``{"unreadable": its one-line reason}``, for the flow to stop on."""
     from tasks import fixity
 
     destination = make_destination(destination_config, workdir=Path(workdir), options=options)
+    items = _unquoted(items)
     try:
         with scrubbed_exceptions():
-            return {"findings": fixity.look(destination, _unquoted(items), workers=options.concurrency),
+            destination.survey()
+            return {"findings": fixity.look(destination, items, workers=options.concurrency) if items else [],
                     "unreadable": None}
     except DestinationUnreadable as exc:
         return {"findings": [], "unreadable": str(exc)}

@@ -214,6 +214,19 @@ class S3Destination(Destination):
         key it shows with our bytes (size and MD5 ETag) is ``already_present``."""
         self._listing = listing
 
+    surveys = True
+
+    def survey(self) -> None:
+        """The run's one listing of the bucket (:meth:`take_listing`), used from now on by
+        this destination and by every one made with the same work folder. It only spares
+        requests: a bucket that cannot be listed now (not created yet, access denied) leaves
+        no listing, and deliveries and :meth:`inventory` ask the bucket themselves."""
+        try:
+            self.take_listing()
+        except Exception:  # noqa: BLE001 - see above; inventory says why, where it matters
+            return
+        self._listing, self._looked_for_listing = None, False
+
     def take_listing(self) -> Path:
         """List the bucket once into the work folder (:data:`LISTING_FILE`), where every
         destination made with the same work folder (one per batch, in any process of the
@@ -345,6 +358,9 @@ class S3Destination(Destination):
                 keys.setdefault(key, []).append(target)
         if not keys:
             return {}
+        if self._listed(next(iter(keys))) is not None:  # the run's survey covers every original's key
+            return {t: (e["size"], e["etag"]) for key, ts in keys.items() if (e := self._listing.get(key))
+                    for t in ts}
         common = os.path.commonprefix(list(keys))
         common = common[: common.rfind("/") + 1]
         folders = {common + k[len(common):].split("/", 1)[0] + "/" for k in keys}

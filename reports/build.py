@@ -148,7 +148,8 @@ def gather(con, scope: q.Scope) -> dict:
     }
     return {
         "scope": scope, "summary": summary, "spec": spec, "run_summary": run_summary,
-        "asked": describe_spec(spec, scope.job), "runs": [_run_row(r) for r in scope.runs],
+        "asked": describe_spec(spec, scope.job, run_summary if run.get("flow") == "verify" and scope.run_id else None),
+        "runs": [_run_row(r) for r in scope.runs],
         "stages": stage_names, "stage_rows": stage_rows, "reasons": q.reasons(con),
         "final_reasons": q.final_reasons(con), "attention": attention,
         "attention_total": attention_total, "activity": activity,
@@ -256,11 +257,13 @@ def _run_row(run: dict) -> dict:
                                     "dry_run", "only_failed", "tool_version")}
 
 
-def describe_spec(spec: dict, job: str) -> dict:
+def describe_spec(spec: dict, job: str, verify: dict | None = None) -> dict:
     """What was asked: job name, source and destination as 'kind: field=value...' lines.
 
     Plain settings and addresses only (nested blocks contribute their ``url``/``path``);
     secrets appear only as their references (env:NAME / block:NAME), listed once.
+    ``verify``: the summary of a ``verify`` run, which checked the job's destination
+    instead of copying to it (``check`` says how).
     """
     def side(cfg: Any) -> str:
         if not isinstance(cfg, dict):
@@ -289,8 +292,14 @@ def describe_spec(spec: dict, job: str) -> dict:
                 + " (matched against the library catalogue"
                 + (f", masters from {masters.get('listing') or masters.get('store')}" if masters else "") + ")",
                 "destination": "the same Flickr account: each photo replaced by its larger master, date taken kept"}
-    return {"name": spec.get("name") or job, "source": side(spec.get("source")),
-            "destination": side(spec.get("destination"))}
+    asked = {"name": spec.get("name") or job, "source": side(spec.get("source")),
+             "destination": side(spec.get("destination"))}
+    if verify is not None:
+        sample = verify.get("sample_percent")
+        asked["check"] = ("the size of every photo and a full read of a random "
+                          f"{float(sample):g}%" if sample is not None else "a full read of every photo") \
+            + ("; deliver again from the source what is missing or changed" if verify.get("repair") else "")
+    return asked
 
 
 def _is_ref(value: Any) -> bool:

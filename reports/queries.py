@@ -340,7 +340,8 @@ def _table_filter(scope: Scope, alias: str) -> tuple[str, list]:
 
 
 def prepare_stories(con, scope: Scope) -> None:
-    """Materialise the scope's capture times (latest per item) and matches (latest per query).
+    """Materialise the scope's capture times (latest per item), matches (latest per query)
+    and checks of the archive (:func:`prepare_fixity`).
 
     For a run, as the run left them: records up to the run's end, so the photos
     an earlier run finished (carried) keep the capture times and matches it recorded.
@@ -361,11 +362,113 @@ def prepare_stories(con, scope: Scope) -> None:
         f"""CREATE OR REPLACE TEMP TABLE _rep_matches AS
             SELECT x.* FROM matches x WHERE x.job = ? {cutoff}
             QUALIFY dense_rank() OVER (PARTITION BY x.query ORDER BY x."at" DESC) = 1""", params)
+    prepare_fixity(con, scope)
 
 
 def release_stories(con) -> None:
     con.execute("DROP TABLE IF EXISTS _rep_ct")
     con.execute("DROP TABLE IF EXISTS _rep_matches")
+    con.execute("DROP TABLE IF EXISTS _rep_fixity")
+
+
+#: a ``fixity`` event that checked the archive (a rerun's look, a ``verify``), not an upload's own check
+ARCHIVE_CHECK = "json_extract_string({a}.detail, '$.expected_sha256') IS NOT NULL"
+
+
+def prepare_fixity(con, scope: Scope) -> None:
+    """Materialise ``_rep_fixity``: each photo's latest check of the archive in the scope
+    (a ``verify`` run's, or a rerun's look at the destination), with what it found
+    (``verdict``: ok, missing, changed, unreadable; the detail's sizes and hashes) and
+    what was done about it next in the scope (``then_*``: the photo's first ``deliver``
+    or ``repair`` event after the check: delivered again, or left alone and why).
+
+    Upload checks (the S3 destination's ``fixity`` of each object it stores) carry no
+    ``expected_sha256`` and are not in it."""
+    cond, params = scope.events_filter("e")
+    then_cond, then_params = scope.events_filter("x")
+    field = "json_extract_string(f.detail, '$.{}')".format
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _rep_fixity AS
+            WITH f AS (
+                SELECT e.seq, e.run_id, e.item_id, e.outcome, e.reason, e.detail
+                FROM events e SEMI JOIN _rep_items i USING (item_id)
+                WHERE {cond} AND e.stage = 'fixity' AND {ARCHIVE_CHECK.format(a='e')}
+                QUALIFY row_number() OVER (PARTITION BY e.item_id ORDER BY e.seq DESC) = 1),
+            nxt AS (
+                SELECT f.item_id, min(x.seq) AS seq FROM f JOIN events x ON x.item_id = f.item_id AND x.seq > f.seq
+                WHERE {then_cond} AND x.stage IN ('deliver', 'repair') GROUP BY f.item_id)
+            SELECT f.item_id, coalesce(i.name, f.item_id) AS name, i.source_ref, f.seq, f.run_id, r.flow,
+                   f.outcome, f.reason,
+                   CASE WHEN f.outcome = 'ok' THEN 'ok'
+                        WHEN f.reason IN ('missing', 'missing_at_destination') THEN 'missing'
+                        ELSE f.reason END AS verdict,
+                   {field('method')} AS method, {field('target')} AS target,
+                   {field('expected_sha256')} AS expected_sha256,
+                   TRY_CAST({field('expected_bytes')} AS BIGINT) AS expected_bytes,
+                   {field('found_sha256')} AS found_sha256,
+                   TRY_CAST({field('found_bytes')} AS BIGINT) AS found_bytes,
+                   {field('changed_by')} AS changed_by, {field('found_by')} AS found_by,
+                   {field('message')} AS message,
+                   x.stage AS then_stage, x.outcome AS then_outcome, x.reason AS then_reason,
+                   x.detail AS then_detail
+            FROM f LEFT JOIN nxt USING (item_id) LEFT JOIN events x ON x.seq = nxt.seq
+            LEFT JOIN _rep_items i USING (item_id) LEFT JOIN runs r ON r.run_id = f.run_id""",
+        params + then_params)
+
+
+def fixity_counts(con) -> dict[str, Any]:
+    """What the scope's checks of the archive found and did, from ``_rep_fixity``:
+    ``checked``, ``ok``, ``missing``, ``changed``, ``unreadable`` (photos, by their latest
+    check), ``by_method`` and ``changed_by`` ({name: photos}), and of the problems:
+    ``delivered_again`` (``changed_copies_kept`` of them after setting the changed copy
+    aside), ``delivery_failed`` and ``left_alone`` ({reason: photos})."""
+    r = rows(con, """SELECT count(*) AS checked,
+                  count(*) FILTER (WHERE verdict = 'ok') AS ok,
+                  count(*) FILTER (WHERE verdict = 'missing') AS missing,
+                  count(*) FILTER (WHERE verdict = 'changed') AS changed,
+                  count(*) FILTER (WHERE verdict = 'unreadable') AS unreadable,
+                  count(*) FILTER (WHERE verdict <> 'ok' AND then_stage = 'deliver' AND then_outcome = 'ok')
+                      AS delivered_again,
+                  count(*) FILTER (WHERE verdict <> 'ok' AND then_stage = 'deliver' AND then_outcome <> 'ok')
+                      AS delivery_failed,
+                  count(*) FILTER (WHERE verdict <> 'ok' AND then_stage = 'deliver' AND then_outcome = 'ok'
+                                   AND json_extract_string(then_detail, '$.repair.changed_copy') IS NOT NULL)
+                      AS changed_copies_kept
+           FROM _rep_fixity""")[0]
+    out: dict[str, Any] = {k: int(v or 0) for k, v in r.items()}
+
+    def by(column: str, where: str = "true") -> dict[str, int]:
+        return {str(k): int(n) for k, n in con.execute(
+            f"SELECT {column}, count(*) FROM _rep_fixity WHERE {where} AND {column} IS NOT NULL "
+            "GROUP BY ALL ORDER BY count(*) DESC, 1").fetchall()}
+
+    out["by_method"] = by("method")
+    out["changed_by"] = by("changed_by", "verdict = 'changed'")
+    out["left_alone"] = by("then_reason", "verdict <> 'ok' AND then_stage = 'repair'")
+    return out
+
+
+def fixity_problems(con, limit: int) -> list[dict]:
+    """The photos whose latest check found them missing, changed or unreadable, with
+    what was done about them (``then_detail`` as a value), by kind of problem and name."""
+    found = rows(con, f"""SELECT * EXCLUDE (seq) FROM _rep_fixity WHERE verdict <> 'ok'
+                          ORDER BY list_position(['missing', 'changed', 'unreadable'], verdict) NULLS LAST,
+                                   name, item_id LIMIT {int(limit)}""")
+    for r in found:
+        r["then_detail"] = _loads(r["then_detail"])
+    return found
+
+
+def upload_checks(con, scope: Scope) -> dict[tuple[str, str], int]:
+    """``{(outcome, reason): objects}`` of the upload checks in the scope (the S3
+    destination's ``fixity`` of each object it stored, not the archive's checks), the
+    latest per photo."""
+    cond, params = scope.events_filter("e")
+    return {(r[0], r[1] or ""): int(r[2]) for r in con.execute(
+        f"""WITH u AS (SELECT e.outcome, e.reason FROM events e SEMI JOIN _rep_items i USING (item_id)
+                       WHERE {cond} AND e.stage = 'fixity' AND NOT ({ARCHIVE_CHECK.format(a='e')})
+                       QUALIFY row_number() OVER (PARTITION BY e.item_id ORDER BY e.seq DESC) = 1)
+            SELECT outcome, reason, count(*) FROM u GROUP BY ALL ORDER BY count(*) DESC, 2""", params).fetchall()}
 
 
 def count(con, table: str) -> int:

@@ -6,7 +6,7 @@ stages and reason codes in the events, and the side tables (``capture_times``,
 ``matches``). Each builder returns a section dict the HTML template lays out:
 
     {"id", "title", "facts": [{"label", "value", "shown", "key"?, "note"?}],
-     "charts": [{"src", "alt", "caption"}], "table": {"head", "rows", "more"} | None,
+     "charts": [{"src", "alt", "caption"}], "table": {"head", "rows", "more", "md"?} | None,
      "gallery": {"head", "rows": [{"label", "link", "verdict", "thumbs"}], "more"} | None}
 
 and may add one-line facts to the ten-second summary.
@@ -46,6 +46,18 @@ PLAN_WORDS = {  # what a dry run says the destination would do with a photo
     "no_capture_time": "would skip: no capture time",
 }
 SIMILARITY_METHODS = ("ssim", "similarity", "correlation", "score")
+FIXITY_LIMIT = 1000    # problem photos listed in the fixity section (outcomes.csv has every photo)
+REPAIR_HINT = "run photo-escape verify --repair"
+METHOD_WORDS = {  # how a fixity check judged a photo (the detail's method)
+    "full_read": "read back whole, sha256 compared",
+    "size": "size from the listing",
+    "stored_sha256": "the sha256 stored with the object (archived: not readable without a restore)",
+}
+LEFT_ALONE_WORDS = {  # why a repair left a photo alone (the repair event's reason)
+    "source_changed": "the source no longer holds the content the ledger recorded",
+    "source_unavailable": "the source could not be read",
+    "set_aside_failed": "the changed copy could not be set aside",
+}
 
 
 def sections(con, facts: dict) -> tuple[list[dict], list[str]]:
@@ -55,7 +67,7 @@ def sections(con, facts: dict) -> tuple[list[dict], list[str]]:
     try:
         ctx = _context(con, facts)
         out, lines = [], []
-        for build in (gallery, find_my_photo, hires, matching, s3, capture_times):
+        for build in (fixity, gallery, find_my_photo, hires, matching, s3, capture_times):
             section = build(con, facts, ctx)
             if section:
                 lines.extend(section.pop("lines", []))
@@ -79,6 +91,7 @@ def _context(con, facts: dict) -> dict:
         "captures": q.count(con, "_rep_ct"),
         "matches": q.count(con, "_rep_matches"),
         "methods": q.match_methods(con) if q.count(con, "_rep_matches") else [],
+        "fixity": q.count(con, "_rep_fixity"),
     }
 
 
@@ -98,6 +111,210 @@ def _section(id_: str, title: str, **kw: Any) -> dict:
 def _by_reason(ctx: dict, reason: str, stage: str | None = None, outcome: str | None = None) -> int:
     return sum(n for (s, o, r), n in ctx["reasons"].items()
                if r == reason and (stage is None or s == stage) and (outcome is None or o == outcome))
+
+
+# -- fixity: the archive as it is -------------------------------------------------------------
+def fixity(con, facts: dict, ctx: dict) -> dict | None:
+    """What the checks of the archive (a ``verify`` run, a rerun's look at the destination)
+    checked, how, and what is wrong: counts, every problem photo with what was found and
+    done, and each changed photo as it is at the destination beside its original."""
+    if not ctx["fixity"]:
+        return None
+    c = q.fixity_counts(con)
+    summ = facts["run_summary"] or {}
+    scope = facts["scope"]
+    mode = ("verify" if ctx["flow"] == "verify" else "rerun") if scope.run_id else "job"
+    if mode == "rerun":
+        items, lines = _rerun_facts(c)
+    else:
+        items, lines = _check_facts(c, summ, mode)
+    problems = q.fixity_problems(con, FIXITY_LIMIT)
+    more = max(0, c["checked"] - c["ok"] - len(problems))
+    table = {"head": ["photo", "at the destination", "found", "expected (size · sha256)",
+                      "found there (size · sha256)", "what was done"],
+             "rows": [[r["name"], r["target"] or "", _fixity_found(r), _size_sha(r["expected_bytes"], r["expected_sha256"]),
+                       "—" if r["verdict"] == "missing" else _size_sha(r["found_bytes"], r["found_sha256"]),
+                       _fixity_done(r)] for r in problems],
+             "more": more, "md": True} if problems else None
+    title = {"verify": "Fixity: the archive checked", "rerun": "Fixity: the destination as this rerun found it",
+             "job": "Fixity: the archive as last checked"}[mode]
+    return _section("fixity", title, facts=items, lines=lines, table=table,
+                    gallery=_changed_gallery(con, facts, [r for r in problems if r["verdict"] == "changed"]))
+
+
+def _rerun_facts(c: dict) -> tuple[list[dict], list[str]]:
+    """A rerun's look: what was missing (delivered again) and changed (left alone)."""
+    again = c["delivered_again"]
+    failed = f"; ⚠ {c['delivery_failed']:,} could not be delivered again" if c["delivery_failed"] else ""
+    items = [_fact("how", "one listing",
+                   note="of the destination: the presence and size of every photo the ledger says was delivered "
+                        "there; a full read of those written to since their delivery"),
+             _fact("missing at the destination", c["missing"], key="fixity-missing",
+                   note=f"{again:,} delivered again{failed}" if c["missing"] else None),
+             _fact("delivered again", again, key="fixity-delivered_again"),
+             _fact("changed at the destination", c["changed"], key="fixity-changed",
+                   note=f"left alone, never overwritten: {REPAIR_HINT}" if c["changed"] else None)]
+    if c["unreadable"]:
+        items.append(_fact("unreadable at the destination", c["unreadable"], key="fixity-unreadable",
+                           note="left alone"))
+    parts = []
+    if c["missing"]:
+        parts.append(f"{c['missing']:,} photos missing at the destination, {again:,} delivered again")
+    if c["changed"] + c["unreadable"]:
+        parts.append(f"⚠ {c['changed'] + c['unreadable']:,} changed there, left alone ({REPAIR_HINT})")
+    return items, ["Fixity: " + "; ".join(parts) + "."] if parts else []
+
+
+def _check_facts(c: dict, summ: dict, mode: str) -> tuple[list[dict], list[str]]:
+    """A verify run (or, for a job, each photo's latest check): counts, method, repairs."""
+    checked = c["checked"]
+    how, how_note = _fixity_method(c, summ if mode == "verify" else {})
+    by = ", ".join(f"{n:,} by {k}" for k, n in c["changed_by"].items())
+    items = [_fact("photos checked", checked, key="fixity-checked",
+                   note="every photo the ledger says was delivered there" if mode == "verify"
+                   else "each photo by its latest check"),
+             _fact("how", how, key="fixity-method", note=how_note),
+             _fact("ok", c["ok"], key="fixity-ok", note=_share(c["ok"], checked)),
+             _fact("missing", c["missing"], key="fixity-missing", note=_share(c["missing"], checked)),
+             _fact("changed", c["changed"], key="fixity-changed",
+                   note="; ".join(x for x in (_share(c["changed"], checked), by) if x)),
+             _fact("unreadable", c["unreadable"], key="fixity-unreadable")]
+    bad = checked - c["ok"]
+    left = sum(c["left_alone"].values())
+    repair_asked = bool(summ.get("repair")) if mode == "verify" else bool(c["delivered_again"] or left)
+    if repair_asked:
+        kept = (f"; {c['changed_copies_kept']:,} changed copies kept beside them as NAME~changed-YYYYMMDD"
+                if c["changed_copies_kept"] else "")
+        items.append(_fact("delivered again (repaired)", c["delivered_again"], key="fixity-repaired",
+                           note=f"from the source, which still held the recorded content{kept}"
+                           if c["delivered_again"] else None))
+        items.append(_fact("left alone", left, key="fixity-left_alone", note=", ".join(
+            f"{LEFT_ALONE_WORDS.get(r, r)} ({r}) × {n:,}" for r, n in c["left_alone"].items()) or None))
+    elif bad:
+        items.append(_fact("repair", "not asked", note=f"{REPAIR_HINT} to deliver them again from the source"))
+    if c["delivery_failed"]:
+        items.append(_fact("failed to deliver again", c["delivery_failed"], key="fixity-delivery_failed"))
+    head = "Fixity" + (" (latest check of each photo)" if mode == "job" else "")
+    text = (f"{head}: {checked:,} photos checked ({how}): {c['ok']:,} ok, {c['missing']:,} missing, "
+            f"{c['changed']:,} changed" + (f", {c['unreadable']:,} unreadable" if c["unreadable"] else ""))
+    if not bad:
+        text = "✔ " + text + "."
+    elif repair_asked:
+        text = f"⚠ {text}; {c['delivered_again']:,} delivered again, {left:,} left alone."
+    else:
+        text = f"⚠ {text}; left alone ({REPAIR_HINT})."
+    return items, [text]
+
+
+def _fixity_method(c: dict, summ: dict) -> tuple[str, str]:
+    """(how the photos were checked, in a few words; how many by each method)."""
+    methods = c["by_method"]
+    sample = summ.get("sample_percent")
+    if sample is not None:
+        how = f"sizes of all, full read of a random {float(sample):g}%"
+    elif summ:
+        how = "full read of every photo"
+    else:
+        how = ", ".join(k.replace("_", " ") for k in methods) or "—"
+    counts = ", ".join(f"{METHOD_WORDS.get(k, k)} × {n:,}" for k, n in methods.items())
+    lead = ("one listing for every photo's presence and size, then a full read of those there at the size "
+            "delivered" + (" (a sample of them, and every file written to since its delivery)" if sample is not None
+                           else "") + "; by method: ") if summ else "by method: "
+    return how, lead + counts
+
+
+def _fixity_found(r: dict) -> str:
+    """What a check found wrong with a photo, in a few words."""
+    if r["verdict"] == "missing":
+        return "missing"
+    if r["verdict"] == "changed":
+        return f"changed ({'size' if r.get('changed_by') == 'size' else 'sha256'})" \
+            + (", as a verify found" if r.get("found_by") == "verify" else "")
+    return r["verdict"] + (f": {r['message']}" if r.get("message") else "")
+
+
+def _fixity_done(r: dict) -> str:
+    """What was done about a problem photo after the check: delivered again, or left alone and why."""
+    d = r["then_detail"] if isinstance(r.get("then_detail"), dict) else {}
+    if r["then_stage"] == "deliver":
+        if r["then_outcome"] != "ok":
+            return f"delivering it again failed ({r['then_reason']})"
+        kept = (d.get("repair") or {}).get("changed_copy") if isinstance(d.get("repair"), dict) else None
+        return "delivered again" + (f"; the changed copy kept at {kept}" if kept else "")
+    if r["then_stage"] == "repair":
+        return f"left alone because {LEFT_ALONE_WORDS.get(r['then_reason'], r['then_reason'])} ({r['then_reason']})"
+    if r["verdict"] == "missing" and r.get("flow") == "escape":
+        return "not delivered again (the run ended before)"
+    if r["verdict"] == "unreadable":
+        return "left alone: it could not be read"
+    return f"left alone{', never overwritten' if r['verdict'] == 'changed' else ''}: {REPAIR_HINT}"
+
+
+def _size_sha(size: Any, sha: Any) -> str:
+    return (f"{size:,} B" if size is not None else "—") + (f" · {sha[:12]}…" if sha else " · not read")
+
+
+def _changed_gallery(con, facts: dict, changed: list[dict]) -> dict | None:
+    """Each changed photo as it is at the destination now (for a repaired one, the changed
+    copy kept beside it) beside its original: the source's file while it still holds the
+    recorded content, else the thumbnail the ledger kept when it was hashed. Only files
+    on this machine are read: a report fetches nothing over a network."""
+    if not changed:
+        return None
+    shown = changed[:GALLERY_LIMIT]
+    assets = q.asset_thumbs(con, [r["expected_sha256"] for r in shown])
+    roots = _local_roots(facts)
+    rows = []
+    for r in shown:
+        original = thumbs.from_original(_local_path(r.get("source_ref")), r["expected_sha256"], r["expected_bytes"])
+        caption = "original: the source's file"
+        if original is None:
+            original = common.asset_src(assets.get(r["expected_sha256"]))
+            caption = "original, as hashed at delivery" if original else "original: not at hand"
+        d = r["then_detail"] if isinstance(r.get("then_detail"), dict) else {}
+        kept = (d.get("repair") or {}).get("changed_copy") if isinstance(d.get("repair"), dict) else None
+        where = kept if kept and r["then_stage"] == "deliver" and r["then_outcome"] == "ok" else r["target"]
+        root = roots.get(r["run_id"], roots.get(None))
+        path = _inside(root, where)
+        now = thumbs.from_file(path, partial=True) if path else None
+        now_caption = ("the changed copy kept: " if where != r["target"] else "at the destination now: ") \
+            + thumbs.short_name(where)
+        if path is None:
+            now_caption = "at the destination now: not fetched (a report reads nothing over a network)"
+        elif now is None:
+            now_caption += " (not readable as an image)"
+        rows.append({"label": r["name"], "link": thumbs.link(r.get("source_ref")), "verdict": _fixity_found(r),
+                     "thumbs": [{"src": original, "caption": caption, "link": thumbs.link(r.get("source_ref"))},
+                                {"src": now, "caption": now_caption, "link": thumbs.link(str(path)) if path else None}]})
+    return {"head": ["photo", "original", "at the destination now"], "rows": rows,
+            "more": max(0, len(changed) - len(shown))}
+
+
+def _local_roots(facts: dict) -> dict[str | None, Path]:
+    """{run_id: the folder a run's destination wrote to} for local destinations
+    (None: the report's own job spec's)."""
+    out: dict[str | None, Path] = {}
+    specs = [(r.get("run_id"), common.json_value(r.get("spec"))) for r in facts["scope"].runs]
+    for run_id, spec in specs + [(None, facts.get("spec"))]:
+        dest = (spec or {}).get("destination") if isinstance(spec, dict) else None
+        if isinstance(dest, dict) and dest.get("kind") == "local" and isinstance(dest.get("path"), str):
+            out[run_id] = Path(dest["path"]).expanduser()
+    return out
+
+
+def _inside(root: Path | None, target: str | None) -> Path | None:
+    """``root/target`` for a relative target that stays inside ``root``; None otherwise."""
+    if root is None or not target or target.startswith(("/", "s3://")) or ".." in Path(target).parts:
+        return None
+    return root / target
+
+
+def _local_path(ref: Any) -> str | None:
+    """A source reference that is a path on this machine (a local source's file)."""
+    if not isinstance(ref, str):
+        return None
+    ref = ref[len("local:"):] if ref.startswith("local:") else ref
+    return ref if ref.startswith("/") else None
 
 
 # -- gallery rescue -------------------------------------------------------------------------
@@ -289,10 +506,10 @@ def _spec_threshold(spec: dict, ctx: dict) -> float | None:
 # -- personal archive to S3 -------------------------------------------------------------------
 def s3(con, facts: dict, ctx: dict) -> dict | None:
     """Storage classes of what was delivered and the fixity checks' results."""
-    if "s3" not in (ctx["source"], ctx["destination"]) and "fixity" not in ctx["stages"]:
+    fixity = q.upload_checks(con, facts["scope"])  # the archive's own checks are the fixity section's
+    if "s3" not in (ctx["source"], ctx["destination"]) and not fixity:
         return None
     classes = [r for r in q.detail_counts(con, "deliver", "storage_class") if r["value"] != "(none)"]
-    fixity = {(o, r): n for (st, o, r), n in ctx["reasons"].items() if st == "fixity"}
     items = [_fact(f"stored as {r['value']}", int(r["count"])) for r in classes]
     ok = sum(n for (o, _), n in fixity.items() if o == "ok")
     bad = sum(n for (o, _), n in fixity.items() if o != "ok")

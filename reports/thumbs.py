@@ -9,6 +9,7 @@ network: a report must open anywhere, offline.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import math
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 THUMB_PX = 128
+PARTIAL_MAX_BYTES = 64_000_000  # a truncated JPEG is read into memory to show its part
 
 
 def data_uri(png: bytes, mime: str = "image/png") -> str:
@@ -49,26 +51,61 @@ def from_blob(blob: bytes | None, shape: tuple[int, int] | None = None) -> str |
     return _png(img)
 
 
-def from_file(path: str | Path | None) -> str | None:
-    """A small JPEG data URI of an image file on disk, or None if it cannot be read."""
+def from_file(path: str | Path | None, *, partial: bool = False) -> str | None:
+    """A small JPEG data URI of an image file on disk, or None if it cannot be read.
+
+    With ``partial``, a JPEG cut short (a truncated copy in an archive) still shows what
+    it holds: the part that is there, grey below."""
     if not path:
         return None
     p = Path(str(path))
     try:
         if not p.is_file() or p.stat().st_size == 0 or p.stat().st_size > 300_000_000:
             return None
-        from PIL import Image, ImageOps
-
-        with Image.open(p) as im:
-            im.draft("RGB", (THUMB_PX * 2, THUMB_PX * 2))
-            im = ImageOps.exif_transpose(im)
-            im.thumbnail((THUMB_PX, THUMB_PX))
-            im = im.convert("RGB")
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=80)
-        return data_uri(buf.getvalue(), "image/jpeg")
+        try:
+            return _thumbnail(p)
+        except Exception:  # noqa: BLE001
+            if not partial or p.stat().st_size > PARTIAL_MAX_BYTES:
+                return None
+            data = p.read_bytes()
+            if data[:3] != b"\xff\xd8\xff":
+                return None
+            # an end-of-image marker lets the decoder finish what is there instead of refusing
+            return _thumbnail(io.BytesIO(data + b"\xff\xd9"))
     except Exception:  # a report never fails because one picture is broken
         return None
+
+
+def from_original(path: str | Path | None, sha256: str | None, size: int | None = None) -> str | None:
+    """A thumbnail of a source file only while it still holds the content the ledger
+    recorded (its ``sha256``, and ``size`` when known): the original beside a changed
+    copy, never some later edit of it. None otherwise."""
+    if not path or not sha256:
+        return None
+    p = Path(str(path))
+    try:
+        if not p.is_file() or (size is not None and p.stat().st_size != size):
+            return None
+        with p.open("rb") as f:
+            if hashlib.file_digest(f, "sha256").hexdigest() != sha256:
+                return None
+    except OSError:
+        return None
+    return from_file(p)
+
+
+def _thumbnail(fp: Any) -> str:
+    """A THUMB_PX JPEG data URI of the image in a file or file object (raises if it cannot be decoded)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(fp) as im:
+        im.draft("RGB", (THUMB_PX * 2, THUMB_PX * 2))
+        im = ImageOps.exif_transpose(im)
+        im.thumbnail((THUMB_PX, THUMB_PX))
+        im = im.convert("RGB")
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=80)
+    return data_uri(buf.getvalue(), "image/jpeg")
 
 
 def _png(img) -> str:

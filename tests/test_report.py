@@ -357,3 +357,146 @@ def test_a_ledger_an_older_photo_escape_wrote_gets_the_same_report(story_ledger,
 def _without_time(path) -> list[str]:
     """A report file's lines but the one saying when it was generated."""
     return [line for line in Path(path).read_text().splitlines() if not line.startswith("_Generated ")]
+
+
+# -- fixity: the archive as it is (issue 23) -------------------------------------------------
+def _fixity_section(html: str) -> str:
+    start = html.index('<section id="story-fixity"')
+    return html[start:html.index("</section>", start)]
+
+
+def _gallery_images(section: str) -> dict[str, list[tuple[str, "object"]]]:
+    """{photo name: [(caption, PIL image)]} of the section's side-by-side rows."""
+    import base64
+    import html
+    import io
+    import re
+
+    from PIL import Image
+
+    gallery = section[section.index('<table class="grid thumbs">'):]
+    out = {}
+    for name, row in re.findall(r"<td><b>([^<]+)</b>(.*?)</tr>", gallery, re.S):
+        out[html.unescape(name)] = [(html.unescape(alt), Image.open(io.BytesIO(base64.b64decode(data))).convert("L"))
+                     for alt, data in re.findall(r'<img alt="([^"]*)" src="data:image/[a-z]+;base64,([^"]+)"', row)]
+    return out
+
+
+def _run_checks(ledger: str, run_id: str) -> dict[str, int]:
+    """What the run's checks of the archive recorded, counted straight from its events."""
+    with Ledger(ledger, read_only=True) as led:
+        rows = led.query("""SELECT item_id, outcome, reason FROM events WHERE run_id = ? AND stage = 'fixity'
+                            AND json_extract_string(detail, '$.expected_sha256') IS NOT NULL""", [run_id])
+        again = led.query("SELECT item_id, outcome, reason, detail FROM events WHERE run_id = ? AND stage = 'deliver'",
+                          [run_id])
+        alone = led.query("SELECT item_id, reason FROM events WHERE run_id = ? AND stage = 'repair'", [run_id])
+    verdicts = [("ok" if r["outcome"] == "ok" else "missing" if r["reason"].startswith("missing") else r["reason"])
+                for r in rows]
+    return {"checked": len(rows), **{v: verdicts.count(v) for v in ("ok", "missing", "changed", "unreadable")},
+            "delivered_again": sum(r["outcome"] == "ok" for r in again), "left_alone": len(alone),
+            "kept": sorted(json.loads(r["detail"])["repair"]["changed_copy"] for r in again
+                           if json.loads(r["detail"]).get("repair"))}
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_fixity_section_says_what_was_checked_how_and_what_is_wrong(tmp_path):
+    """A real tamper (5 deleted, 3 bytes flipped, 1 truncated), rerun, verify, verify --repair
+    with one source photo edited meanwhile, and a sampled verify: each report's fixity
+    section counts what the ledger recorded, lists every problem photo with what was done,
+    and shows each changed photo at the destination beside its original."""
+    import hashlib
+
+    from flows.escape import escape
+    from flows.verify import verify
+    from tests.test_fixity import _delivered, _escaped, _tamper
+
+    spec, destination, _ = _escaped(tmp_path, "report-fixity")
+    root = Path(spec.destination.path)
+    rows = _delivered(spec, destination)
+    by_id = {r["item_id"]: r for r in rows}
+    done = _tamper(rows, lambda t: (root / t).read_bytes(), lambda t, b: (root / t).write_bytes(b),
+                   lambda t: (root / t).unlink())
+    changed = done["flipped"] | done["truncated"]
+    names = {i: by_id[i]["name"] for i in by_id}
+
+    # the rerun: 5 missing (delivered again), 4 changed (left alone)
+    rerun = escape(spec.dump())
+    out = Path(rerun["report"]).parent
+    fx = write_reports(rerun["ledger"], run_id=rerun["run_id"], out_dir=tmp_path / "r")["summary"]["stories"]["fixity"]
+    seen = _run_checks(rerun["ledger"], rerun["run_id"])
+    assert fx["fixity-missing"] == rerun["missing_at_destination"] == seen["missing"] == 5
+    assert fx["fixity-delivered_again"] == seen["delivered_again"] == 5
+    assert fx["fixity-changed"] == rerun["changed_at_destination"] == seen["changed"] == 4
+    html = (out / "report.html").read_text()
+    section = _fixity_section(html)
+    md = (out / "report.md").read_text()
+    for i in done["missing"]:
+        assert f"| {names[i]} | {by_id[i]['target']} | missing |" in md and "delivered again" in md
+    for i in changed:
+        line = next(x for x in md.splitlines() if x.startswith(f"| {names[i]} | {by_id[i]['target']} | changed"))
+        assert by_id[i]["sha256"][:12] in line and "left alone" in line and "verify --repair" in line
+    assert ("changed (size)" in md) and ("changed (sha256)" in md)
+    images = _gallery_images(section)
+    assert set(images) == {names[i] for i in changed}  # every changed photo, and only those
+    for i in changed:  # the source's file beside what the destination holds now
+        (orig_caption, orig), (now_caption, now) = images[names[i]]
+        assert orig_caption == "original: the source's file" and now_caption.startswith("at the destination now")
+    (_, orig), (_, now) = images[names[next(iter(done["truncated"]))]]
+    half = orig.size[1] // 2  # the truncated copy shows its top half, grey below
+    assert _mean_difference(orig.crop((0, half, orig.size[0], orig.size[1])),
+                            now.crop((0, half, now.size[0], now.size[1]))) > 10
+    assert 'id="story-s3"' not in html  # the archive's checks are not S3's upload checks
+
+    # verify: 12 checked by full reads, 4 changed, nothing repaired
+    checked = verify(spec.dump())
+    result = write_reports(checked["ledger"], run_id=checked["run_id"], out_dir=tmp_path / "v")
+    fx = result["summary"]["stories"]["fixity"]
+    seen = _run_checks(checked["ledger"], checked["run_id"])
+    for key in ("checked", "ok", "missing", "changed", "unreadable"):
+        assert fx[f"fixity-{key}"] == checked[key] == seen[key], key
+    assert fx["fixity-method"] == "full read of every photo"
+    md = Path(result["report_md"]).read_text()
+    assert "a full read of every photo" in md and "| repair | not asked" in md
+
+    # verify --repair after one changed photo's source was edited: 3 mended, 1 left alone
+    edited = sorted(done["flipped"])[0]
+    source_file = Path(by_id[edited]["source_ref"])
+    source_file.write_bytes(source_file.read_bytes() + b"edited")
+    mended = verify(spec.dump(), repair=True)
+    assert (mended["repaired"], mended["left_alone"]) == (3, 1)
+    result = write_reports(mended["ledger"], run_id=mended["run_id"], out_dir=tmp_path / "m")
+    fx = result["summary"]["stories"]["fixity"]
+    seen = _run_checks(mended["ledger"], mended["run_id"])
+    assert fx["fixity-repaired"] == mended["repaired"] == seen["delivered_again"]
+    assert fx["fixity-left_alone"] == mended["left_alone"] == seen["left_alone"]
+    md = Path(result["report_md"]).read_text()
+    for kept in seen["kept"]:
+        assert f"the changed copy kept at {kept}" in md and (root / kept).is_file()
+    assert "left alone because the source no longer holds the content the ledger recorded (source_changed)" in md
+    images = _gallery_images(_fixity_section(Path(result["report_html"]).read_text()))
+    assert set(images) == {names[i] for i in changed}
+    for i in changed - {edited}:  # the changed copy kept, beside the source's file
+        assert [c for c, _ in images[names[i]]] == [
+            "original: the source's file", f"the changed copy kept: {Path(next(k for k in seen['kept'] if names[i].split('.')[0] in k)).name}"]
+    # the edited source is not shown as the original: the ledger's own thumbnail is
+    assert images[names[edited]][0][0] == "original, as hashed at delivery"
+    assert hashlib.sha256(source_file.read_bytes()).hexdigest() != by_id[edited]["sha256"]
+
+    # a sampled verify says so; the job's report counts each photo by its latest check
+    sampled = verify(spec.dump(), sample_percent=50)
+    fx = write_reports(sampled["ledger"], run_id=sampled["run_id"],
+                       out_dir=tmp_path / "s")["summary"]["stories"]["fixity"]
+    assert fx["fixity-method"] == "sizes of all, full read of a random 50%"
+    assert (fx["fixity-checked"], fx["fixity-ok"], fx["fixity-changed"]) == (12, 11, 1) \
+        == (sampled["checked"], sampled["ok"], sampled["changed"])
+    job = write_reports(sampled["ledger"], job=spec.name, out_dir=tmp_path / "j")
+    fx = job["summary"]["stories"]["fixity"]
+    assert (fx["fixity-checked"], fx["fixity-ok"], fx["fixity-changed"], fx["fixity-missing"]) == (12, 11, 1, 0)
+    assert names[edited] in Path(job["report_md"]).read_text()
+
+
+def _mean_difference(a, b) -> float:
+    """Mean absolute difference of two grayscale images' pixels (the second resized to the first)."""
+    import numpy as np
+
+    return float(np.abs(np.asarray(a, dtype=float) - np.asarray(b.resize(a.size), dtype=float)).mean())

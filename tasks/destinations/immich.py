@@ -501,9 +501,9 @@ class ImmichDestination(Destination):
     # -- albums -------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _albums_held(self) -> Iterator[None]:
-        """Held while albums are listed and created, so two batches (threads here, or processes
-        sharing the job's work folder) never create the same album twice."""
-        lock_path = self.workdir.parent / "immich-albums.lock"
+        """Held while albums are listed and created, so two batches of a run (threads here, or
+        worker processes sharing the run's work folder) never create the same album twice."""
+        lock_path = self.workdir / ".immich-albums.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with self._album_lock, open(lock_path, "a") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)

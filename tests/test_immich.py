@@ -314,3 +314,17 @@ def test_photo_escape_and_the_cli_agree_on_what_is_there(tmp_path, immich, immic
     assert up.returncode == 0 and "Found 0 new files and 3 duplicates" in up.stdout, up.stdout + up.stderr
     assert immich.store.stats()["assets"] == 3
 
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_immich_demo_story(tmp_path):
+    """``photo-escape demo --story immich``: the plan, the run and the rerun, as printed."""
+    from sandbox.demos import immich as demo
+
+    s = demo.run(tmp_path, as_json=True)
+    assert s["dry_run_plan"] == {"run_id": s["dry_run_plan"]["run_id"], "would_upload": 12, "already_present": 2,
+                                 "albums_to_create": [demo.ALBUM], "uploads_sent": 0}
+    assert s["immich"]["uploaded"] == 12 and s["immich"]["already_present"] == 2
+    assert s["immich"]["albums_created"] == [demo.ALBUM] and s["immich"]["album_members"] == {demo.ALBUM: 14}
+    assert s["immich"]["assets"] == 14 and s["failed"] == 3  # the broken files
+    assert s["rerun"]["uploads_sent"] == 0 and s["rerun"]["failed"] == 3

@@ -450,7 +450,7 @@ class ImmichDestination(Destination):
                 names = album_names(item, self.config.albums)
                 when, source = file_created_at(item, _local_path(item))
                 detail = {"plan": plan, "sha1": sha, "asset_id": r.get("assetId"), "file_created_at": when,
-                          "time_source": source, "albums": names,
+                          "time_source": source, "albums": [{"name": n, "id": existing.get(n)} for n in names],
                           "albums_to_create": [n for n in names if n not in existing]}
                 if wanted_note:
                     detail["note"] = wanted_note

@@ -300,3 +300,37 @@ class FaultInjector:
         body = json.dumps(payload).encode()
         start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
+
+
+class AcceptThenFail:
+    """A server that commits and then crashes: the next ``times`` requests it arms for are
+    served (the upload is stored), then answered with an error (``mode: error``: the app
+    answers its 500) or with the connection reset (``mode: reset``). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.times = 0
+        self.mode = "error"
+
+    def arm(self, times: int = 1, mode: str = "error") -> dict[str, Any]:
+        with self._lock:
+            self.times, self.mode = int(times), mode
+            return {"times": self.times, "mode": self.mode}
+
+    def arm_from(self, body: dict[str, Any] | None) -> dict[str, Any]:
+        """Arm from an admin request's JSON ``{"times": n, "mode": "error"|"reset"}``."""
+        body = body or {}
+        return self.arm(int(body.get("times", 1)), body.get("mode", "error"))
+
+    def strike(self, environ: dict[str, Any]) -> bool:
+        """Call after committing: True when this answer must be an error; resets the
+        connection (and raises) in ``reset`` mode; False when the request was not armed for."""
+        with self._lock:
+            if self.times <= 0:
+                return False
+            self.times -= 1
+            mode = self.mode
+        if mode == "reset":
+            _reset_connection(environ)
+            raise ConnectionResetError("sandbox: accepted, then the connection was reset")
+        return True

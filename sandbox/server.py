@@ -47,3 +47,45 @@ class Server:
 def serve(app: Any, host: str = "127.0.0.1", port: int = 0) -> Server:
     """Start ``app`` and return its :class:`Server` (also a context manager)."""
     return Server(app, host, port).start()
+
+
+class Service:
+    """A sandbox service (a WSGI app in its fault injector) served on 127.0.0.1 while started:
+    a subclass sets ``self.wsgi`` (and may set ``self.port``); ``with Service(...) as s: s.url``."""
+
+    wsgi: Any = None
+    port: int = 0
+    server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self):
+        import logging
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per request
+        self.server = serve(self.wsgi, port=self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def serve_until_interrupted(self, banner: str) -> None:  # pragma: no cover - manual use
+        """Print ``banner`` and serve until Ctrl-C (``python -m sandbox.NAME``)."""
+        import time
+
+        print(banner, flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            self.stop()

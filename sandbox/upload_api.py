@@ -33,7 +33,8 @@ from typing import Any
 
 from flask import Flask, jsonify, request
 
-from sandbox.faults import FaultInjector, FaultPlan, _reset_connection
+from sandbox.faults import AcceptThenFail, FaultInjector, FaultPlan
+from sandbox.server import Service
 
 UPLOAD_PATH = "/api/bodytrack/photoUpload"
 
@@ -96,8 +97,7 @@ def create_app(users: dict[str, str] | None = None, *, store: PhotoStore | None 
     guests = {name: 1000 + i for i, name in enumerate(sorted(users))}
     store = store or PhotoStore()
     app.config["store"] = store
-    app.config["accept_then_fail"] = {"times": 0, "mode": "error"}
-    lock = threading.Lock()
+    app.config["accept_then_fail"] = crash = AcceptThenFail()
 
     def user() -> str | None:
         auth = request.authorization
@@ -139,15 +139,7 @@ def create_app(users: dict[str, str] | None = None, *, store: PhotoStore | None 
         if not data:
             return jsonify({"result": "KO", "message": "empty photo"}), 400
         photo, new = store.add(name, data, upload.filename or "photo.jpg", secs)
-        with lock:
-            fail = app.config["accept_then_fail"]
-            failing = fail["times"] > 0
-            if failing:
-                fail["times"] -= 1
-        if failing:
-            if fail["mode"] == "reset":
-                _reset_connection(request.environ)
-                raise ConnectionResetError("sandbox: accepted, then the connection was reset")
+        if crash.strike(request.environ):
             return jsonify({"result": "KO", "message": "internal error after commit"}), 500
         return jsonify({"result": "OK", "id": photo["id"], "new": new})
 
@@ -167,15 +159,12 @@ def create_app(users: dict[str, str] | None = None, *, store: PhotoStore | None 
 
     @app.post("/sandbox/accept_then_fail")
     def accept_then_fail():
-        body = request.get_json(silent=True) or {}
-        with lock:
-            app.config["accept_then_fail"] = {"times": int(body.get("times", 1)), "mode": body.get("mode", "error")}
-        return jsonify(app.config["accept_then_fail"])
+        return jsonify(crash.arm_from(request.get_json(silent=True)))
 
     return app
 
 
-class UploadAPI:
+class UploadAPI(Service):
     """The upload API served on 127.0.0.1 with fault injection: ``with UploadAPI() as api: api.url``."""
 
     def __init__(self, users: dict[str, str] | None = None, *, folder: Path | None = None,
@@ -184,11 +173,6 @@ class UploadAPI:
         self.app = create_app(users, store=self.store)
         self.faults = FaultPlan(faults or ())
         self.wsgi = FaultInjector(self.app, self.faults)
-        self.server = None
-
-    @property
-    def url(self) -> str:
-        return self.server.url
 
     @property
     def upload_url(self) -> str:
@@ -196,38 +180,13 @@ class UploadAPI:
 
     def accept_then_fail(self, times: int = 1, mode: str = "error") -> None:
         """The next ``times`` uploads are stored, then answered with an error (or a reset)."""
-        self.app.config["accept_then_fail"] = {"times": times, "mode": mode}
-
-    def start(self) -> "UploadAPI":
-        import logging
-
-        from sandbox.server import serve
-
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per upload
-        self.server = serve(self.wsgi)
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
-
-    def __enter__(self) -> "UploadAPI":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        self.app.config["accept_then_fail"].arm(times, mode)
 
 
 def main() -> None:  # pragma: no cover - manual use
     """Serve the upload API until interrupted (``python -m sandbox.upload_api``)."""
     api = UploadAPI().start()
-    print(f"upload API on {api.upload_url} (user anne, password s3cret-pw)")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        api.stop()
+    api.serve_until_interrupted(f"upload API on {api.upload_url} (user anne, password s3cret-pw)")
 
 
 if __name__ == "__main__":  # pragma: no cover

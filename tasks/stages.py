@@ -28,6 +28,20 @@ def _retry_delays(retries: int) -> list[float]:
     return [2.0 * (2**i) for i in range(retries)]
 
 
+def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Whether a failed batch task is tried again: not when the destination refused us or
+    cannot be read (:class:`DestinationUnreadable`, e.g. an API key the server refuses):
+    another try would only knock on the same door (and could lock the account); the flow
+    stops with that one line instead."""
+    try:
+        state.result()
+    except DestinationUnreadable:
+        return False
+    except BaseException:  # noqa: BLE001 - anything else: the usual retries
+        return True
+    return True
+
+
 def _unquoted(batch: Any) -> Any:
     """A batch as the flow passed it: in ``quote()`` (so Prefect does not walk every item
     dict looking for futures) when the tasks run in the flow's process; the task itself
@@ -46,7 +60,8 @@ def _name(prefix: str):
 
 
 @task(retries=BATCH_RETRIES, retry_delay_seconds=_retry_delays(BATCH_RETRIES), retry_jitter_factor=0.5,
-      task_run_name=_name("fetch"), cache_policy=None, persist_result=False)
+      task_run_name=_name("fetch"), cache_policy=None, persist_result=False,
+      retry_condition_fn=_worth_retrying)
 def fetch_batch(source_config: KindConfig, items: list[dict], workdir: str, options: Any) -> list[dict]:
     """Download (or, for a local folder, check and hash) a batch of listed items."""
     source = make_source(source_config, workdir=Path(workdir), options=options)
@@ -58,7 +73,8 @@ def fetch_batch(source_config: KindConfig, items: list[dict], workdir: str, opti
 
 
 @task(retries=BATCH_RETRIES, retry_delay_seconds=_retry_delays(BATCH_RETRIES), retry_jitter_factor=0.5,
-      task_run_name=_name("examine-and-deliver"), cache_policy=None, persist_result=False)
+      task_run_name=_name("examine-and-deliver"), cache_policy=None, persist_result=False,
+      retry_condition_fn=_worth_retrying)
 def examine_and_deliver_batch(items: list[dict], hash_entries: list[dict], cached: dict[str, dict],
                               examine_options: dict, destination_config: KindConfig, workdir: str,
                               options: Any, dry_run: bool) -> dict:
@@ -85,7 +101,8 @@ def examine_and_deliver_batch(items: list[dict], hash_entries: list[dict], cache
 
 
 @task(retries=BATCH_RETRIES, retry_delay_seconds=_retry_delays(BATCH_RETRIES), retry_jitter_factor=0.5,
-      task_run_name=_name("deliver"), cache_policy=None, persist_result=False)
+      task_run_name=_name("deliver"), cache_policy=None, persist_result=False,
+      retry_condition_fn=_worth_retrying)
 def deliver_batch(destination_config: KindConfig, items: list[dict], workdir: str, options: Any,
                   dry_run: bool) -> list[dict]:
     """Deliver a batch of fetched photos, for a source whose pipeline has no hashing
@@ -218,7 +235,8 @@ def verify_batch(destination_config: KindConfig, items: list[dict], workdir: str
 
 
 @task(retries=BATCH_RETRIES, retry_delay_seconds=_retry_delays(BATCH_RETRIES), retry_jitter_factor=0.5,
-      task_run_name=_name("repair"), cache_policy=None, persist_result=False)
+      task_run_name=_name("repair"), cache_policy=None, persist_result=False,
+      retry_condition_fn=_worth_retrying)
 def repair_batch(source_config: KindConfig, destination_config: KindConfig, items: list[dict],
                  findings: list[dict], workdir: str, options: Any) -> list[dict]:
     """Deliver again, from the source, the delivered photos (``items``) that ``findings``

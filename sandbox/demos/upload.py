@@ -74,8 +74,8 @@ def job(workdir: Path, upload_url: str) -> dict:
     }
 
 
-def plan(ledger: str, run_id: str) -> list[dict]:
-    """What the dry run would upload: one row per photo with its UTC time and provenance."""
+def deliveries(ledger: str, run_id: str) -> list[tuple[str, str, dict]]:
+    """A run's deliver outcomes from its ledger: (item id, reason, detail), by item id."""
     import duckdb
 
     con = duckdb.connect(ledger, read_only=True)
@@ -85,9 +85,13 @@ def plan(ledger: str, run_id: str) -> list[dict]:
                WHERE run_id = ? AND stage = 'deliver' ORDER BY item_id""", [run_id]).fetchall()
     finally:
         con.close()
+    return [(i, r, json.loads(d) if isinstance(d, str) else (d or {})) for i, r, d in rows]
+
+
+def plan(ledger: str, run_id: str) -> list[dict]:
+    """What the dry run would upload: one row per photo with its UTC time and provenance."""
     out = []
-    for item_id, reason, detail in rows:
-        d = json.loads(detail) if isinstance(detail, str) else (detail or {})
+    for item_id, reason, d in deliveries(ledger, run_id):
         out.append({"item_id": item_id, "plan": d.get("plan") or reason, "utc": d.get("utc"),
                     "local": d.get("local"), "tz": d.get("tz"), "provenance": d.get("provenance"),
                     "conflicts": len(d.get("conflicts") or [])})

@@ -56,7 +56,7 @@ from pydantic import Field, field_validator
 from photo_escape.outcomes import PermanentError, Stopwatch, TransientError, outcome
 from photo_escape.plugins import Destination, KindConfig
 from photo_escape.secrets import SecretMissing, SecretRef, redact, resolve
-from tasks.download import parse_retry_after
+from tasks.retrying import check_http_url, raise_for_busy_or_broken, with_retries
 
 USER_AGENT = "photo-escape/http_upload"
 
@@ -80,12 +80,7 @@ class HttpUploadConfig(KindConfig):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL")
-        if parts.username or parts.password:
-            raise ValueError("must not carry credentials; use username and secret_fields.password")
-        return v
+        return check_http_url(v, "use username and secret_fields.password")
 
 
 # ----------------------------------------------------------------------------------------
@@ -349,28 +344,7 @@ class HttpUploadDestination(Destination):
 
     def _send_with_retries(self, item: dict, secs: float) -> tuple[Any, int]:
         """POST the photo; retry what a retry can fix. Returns (remote id, attempts)."""
-        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
-
-        tries = {"n": 0}
-
-        def wait(state: Any) -> float:
-            exc = state.outcome.exception()
-            if isinstance(exc, TransientError) and exc.retry_after is not None:
-                return exc.retry_after
-            base = self.backoff * (2 ** (state.attempt_number - 1))
-            return min(30.0, base * (0.5 + _jitter()))
-
-        retrying = Retrying(stop=stop_after_attempt(self.retries + 1), wait=wait,
-                            retry=retry_if_exception_type(TransientError), reraise=True)
-        try:
-            for attempt in retrying:
-                with attempt:
-                    tries["n"] = attempt.retry_state.attempt_number
-                    return self._send(item, secs), tries["n"]
-        except (PermanentError, TransientError) as exc:
-            exc.attempts = tries["n"]  # type: ignore[attr-defined]
-            raise
-        raise TransientError("no_attempt")  # pragma: no cover - tenacity always attempts once
+        return with_retries(lambda: self._send(item, secs), retries=self.retries, backoff=self.backoff)
 
     def _send(self, item: dict, secs: float) -> Any:
         """One POST; raises PermanentError / TransientError with a short reason."""
@@ -408,17 +382,7 @@ class HttpUploadDestination(Destination):
         message = _message(resp)
         if code in (401, 403):
             raise PermanentError("auth_failed", f"HTTP {code}: the upload API refused the credentials")
-        if code == 429:
-            ra = parse_retry_after(resp.headers.get("Retry-After"))
-            if ra is not None and ra > self.config.max_retry_after:
-                raise PermanentError("rate_limited", f"HTTP 429 with Retry-After {ra:.0f}s (over max_retry_after)")
-            raise TransientError("rate_limited", "HTTP 429", retry_after=ra if ra is not None else None)
-        if code == 408:
-            raise TransientError("timeout", "HTTP 408")
-        if code >= 500:
-            raise TransientError("server_error", f"HTTP {code}: {message}")
-        if code == 413:
-            raise PermanentError("too_large", f"HTTP 413: {message}")
+        raise_for_busy_or_broken(resp, message, self.config.max_retry_after)
         if code >= 400:
             raise PermanentError("rejected", f"HTTP {code}: {message}")
         try:
@@ -440,9 +404,3 @@ def _message(resp: Any) -> str:
     except ValueError:
         text = resp.text or ""
     return redact(" ".join(str(text).split()))[:200]
-
-
-def _jitter() -> float:
-    import random
-
-    return random.random()

@@ -265,6 +265,39 @@ class UploadTarget:
         assert sorted(self.check(root)) == sorted(self.originals), "not every picture arrived exactly once"
 
 
+class ImmichTarget:
+    """The Immich stand-in: one emptied server per round; every photo goes into one album."""
+
+    name = "immich"
+
+    def __init__(self, originals: dict[str, str], immich) -> None:
+        self.originals = originals
+        self.immich = immich
+
+    def destination(self, root: Path) -> dict:
+        self.immich.store.reset()
+        return {"kind": "immich", "url": self.immich.url, "api_key": {"env": "REL_CRASH_IMMICH_KEY"},
+                "albums": "Gallery"}
+
+    def progress(self, root: Path) -> int:
+        return self.immich.store.stats()["uploads_received"]
+
+    def check(self, root: Path) -> list[str]:
+        """Each picture at most once, and no picture ever sent to Immich twice: a photo a killed
+        run delivered is found by the rerun's bulk check, not uploaded again (Immich would
+        have answered ``duplicate``)."""
+        stats = self.immich.store.stats()
+        assert stats["same_content_twice"] == 0 and stats["duplicates_answered"] == 0, stats
+        shas = [a["sha256"] for a in self.immich.assets()]
+        assert set(shas) <= set(self.originals)
+        return shas
+
+    def check_final(self, root: Path) -> None:
+        assert sorted(self.check(root)) == sorted(self.originals), "not every picture arrived exactly once"
+        albums = self.immich.albums()
+        assert list(albums) == ["Gallery"] and len(albums["Gallery"]) == len(set(albums["Gallery"])) == COUNT
+
+
 def _kill_rounds(tmp_path: Path, g, driver: "Driver", target, plan: list[dict], kills_wanted: int,
                  extra_env: dict | None = None) -> list[dict]:
     """Run the job again and again, each run killed as ``plan`` says, checking after every kill;
@@ -407,6 +440,25 @@ def test_killed_runs_to_an_upload_api_rerun_to_exactly_once(tmp_path, small_gall
                              extra_env={"REL_CRASH_UPLOAD_PW": "rel-crash-upload-pw"})
     assert len(kills) >= 4, kills
     print(f"{len(kills)} kills (upload), {time.monotonic() - started:.0f} s: {_describe(kills)}")
+
+
+def test_killed_runs_to_immich_rerun_to_exactly_once(tmp_path, small_gallery, driver):
+    """Immich (the stand-in): killed between Immich accepting photos and the ledger recording
+    them, and at other moments; the reruns' bulk checks find what was accepted, nothing is
+    uploaded twice, every photo ends up once in its album."""
+    from sandbox.immich import ImmichServer
+
+    started = time.monotonic()
+    g = small_gallery(COUNT, per_page=6)
+    rng = random.Random(SEED + 3)
+    plan = [{"point": "deliver", "n": 1}, {"after_progress": rng.randint(3, COUNT), "delay": rng.uniform(0, 0.3)},
+            {"point": "ledger_write", "n": rng.randint(2, 3)}, {"point": "deliver", "n": 2},
+            {"after_progress": rng.randint(3, COUNT), "delay": rng.uniform(0, 0.3)}]
+    with ImmichServer() as immich:
+        kills = _kill_rounds(tmp_path, g, driver, ImmichTarget(gallery_originals(g), immich), plan, 4,
+                             extra_env={"REL_CRASH_IMMICH_KEY": immich.key})
+    assert len(kills) >= 3 and any(k.get("point") == "deliver" for k in kills), kills
+    print(f"{len(kills)} kills (immich), {time.monotonic() - started:.0f} s: {_describe(kills)}")
 
 
 def _group(pgid: int) -> list[int]:

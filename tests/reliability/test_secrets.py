@@ -35,7 +35,10 @@ UPLOAD_PASSWORD = f"Upload-Pw-{TAG}-heron5150"
 API_KEY = f"ak_{TAG}_narwhal9092"
 S3_SECRET_KEY = f"S3sk/{TAG}+walrus4471"
 S3_SESSION_TOKEN = f"FwoGZXIvYXdz{TAG}ibis8808"
-SECRETS = (GALLERY_PASSWORD, WRONG_PASSWORD, UPLOAD_PASSWORD, API_KEY, S3_SECRET_KEY, S3_SESSION_TOKEN)
+IMMICH_KEY = f"imk{TAG}Quokka2024xyz"
+WRONG_IMMICH_KEY = f"imk{TAG}Tapir1180abc"
+SECRETS = (GALLERY_PASSWORD, WRONG_PASSWORD, UPLOAD_PASSWORD, API_KEY, S3_SECRET_KEY, S3_SESSION_TOKEN,
+           IMMICH_KEY, WRONG_IMMICH_KEY)
 
 
 def _files_text(root: Path) -> dict[str, bytes]:
@@ -91,6 +94,25 @@ def _prefect_text(flow_run_ids: list[str]) -> dict[str, bytes]:
                                      limit=200)
         out["artifacts"] = "\n".join(a.model_dump_json() for a in arts).encode()
     return out
+
+
+def _left_behind(tmp_path: Path, summary: dict, runs: int | None = None) -> dict[str, bytes]:
+    """What in-process runs of a job under ``tmp_path`` left: the ledger, reports, work folder,
+    the Prefect API's record of its flow runs (``runs`` of them, when given) and the summary."""
+    import duckdb
+
+    texts = _ledger_text(tmp_path / "ledger.duckdb")
+    texts.update(_files_text(tmp_path / "reports"))
+    texts.update(_files_text(tmp_path / "work"))
+    con = duckdb.connect(summary["ledger"], read_only=True)
+    try:
+        ids = [r[0] for r in con.execute("SELECT flow_run_id FROM runs").fetchall() if r[0]]
+    finally:
+        con.close()
+    assert runs is None or len(ids) == runs, ids
+    texts.update(_prefect_text(ids))
+    texts["summary"] = json.dumps(summary).encode()
+    return texts
 
 
 def _leaks(texts: dict[str, bytes]) -> list[tuple[str, str]]:
@@ -162,8 +184,6 @@ def test_no_secret_is_left_anywhere_after_a_failed_and_a_successful_run(tmp_path
 
 def test_s3_keys_never_leave_the_process(tmp_path, small_gallery, s3_server, monkeypatch):
     """The S3 destination's secret access key and session token (JSON in an env var)."""
-    import duckdb
-
     from flows.escape import escape
 
     g = small_gallery(4, password=GALLERY_PASSWORD)
@@ -175,16 +195,29 @@ def test_s3_keys_never_leave_the_process(tmp_path, small_gallery, s3_server, mon
                           "endpoint_url": s3_server.url, "credentials": {"env": "REL_S3_KEYS"}}
     s = escape(job)
     assert s["done"] == s["listed"] == 4, s
-    texts = _ledger_text(tmp_path / "ledger.duckdb")
-    texts.update(_files_text(tmp_path / "reports"))
-    texts.update(_files_text(tmp_path / "work"))
-    con = duckdb.connect(s["ledger"], read_only=True)
-    try:
-        ids = [r[0] for r in con.execute("SELECT flow_run_id FROM runs").fetchall() if r[0]]
-    finally:
-        con.close()
-    texts.update(_prefect_text(ids))
-    texts["summary"] = json.dumps(s).encode()
+    texts = _left_behind(tmp_path, s)
+    assert not _leaks(texts), _leaks(texts)
+
+
+def test_the_immich_api_key_never_leaves_the_process(tmp_path, small_gallery, monkeypatch):
+    """Immich's API key (x-api-key): a run stopped by a refused key, then a run that uploads."""
+    from flows.escape import escape
+    from sandbox.immich import ImmichServer
+
+    g = small_gallery(4, password=GALLERY_PASSWORD)
+    with ImmichServer({IMMICH_KEY: {"email": "anne@example.org"}}) as immich:
+        job = escape_job(tmp_path, g.job_source(), name="rel-secrets-immich")
+        job["destination"] = {"kind": "immich", "url": immich.url, "api_key": {"env": "REL_IMMICH_KEY"},
+                              "albums": "Gallery"}
+        monkeypatch.setenv("REL_IMMICH_KEY", WRONG_IMMICH_KEY)
+        refused = escape(job, return_state=True)
+        assert refused.is_failed() and "refused the API key" in refused.message
+        monkeypatch.setenv("REL_IMMICH_KEY", IMMICH_KEY)
+        s = escape(job)
+        assert s["done"] == s["listed"] == 4, s
+        assert immich.store.stats()["assets"] == 4
+    texts = _left_behind(tmp_path, s, runs=2)
+    texts["refused state"] = (refused.message or "").encode()
     assert not _leaks(texts), _leaks(texts)
 
 

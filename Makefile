@@ -6,7 +6,7 @@ VENV := .venv
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup demo test test-fast bench clean browser
+.PHONY: setup demo test test-fast bench clean browser immich-cli
 
 setup: $(VENV)/.synced
 
@@ -28,10 +28,17 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libimage-exiftool-perl >/dev/null) \
 	  || echo "warning: could not install chromium and exiftool; the tests that need them will be skipped"; }
 
+# Immich's own command line (npm; Node 22 from the npm package node@22), which the tests
+# run against the Immich stand-in to show it speaks what the real client expects
+immich-cli:
+	@test -x .cache/immich-cli/node_modules/.bin/immich || { command -v npm >/dev/null 2>&1 && \
+	  npm install --prefix .cache/immich-cli --no-save --no-audit --no-fund --loglevel=error node@22 @immich/cli@3 \
+	  || echo "warning: could not install Immich's CLI; its tests will be skipped"; }
+
 demo: setup
 	$(VENV)/bin/photo-escape demo
 
-test: setup browser
+test: setup browser immich-cli
 	$(VENV)/bin/python -m pytest -q
 
 test-fast: setup

@@ -9,6 +9,7 @@ exiftool itself. All three cameras knew no zone: the dates are wall-clock times.
                          (HyperFire ``\\x01\\xf1``, UltraFire ``RECONYXUF``, HF2 ``RECONYXH2``)
 * :func:`pentax_jpeg`    a Pentax JPEG with its date and time only in its maker note
 * :func:`olympus_app12_jpeg`  a JPEG with an APP12 "Picture Info" block (``TimeDate=`` seconds)
+* :func:`iptc_jpeg`      a JPEG dated only by IPTC's DateCreated and TimeCreated (with an offset)
 * :func:`canon_crw`      a Canon CIFF raw file (PowerShot A5 era): a heap of records, the
                          capture time a ``TimeStamp`` record of seconds with a zone code
 """
@@ -118,6 +119,28 @@ def olympus_app12_jpeg(path: str | Path, when: datetime | int, *, camera: str = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data[:2] + app12 + data[2:])
+    return path
+
+
+# -- IPTC (scanners, news desks) ------------------------------------------------------------------
+
+def iptc_jpeg(path: str | Path, when: datetime, offset: str = "+0000", *, picture: int = 15,
+              size: tuple[int, int] = SMALL) -> Path:
+    """A JPEG whose only date is IPTC's (an APP13 ``Photoshop 3.0`` block, resource 0x0404
+    holding IIM records): DateCreated (2:55, ``CCYYMMDD``) and TimeCreated (2:60,
+    ``HHMMSS+HHMM``), as scanning and news software write them, no EXIF at all."""
+    def record(number: int, value: bytes) -> bytes:
+        return b"\x1c\x02" + bytes([number]) + struct.pack(">H", len(value)) + value
+
+    iim = record(0, b"\x00\x04") + record(55, when.strftime("%Y%m%d").encode()) \
+        + record(60, when.strftime("%H%M%S").encode() + offset.encode())
+    if len(iim) % 2:
+        iim += b"\0"
+    block = b"Photoshop 3.0\0" + b"8BIM" + struct.pack(">H", 0x0404) + b"\0\0" + struct.pack(">I", len(iim)) + iim
+    data = _jpeg(picture, size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[:2] + _segment(0xED, block) + data[2:])
     return path
 
 

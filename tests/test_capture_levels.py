@@ -206,6 +206,15 @@ def test_every_date_exiftool_finds_photo_escape_finds(tmp_path, exiftool, kind):
     assert rec["local"] == when.isoformat() and rec["utc"] is None  # a camera that knew no zone
 
 
+def test_an_iptc_only_date_is_read_with_its_offset(tmp_path, exiftool):
+    path = cameras.iptc_jpeg(tmp_path / "scan0001.jpg", datetime(2019, 3, 10, 10, 0), "+0545")
+    assert exiftool(path, "-time:all")["Composite:DateTimeOriginal"] == "2019:03:10 10:00:00+05:45"
+    rec = capture_time(path)
+    assert rec["provenance"] == "iptc:offset" and rec["local"] == "2019-03-10T10:00:00"
+    assert rec["offset_minutes"] == 345 and rec["utc"] == "2019-03-10T04:15:00+00:00"
+    assert rec["source"] == {"tag": "IPTC:DateCreated"}
+
+
 def test_a_makernote_time_takes_a_borrowed_zone_and_keeps_its_provenance(tmp_path):
     trail = tmp_path / "cam1"
     path = str(cameras.reconyx_jpeg(trail / "RCNX0001.JPG", datetime(2016, 7, 14, 5, 43, 21)))

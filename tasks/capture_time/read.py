@@ -3,8 +3,9 @@
 The readers, best first:
 
 * ``exiv2``     python-exiv2 (libexiv2, bundled in its wheel): JPEG, TIFF and every TIFF-based
-                RAW, HEIC/AVIF, CR3, RAF, Canon CRW (CIFF), PNG, WebP, and the dates in
-                the maker notes it decodes (Pentax, Minolta, Sony)
+                RAW, HEIC/AVIF, CR3, RAF, Canon CRW (CIFF), PNG, WebP, the dates in the
+                maker notes it decodes (Pentax, Minolta, Sony) and IPTC's DateCreated +
+                TimeCreated (``iptc_dt``)
 * ``exifread``  when exiv2 cannot open the file or finds nothing (maker notes skipped)
 * ``pillow``    the same through Pillow and pillow-heif, when both fail or find nothing
 
@@ -169,9 +170,10 @@ def _tags_from_exiv2(path: str) -> dict[str, Any]:
         it = image.xmpData().findKey(exiv2.XmpKey(key))
         if it != image.xmpData().end() and (value := _text(it.toString())):
             xmp[prop] = value
+    iptc = _iptc_date(exiv2, image.iptcData())
     data = image.exifData()
-    if data.empty():
-        return {"_xmp": xmp}  # no EXIF here (the next reader may find some); the XMP is read
+    if data.empty():  # no EXIF here (the next reader may find some); the XMP and IPTC are read
+        return {"_xmp": xmp, **({"iptc_dt": iptc} if iptc else {})}
 
     def datum(key: str) -> Any:
         try:
@@ -204,7 +206,7 @@ def _tags_from_exiv2(path: str) -> dict[str, Any]:
     if image.mimeType() == "image/x-canon-crw" and "dto" in out:
         # libexiv2 maps a CRW's CIFF TimeStamp record (seconds of the wall clock) to DateTimeOriginal
         out["makernote_dt"], out["makernote_tag"] = out.pop("dto"), "CanonRaw:TimeStamp"
-        return dict(out, _xmp=xmp)
+        return dict(out, _xmp=xmp, **({"iptc_dt": iptc} if iptc else {}))
     for date_key, time_key in EXIV2_MAKERNOTE_DATES:
         day = datum(date_key)
         if day is None:
@@ -218,8 +220,22 @@ def _tags_from_exiv2(path: str) -> dict[str, Any]:
         found = reconyx_date(bytes(note.value().data()), out.get("make"))
         if found:
             out["makernote_dt"], out["makernote_tag"] = found, "Reconyx:DateTimeOriginal"
+    if iptc:
+        out["iptc_dt"] = iptc
     out["_xmp"] = xmp
     return out
+
+
+def _iptc_date(exiv2: Any, iptc: Any) -> str | None:
+    """IPTC's DateCreated and TimeCreated (with its offset: ``10:00:00+05:45``) as one ISO
+    text, when both are there (scanning and news software write them, often alone)."""
+    found = []
+    for key in ("Iptc.Application2.DateCreated", "Iptc.Application2.TimeCreated"):
+        it = iptc.findKey(exiv2.IptcKey(key))
+        if it == iptc.end():
+            return None
+        found.append(it.toString().strip())
+    return "T".join(found)
 
 
 def reconyx_date(note: bytes, make: str | None) -> str | None:
@@ -296,7 +312,7 @@ def _normalise(t: dict[str, Any]) -> dict[str, Any]:
     """Plain, picklable values: texts, a GPS time triple and signed coordinates."""
     out: dict[str, Any] = {}
     for key in ("dto", "dtd", "dt", "subsec_o", "subsec_d", "subsec", "off_o", "off_d", "off", "gps_date",
-                "make", "model", "makernote_dt", "makernote_tag"):
+                "make", "model", "makernote_dt", "makernote_tag", "iptc_dt"):
         s = _text(t.get(key))
         if s:
             out[key] = s

@@ -20,6 +20,7 @@ the time and the zone came from. The evidence, best first (the *provenance* code
    person last said it was.
 
 1. ``exif:offset``   DateTimeOriginal (+ SubSecTimeOriginal) with OffsetTimeOriginal, else OffsetTime
+                     (``iptc:offset``: with no EXIF or XMP date, IPTC DateCreated + TimeCreated's offset)
 2. ``xmp:offset``    an offset carried by XMP DateCreated (its wall time must agree with EXIF's)
 3. ``gps:time``      GPSDateStamp + GPSTimeStamp are UTC: offset = local - GPS, rounded to 15 minutes,
                      accepted when the leftover is <= 5 minutes and the offset is in -12:00..+14:00
@@ -69,13 +70,13 @@ from tasks.capture_time.read import read_all_tags
 from tasks.files import IMAGE_SUFFIXES
 
 PROVENANCES = (
-    "sidecar:utc", "exif:offset", "xmp:offset", "gps:time", "gps:position", "gps:utc",
+    "sidecar:utc", "exif:offset", "iptc:offset", "xmp:offset", "gps:time", "gps:position", "gps:utc",
     "makernote", "exif:datetime", "filename",
     "rule", "previous", "default", "unknown", "none",
 )  # and a source's own name for its wall clock (ItemMeta.time_provenance, e.g. "source:flickr")
 #: where a zone may come from that is the photo's own (its provenance, or ``source.zone``
 #: for the levels above): a later photo of the same sequence may borrow it
-OWN_EVIDENCE = ("exif:offset", "xmp:offset", "gps:time", "gps:position", "gps:utc", "sidecar:position",
+OWN_EVIDENCE = ("exif:offset", "iptc:offset", "xmp:offset", "gps:time", "gps:position", "gps:utc", "sidecar:position",
                 "wall_clock")
 
 MIN_OFFSET, MAX_OFFSET = -12 * 60, 14 * 60  # minutes; the world's civil offsets
@@ -367,9 +368,10 @@ class _Clues:
     xmp: dict[str, str]
     meta: dict[str, Any]
     name: str
-    local: datetime | None = None  # the EXIF (or XMP) capture wall clock
+    local: datetime | None = None  # the EXIF (or XMP, or IPTC) capture wall clock
     local_tag: str | None = None
     exif_off: int | None = None  # the offset tag written for that wall clock
+    offset_name: str = "exif:offset"  # what that offset is (an IPTC TimeCreated's: iptc:offset)
     gps_day: date | None = None
     gps_seconds: float | None = None
     pos_zone: str | None = None  # the zone at the EXIF GPS position
@@ -382,6 +384,9 @@ class _Clues:
         if c.local is None and (xmp_capture := _xmp_times(c.xmp, XMP_CAPTURE)):
             c.local, _, prop = xmp_capture[0]
             c.local_tag = f"XMP:{prop}"
+        if c.local is None and c.tags.get("iptc_dt"):
+            c.local, c.exif_off = parse_exif_datetime(c.tags["iptc_dt"])
+            c.local_tag, c.offset_name = "IPTC:DateCreated", "iptc:offset"
         c.gps_day, c.gps_seconds = parse_gps_datetime(c.tags.get("gps_date"), c.tags.get("gps_time"))
         lat, lon = c.tags.get("lat"), c.tags.get("lon")
         c.pos_zone = zone_at(lat, lon) if lat is not None and lon is not None else None
@@ -414,15 +419,15 @@ def _number(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _zone_evidence(c: _Clues, local: datetime, conflicts: list[dict],
-                   offset_tag: int | None) -> list[tuple[str, int, str, list[dict]]]:
+def _zone_evidence(c: _Clues, local: datetime, conflicts: list[dict], offset_tag: int | None,
+                   offset_name: str = "exif:offset") -> list[tuple[str, int, str, list[dict]]]:
     """Every piece of the photo's own evidence for the zone of the wall clock ``local``,
     best first, each as (provenance, offset minutes, tz text, DST flags): the offset tag,
     an XMP offset, GPS time (against the file's own clock), the GPS position, the
     source's position."""
     evidence: list[tuple[str, int, str, list[dict]]] = []
     if offset_tag is not None:
-        evidence.append(("exif:offset", offset_tag, format_offset(offset_tag), []))
+        evidence.append((offset_name, offset_tag, format_offset(offset_tag), []))
     xmp_off, xmp_note = _xmp_offset(c.xmp, local)
     if xmp_off is not None:
         evidence.append(("xmp:offset", xmp_off, format_offset(xmp_off), []))
@@ -514,7 +519,7 @@ def decide_own(path: str, item_id: Any, read: dict[str, Any], meta: dict[str, An
         return _decide_gps_utc(rec, c)
     if c.local is not None:
         rec["source"] = {"tag": c.local_tag}
-        evidence = _zone_evidence(c, c.local, rec["conflicts"], c.exif_off)
+        evidence = _zone_evidence(c, c.local, rec["conflicts"], c.exif_off, c.offset_name)
         if not evidence:
             return _wants_zone(rec, c.local, None)
         return rec, c.local, _settle(rec, c.local, evidence, None)
@@ -597,7 +602,7 @@ def _decide_instant(rec: dict, c: _Clues, utc: datetime, level: str, tag: str) -
     walls = [w for w in c.wall_clocks() if w[0] != "exif:datetime"]
     candidates: list[tuple[str, tuple]] = []
     if c.exif_off is not None:
-        candidates.append(("exif:offset", ("fixed", c.exif_off)))
+        candidates.append((c.offset_name, ("fixed", c.exif_off)))
     if c.local is not None:
         xmp_off, _ = _xmp_offset(c.xmp, c.local)
         if xmp_off is not None:
@@ -678,7 +683,7 @@ def _decide_source_local(rec: dict, c: _Clues, src: datetime, level: str,
             rec["conflicts"].append({"kind": "source_vs_file", "source_local": src.isoformat(),
                                      "granularity": granularity, "file_local": wall.isoformat(),
                                      "file_tag": wall_tag, "chosen": level})
-    evidence = _zone_evidence(c, local, rec["conflicts"], c.exif_off)
+    evidence = _zone_evidence(c, local, rec["conflicts"], c.exif_off, c.offset_name)
     if not evidence:
         return _wants_zone(rec, local, level)
     return rec, local, _settle(rec, local, evidence, level)

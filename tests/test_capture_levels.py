@@ -43,6 +43,8 @@ def test_sidecar_utc_takes_its_zone_from_the_exif_offset_tags(tmp_path):
     assert rec["provenance"] == "sidecar:utc" and rec["utc"] == "2019-03-10T04:15:00+00:00"
     assert rec["local"] == "2019-03-10T10:00:00" and rec["offset_minutes"] == 345 and rec["tz"] == "+05:45"
     assert rec["source"] == {"tag": "time_utc", "zone": "exif:offset"} and rec["conflicts"] == []
+    # a Takeout sidecar's timestamp as written (seconds since 1970) is the same instant
+    assert capture_times([with_meta(path, time_utc="1552191300")])[0]["utc"] == "2019-03-10T04:15:00+00:00"
 
 
 def test_sidecar_utc_takes_its_zone_from_the_exif_gps_position(tmp_path):

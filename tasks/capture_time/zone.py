@@ -504,7 +504,7 @@ def decide_own(path: str, item_id: Any, read: dict[str, Any], meta: dict[str, An
     rec["reader"] = read.get("reader")
 
     if meta.get("time_utc"):
-        utc, _ = _parse_instant(meta["time_utc"])
+        utc = _parse_instant(meta["time_utc"])
         if utc is not None:
             return _decide_instant(rec, c, utc, meta.get("time_provenance") or "sidecar:utc", "time_utc")
         rec["conflicts"].append({"kind": "unparsable_source_time", "time_utc": str(meta["time_utc"])[:64]})
@@ -554,15 +554,19 @@ def _decide_gps_utc(rec: dict, c: _Clues) -> tuple[dict, None, tuple | None]:
     return rec, None, None
 
 
-def _parse_instant(text: Any) -> tuple[datetime | None, None]:
-    """A naive UTC datetime from an ISO 8601 instant (an offset or Z; none means UTC)."""
+def _parse_instant(text: Any) -> datetime | None:
+    """A naive UTC datetime from an ISO 8601 instant (an offset or Z; none means UTC) or a
+    count of seconds since 1970 (a Takeout sidecar's ``timestamp`` as written)."""
+    raw = str(text).strip()
     try:
-        when = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None, None
+        if raw.isdigit():
+            return datetime(1970, 1, 1) + timedelta(seconds=int(raw))
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except (ValueError, OverflowError):
+        return None
     if when.tzinfo is not None:
         when = when.astimezone(timezone.utc).replace(tzinfo=None)
-    return when, None
+    return when
 
 
 def _from_instant(utc: datetime, zone: tuple) -> tuple[datetime, int, str]:

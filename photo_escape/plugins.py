@@ -167,9 +167,11 @@ class Destination:
         pass
 
 
-def settings_key(config: BaseModel, **extra: Any) -> str:
-    """A short stable hash of a config (secret references included, never values)."""
-    blob = json.dumps([config.model_dump(mode="json"), extra], sort_keys=True, default=str)
+def settings_key(config: BaseModel, *, exclude: set[str] | None = None, **extra: Any) -> str:
+    """A short stable hash of a config (secret references included, never values);
+    ``exclude``: fields left out (a new field at its default, so that adding it does
+    not make every delivered photo look delivered with other settings)."""
+    blob = json.dumps([config.model_dump(mode="json", exclude=exclude), extra], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

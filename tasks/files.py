@@ -55,7 +55,7 @@ _ISO_BRANDS = {
     b"crx ": "cr3",
 }
 #: every name :func:`sniff_image` gives
-IMAGE_FORMATS = frozenset(f for _, f in _SIGNATURES) | frozenset(_ISO_BRANDS.values()) | {"webp"}
+IMAGE_FORMATS = frozenset(f for _, f in _SIGNATURES) | frozenset(_ISO_BRANDS.values()) | {"webp", "crw"}
 
 
 def sniff_image(head: bytes) -> str | None:
@@ -69,6 +69,8 @@ def sniff_image(head: bytes) -> str | None:
             return name
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
+    if head[:2] in (b"II", b"MM") and head[6:14] == b"HEAPCCDR":  # Canon CRW (CIFF)
+        return "crw"
     if is_iso_media(head):
         return _ISO_BRANDS.get(head[8:12])
     return None

@@ -156,6 +156,9 @@ def capture_outcomes(items: list[dict], records: list[dict]) -> tuple[list[dict]
     rows, out = [], []
     for item, rec in zip(items, records):
         capture = {k: rec.get(k) for k in ("local", "utc", "offset_minutes", "tz", "provenance", "conflicts")}
+        for extra in ("granularity", "source"):  # a coarse date's precision; which tag, where the zone came from
+            if rec.get(extra):
+                capture[extra] = rec[extra]
         rows.append(dict(capture, item_id=item["item_id"], sha256=item.get("sha256")))
         reason = rec.get("provenance") or rec.get("error") or "unknown"
         out.append(outcome(item["item_id"], "capture_time", "ok", reason, detail=capture,

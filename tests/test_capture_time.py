@@ -213,13 +213,19 @@ def test_default_and_unknown(tmp_path):
     assert capture_time(path, default_tz="+05:30")["utc"] == "2014-12-25T03:30:00+00:00"
 
 
-def test_file_change_date_and_editor_create_date_are_not_capture_times(tmp_path):
+def test_editor_create_date_is_no_capture_time_and_file_change_date_is_the_last_resort(tmp_path):
     editor_xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
                   b'<rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:CreateDate="2012-06-29T09:29-04:00"/>'
                   b'</rdf:RDF></x:xmpmeta>')
-    path = custom_jpeg(tmp_path / "edited.jpg", ifd0={0x0132: "2012:09:17 15:53:45"}, xmp=editor_xmp)
+    path = custom_jpeg(tmp_path / "edited.jpg", xmp=editor_xmp)
     rec = capture_time(path, default_tz="Europe/Paris")
     assert rec["provenance"] == "none" and rec["local"] is None and rec["utc"] is None
+    # IFD0 DateTime (when the file was last written) only when nothing better exists: exif:datetime
+    path = custom_jpeg(tmp_path / "edited2.jpg", ifd0={0x0132: "2012:09:17 15:53:45"}, xmp=editor_xmp)
+    rec = capture_time(path, default_tz="Europe/Paris")
+    assert rec["provenance"] == "exif:datetime" and rec["local"] == "2012-09-17T15:53:45"
+    assert rec["utc"] == "2012-09-17T13:53:45+00:00" and rec["source"] == {"tag": "DateTime", "zone": "default"}
+    assert capture_time(path)["utc"] is None and capture_time(path)["provenance"] == "exif:datetime"
 
 
 def test_no_exif_has_no_time_and_never_a_file_time(tmp_path):
@@ -333,8 +339,8 @@ def test_heic_and_tiff_are_read(tmp_path):
     recs = capture_times([tmp_path / "a.heic", tmp_path / "b.tif"])
     assert [r["utc"] for r in recs] == ["2020-01-01T21:19:05+00:00"] * 2
     assert all(r["provenance"] == "exif:offset" for r in recs)
-    # exifread cannot parse this HEIC: the second reader (Pillow + pillow-heif) did
-    assert recs[0]["reader"] == "pillow"
+    # libexiv2 reads HEIC (exifread cannot parse this one)
+    assert recs[0]["reader"] == "exiv2"
 
 
 def _box(kind: bytes, payload: bytes) -> bytes:
@@ -358,12 +364,15 @@ def test_fujifilm_raf_is_read_through_its_jpeg_preview(tmp_path):
     assert rec["provenance"] == "exif:offset" and rec["utc"] == "2018-07-01T03:00:00+00:00"
 
 
+CANON_UUID = bytes.fromhex("85c0b687820f11e08111f4ce462b6a48")  # the uuid box Canon puts its CMT boxes in
+
+
 def test_canon_cr3_is_read_from_its_cmt_boxes(tmp_path):
     gps = {1: "N", 2: (_r(48), _r(51), _r(0)), 3: "E", 4: (_r(2), _r(21), _r(0)),
            7: (_r(10), _r(0), _r(5)), 0x1D: "2018:07:01"}
     cmt = (_box(b"CMT1", _tiff({0x010F: "Canon", 0x0132: "2018:07:01 12:00:00"}))
            + _box(b"CMT2", _tiff({0x9003: "2018:07:01 12:00:00"})) + _box(b"CMT4", _tiff(gps)))
-    data = (_box(b"ftyp", b"crx \0\0\0\x01crx isom") + _box(b"moov", _box(b"uuid", b"\x85" * 16 + cmt))
+    data = (_box(b"ftyp", b"crx \0\0\0\x01crx isom") + _box(b"moov", _box(b"uuid", CANON_UUID + cmt))
             + _box(b"mdat", b"\0" * 4096))
     (tmp_path / "IMG_0001.CR3").write_bytes(data)
     rec = capture_time(tmp_path / "IMG_0001.CR3")

@@ -76,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
         for rec in capture_times(chunk, default_tz=args.default_tz, timeout=args.timeout,
                                  lookback=0, carry=carry):
             record = {k: rec.get(k) for k in FIELDS}
-            if rec.get("source"):
-                record["source"] = rec["source"]
+            for extra in ("source", "granularity"):
+                if rec.get(extra):
+                    record[extra] = rec[extra]
             failed += rec["status"] != "ok"
             emit(record, args.json, _text(rec))
     return 1 if failed and failed == len(entries) else 0

@@ -2,33 +2,61 @@
 
 EXIF times are local wall-clock times with no zone. To upload a photo at the right
 moment we need an absolute UTC time, and to let a person review it we must say where
-the zone came from. The evidence, best first (the *provenance* codes):
+the time and the zone came from. The evidence, best first (the *provenance* codes):
+
+0. What the photo's source knows (``meta``, :class:`photo_escape.outcomes.ItemMeta`):
+
+   * ``sidecar:utc``  a UTC instant (a Google Takeout sidecar's ``photoTakenTime``); its zone
+                      from the EXIF offset tags, EXIF GPS, the sidecar's position, the
+                      difference between the file's wall clock and the instant (a whole
+                      quarter hour within +-14 h), then the rules and the default
+   * the source's own name (``meta.time_provenance``, e.g. ``source:flickr``): a wall clock
+                      (Flickr's "date taken"), zoned as EXIF's is; a coarse one (month,
+                      year, circa) keeps its ``granularity`` in the record
+
+   When the file's own clock disagrees by more than a zone explains (a date corrected in
+   Google Photos or on Flickr, a camera clock never set), the source wins and the conflict
+   (``sidecar_vs_file``, ``source_vs_file``) keeps both values: a source's date is what a
+   person last said it was.
 
 1. ``exif:offset``   DateTimeOriginal (+ SubSecTimeOriginal) with OffsetTimeOriginal, else OffsetTime
+                     (``iptc:offset``: with no EXIF or XMP date, IPTC DateCreated + TimeCreated's offset)
 2. ``xmp:offset``    an offset carried by XMP DateCreated (its wall time must agree with EXIF's)
 3. ``gps:time``      GPSDateStamp + GPSTimeStamp are UTC: offset = local - GPS, rounded to 15 minutes,
                      accepted when the leftover is <= 5 minutes and the offset is in -12:00..+14:00
                      (a GPS date one day off, a known camera bug, is corrected and noted in ``conflicts``)
 4. ``gps:position``  latitude/longitude looked up offline to an IANA zone (timezonefinder), applied
                      with that zone's DST rules; ambiguous and non-existent local times are flagged
+                     (``sidecar:position``: the source's latitude/longitude, the same way)
 5. ``gps:utc``       no DateTimeOriginal but a GPS date and time: that UTC time, local from the position
 6. ``rule``          a user rule (folder, file pattern, date range; first match wins)
 7. ``previous``      the zone of the previous photo of the same folder sequence that had one of its own
 8. ``default``       the job's ``default_tz``
 9. ``unknown``       the local time is kept, ``utc`` is null. File times are never used.
 
-``none`` means the file carries no capture time at all.
+When the file has no DateTimeOriginal, DateTimeDigitized, XMP capture date or GPS
+time, its lesser clocks, each zoned as in 1-8 with the zone's provenance in
+``source.zone`` (no zone: ``utc`` stays null):
 
-Levels 1-5 weigh one photo's own evidence (:func:`decide_own`); levels 6-9 borrow a
-zone for the photos left without one, over the whole list (:func:`capture_times`).
-The tags come from :mod:`tasks.capture_time.read`; deciding is plain, fast code in
-the caller's process. No Prefect here: the task wrapper lives elsewhere.
+* ``makernote``      a date only in a maker note or an older container (Reconyx, Pentax,
+                     Minolta, Sony maker notes, an Olympus APP12 block, a Canon CRW record)
+* ``exif:datetime``  IFD0 DateTime (when the file was last written: by then, often the capture)
+* ``filename``       a date in the file's name (:mod:`tasks.capture_time.names`; a Pixel's
+                     ``PXL_`` name is a UTC instant)
+
+``none`` means nothing anywhere gives a capture time.
+
+:func:`decide_own` weighs one photo's own evidence; :func:`capture_times` borrows a
+zone for the photos left without one, over the whole list. The tags come from
+:mod:`tasks.capture_time.read`; deciding is plain, fast code in the caller's process.
+No Prefect here: the task wrapper lives elsewhere.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import functools
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -37,19 +65,24 @@ from pathlib import Path, PurePath
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
+from tasks.capture_time.names import filename_time
 from tasks.capture_time.read import read_all_tags
 from tasks.files import IMAGE_SUFFIXES
 
 PROVENANCES = (
-    "exif:offset", "xmp:offset", "gps:time", "gps:position", "gps:utc",
+    "sidecar:utc", "exif:offset", "iptc:offset", "xmp:offset", "gps:time", "gps:position", "gps:utc",
+    "makernote", "exif:datetime", "filename",
     "rule", "previous", "default", "unknown", "none",
-)
-#: provenances that come from the photo itself, so a later photo may borrow its zone
-OWN_EVIDENCE = ("exif:offset", "xmp:offset", "gps:time", "gps:position", "gps:utc")
+)  # and a source's own name for its wall clock (ItemMeta.time_provenance, e.g. "source:flickr")
+#: where a zone may come from that is the photo's own (its provenance, or ``source.zone``
+#: for the levels above): a later photo of the same sequence may borrow it
+OWN_EVIDENCE = ("exif:offset", "iptc:offset", "xmp:offset", "gps:time", "gps:position", "gps:utc", "sidecar:position",
+                "wall_clock")
 
 MIN_OFFSET, MAX_OFFSET = -12 * 60, 14 * 60  # minutes; the world's civil offsets
 GPS_STEP, GPS_SLACK = 15, 5  # minutes: offsets are multiples of 15; camera vs GPS clock slack
 CONFLICT_MINUTES = 15  # sources disagreeing by more than this are reported
+WALL_CLOCK_SLACK = 2  # seconds: a source's instant made from the file's own clock matches it to the second
 LOOKBACK = 20  # files read on disk to find the previous photo's zone across a batch boundary
 
 
@@ -267,7 +300,7 @@ def _seconds_text(seconds: float) -> str:
 
 
 # ----------------------------------------------------------------------------------------
-# deciding one photo from its own evidence (steps 1-5)
+# deciding one photo from its own evidence and its source's
 # ----------------------------------------------------------------------------------------
 
 def _local_time(tags: dict[str, Any], xmp: dict[str, str]) -> tuple[datetime | None, str | None, int | None]:
@@ -326,85 +359,338 @@ def _set_time(rec: dict, local: datetime | None, utc: datetime | None, off: int 
     rec["provenance"] = provenance
 
 
-def decide_own(path: str, item_id: Any, read: dict[str, Any]) -> tuple[dict[str, Any], datetime | None, tuple | None]:
-    """Steps 1-5: the record from the photo's own metadata, its local time, and the zone
-    (``("iana", name)`` or ``("fixed", minutes)``) a later photo may borrow.
+@dataclass
+class _Clues:
+    """What one photo says about its capture, parsed once: the file's tags and XMP dates,
+    and what its source handed over (``meta``, :class:`photo_escape.outcomes.ItemMeta`)."""
 
-    A record still needing a zone has ``provenance: "unknown"`` and a local time.
-    """
-    rec = _blank(path, item_id)
-    if "error" in read:
-        rec.update(status="error", error=read["error"])
-        return rec, None, None
-    tags, xmp = read.get("tags") or {}, read.get("xmp") or {}
-    rec["reader"] = read.get("reader")
-    local, local_tag, exif_off = _local_time(tags, xmp)
-    gps_day, gps_seconds = parse_gps_datetime(tags.get("gps_date"), tags.get("gps_time"))
-    lat, lon = tags.get("lat"), tags.get("lon")
-    pos_zone = zone_at(lat, lon) if lat is not None and lon is not None else None
-    conflicts: list[dict] = rec["conflicts"]
+    tags: dict[str, Any]
+    xmp: dict[str, str]
+    meta: dict[str, Any]
+    name: str
+    local: datetime | None = None  # the EXIF (or XMP, or IPTC) capture wall clock
+    local_tag: str | None = None
+    exif_off: int | None = None  # the offset tag written for that wall clock
+    offset_name: str = "exif:offset"  # what that offset is (an IPTC TimeCreated's: iptc:offset)
+    gps_day: date | None = None
+    gps_seconds: float | None = None
+    pos_zone: str | None = None  # the zone at the EXIF GPS position
+    meta_zone: str | None = None  # the zone at the source's position (a Takeout sidecar's geoData)
 
-    if local is None and gps_day is not None and gps_seconds is not None:
-        utc = datetime.combine(gps_day, time()) + timedelta(seconds=gps_seconds)
-        utc = utc.replace(microsecond=int(round((gps_seconds % 1) * 1e6)) % 1000000)
-        rec["source"] = {"tag": "GPSDateStamp+GPSTimeStamp"}
-        if pos_zone:
-            aware = utc.replace(tzinfo=timezone.utc).astimezone(ZoneInfo(pos_zone))
-            off = int(round(aware.utcoffset().total_seconds() / 60))
-            _set_time(rec, aware.replace(tzinfo=None), utc, off, pos_zone, "gps:utc")
-            return rec, None, ("iana", pos_zone)
-        _set_time(rec, None, utc, None, None, "gps:utc")
-        rec["needs_local"] = True
-        return rec, None, None
-    xmp_capture = _xmp_times(xmp, XMP_CAPTURE)
-    if local is None and xmp_capture:
-        local, _, name = xmp_capture[0]
-        local_tag, exif_off = f"XMP:{name}", None
-    if local is None:
-        # IFD0 DateTime is, by the EXIF standard, when the *file* was last changed: not a
-        # capture time. It is shown for review, never used.
-        changed, _ = parse_exif_datetime(tags.get("dt"), tags.get("subsec"))
+    @classmethod
+    def of(cls, read: dict[str, Any], meta: dict[str, Any] | None, name: str) -> "_Clues":
+        c = cls(read.get("tags") or {}, read.get("xmp") or {}, dict(meta or {}), name)
+        c.local, c.local_tag, c.exif_off = _local_time(c.tags, c.xmp)
+        if c.local is None and (xmp_capture := _xmp_times(c.xmp, XMP_CAPTURE)):
+            c.local, _, prop = xmp_capture[0]
+            c.local_tag = f"XMP:{prop}"
+        if c.local is None and c.tags.get("iptc_dt"):
+            c.local, c.exif_off = parse_exif_datetime(c.tags["iptc_dt"])
+            c.local_tag, c.offset_name = "IPTC:DateCreated", "iptc:offset"
+        c.gps_day, c.gps_seconds = parse_gps_datetime(c.tags.get("gps_date"), c.tags.get("gps_time"))
+        lat, lon = c.tags.get("lat"), c.tags.get("lon")
+        c.pos_zone = zone_at(lat, lon) if lat is not None and lon is not None else None
+        mlat, mlon = _number(c.meta.get("latitude")), _number(c.meta.get("longitude"))
+        c.meta_zone = zone_at(mlat, mlon) if mlat is not None and mlon is not None else None
+        return c
+
+    def wall_clocks(self) -> list[tuple[str, datetime, str]]:
+        """The file's own wall clocks, best first: (level, local time, tag or pattern)."""
+        out = []
+        if self.local is not None:
+            out.append(("exif", self.local, self.local_tag))
+        made, _ = parse_exif_datetime(self.tags.get("makernote_dt"))
+        if made is not None:
+            out.append(("makernote", made, self.tags.get("makernote_tag") or "maker note"))
+        changed, _ = parse_exif_datetime(self.tags.get("dt"), self.tags.get("subsec"))
         if changed is not None:
-            rec["source"] = {"file_changed": changed.isoformat()}
-        rec["provenance"] = "none"
-        return rec, None, None
-    rec["source"] = {"tag": local_tag}
+            out.append(("exif:datetime", changed, "DateTime"))
+        named = filename_time(self.name) if self.name else None
+        if named is not None and not named.utc and named.granularity == "exact":
+            out.append(("filename", named.when, f"filename:{named.pattern}"))
+        return out
 
-    # every piece of evidence, each giving an offset for this local time
+
+def _number(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _zone_evidence(c: _Clues, local: datetime, conflicts: list[dict], offset_tag: int | None,
+                   offset_name: str = "exif:offset") -> list[tuple[str, int, str, list[dict]]]:
+    """Every piece of the photo's own evidence for the zone of the wall clock ``local``,
+    best first, each as (provenance, offset minutes, tz text, DST flags): the offset tag,
+    an XMP offset, GPS time (against the file's own clock), the GPS position, the
+    source's position."""
     evidence: list[tuple[str, int, str, list[dict]]] = []
-    if exif_off is not None:
-        evidence.append(("exif:offset", exif_off, format_offset(exif_off), []))
-    xmp_off, xmp_note = _xmp_offset(xmp, local)
+    if offset_tag is not None:
+        evidence.append((offset_name, offset_tag, format_offset(offset_tag), []))
+    xmp_off, xmp_note = _xmp_offset(c.xmp, local)
     if xmp_off is not None:
         evidence.append(("xmp:offset", xmp_off, format_offset(xmp_off), []))
     elif xmp_note:
         conflicts.append(xmp_note)
     pos: tuple[int, str, list[dict]] | None = None
-    if pos_zone:
-        _, p_off, _, flags = in_zone(local, ("iana", pos_zone))
-        pos = (p_off, pos_zone, flags)
-    if gps_seconds is not None:
-        g_off, notes = offset_from_gps(local, gps_day, gps_seconds, hint=pos[0] if pos else None)
+    if c.pos_zone:
+        _, p_off, _, flags = in_zone(local, ("iana", c.pos_zone))
+        pos = (p_off, c.pos_zone, flags)
+    if c.gps_seconds is not None:
+        g_off, notes = offset_from_gps(c.local or local, c.gps_day, c.gps_seconds, hint=pos[0] if pos else None)
         conflicts.extend(notes)
         if g_off is not None:
             tz = pos[1] if pos and pos[0] == g_off else format_offset(g_off)
             evidence.append(("gps:time", g_off, tz, []))
     if pos:
         evidence.append(("gps:position", pos[0], pos[1], pos[2]))
+    if c.meta_zone:
+        _, m_off, _, flags = in_zone(local, ("iana", c.meta_zone))
+        evidence.append(("sidecar:position", m_off, c.meta_zone, flags))
+    return evidence
 
-    if not evidence:
-        rec["provenance"] = "unknown"
-        rec["local"] = local.isoformat()
-        return rec, local, None
+
+def _settle(rec: dict, local: datetime, evidence: list, level: str | None) -> tuple | None:
+    """Fill ``rec`` from the best of ``evidence`` for the wall clock ``local`` and note the
+    rest where it disagrees; the zone a later photo may borrow. ``level`` names a time
+    that is not EXIF's own (then the zone's provenance goes to ``source.zone``)."""
     provenance, off, tz, flags = evidence[0]
-    conflicts.extend(flags)
-    _set_time(rec, local, local - timedelta(minutes=off), off, tz, provenance)
+    rec["conflicts"].extend(flags)
+    _set_time(rec, local, local - timedelta(minutes=off), off, tz, level or provenance)
+    if level:
+        rec.setdefault("source", {})["zone"] = provenance
     for other, o_off, o_tz, _ in evidence[1:]:
         if abs(o_off - off) > CONFLICT_MINUTES:
-            conflicts.append({"kind": "disagree", "source": other, "offset": format_offset(o_off), "tz": o_tz,
-                              "utc": _utc_text(local - timedelta(minutes=o_off)), "minutes": o_off - off})
-    carry = ("iana", tz) if "/" in tz or tz == "UTC" else ("fixed", off)
-    return rec, local, carry
+            rec["conflicts"].append({"kind": "disagree", "source": other, "offset": format_offset(o_off), "tz": o_tz,
+                                     "utc": _utc_text(local - timedelta(minutes=o_off)), "minutes": o_off - off})
+    return ("iana", tz) if "/" in tz or tz == "UTC" else ("fixed", off)
+
+
+def _wants_zone(rec: dict, local: datetime, level: str | None) -> tuple[dict, datetime, None]:
+    """A wall clock with no zone of its own: the rules, the previous photo or the default
+    may lend one (:func:`capture_times`)."""
+    rec["local"] = local.isoformat()
+    rec["provenance"] = level or "unknown"
+    if level:
+        rec["_level"] = level
+    return rec, local, None
+
+
+def decide_own(path: str, item_id: Any, read: dict[str, Any], meta: dict[str, Any] | None = None,
+               name: str | None = None) -> tuple[dict[str, Any], datetime | None, tuple | None]:
+    """The record from the photo's own evidence and what its source handed over
+    (``meta``), its local time, and the zone (``("iana", name)`` or ``("fixed", minutes)``)
+    a later photo may borrow. The levels, best first:
+
+    1. the source's UTC instant (``meta.time_utc``: ``sidecar:utc``), :func:`_decide_instant`
+    2. the source's wall clock (``meta.time_local``, named by ``meta.time_provenance``)
+    3. EXIF's DateTimeOriginal / DateTimeDigitized, XMP's capture date, GPS UTC (steps 1-5)
+    4. ``makernote``: a date only in a maker note or an older container
+    5. ``exif:datetime``: IFD0 DateTime (when the file was last written: the last resort in the file)
+    6. ``filename``: a date in the file's name (:mod:`tasks.capture_time.names`)
+
+    A record still needing a zone has a local time and no UTC time: provenance
+    ``unknown`` (an EXIF time) or its level's name (a borrowed zone keeps it).
+    """
+    rec = _blank(path, item_id)
+    meta = meta or {}
+    if "error" in read and not (meta.get("time_utc") or meta.get("time_local")):
+        rec.update(status="error", error=read["error"])
+        return rec, None, None
+    if "error" in read:  # a file no reader knows (a video) whose source knows its time
+        rec["file_error"] = read["error"]
+    c = _Clues.of(read, meta, name or PurePath(path).name)
+    rec["reader"] = read.get("reader")
+
+    if meta.get("time_utc"):
+        utc = _parse_instant(meta["time_utc"])
+        if utc is not None:
+            return _decide_instant(rec, c, utc, meta.get("time_provenance") or "sidecar:utc", "time_utc")
+        rec["conflicts"].append({"kind": "unparsable_source_time", "time_utc": str(meta["time_utc"])[:64]})
+    if meta.get("time_local"):
+        src, _ = parse_exif_datetime(str(meta["time_local"]))
+        if src is not None:
+            return _decide_source_local(rec, c, src, meta.get("time_provenance") or "source:local",
+                                        meta.get("time_granularity") or "exact")
+        rec["conflicts"].append({"kind": "unparsable_source_time", "time_local": str(meta["time_local"])[:64]})
+    exif_clock = c.local is not None and not (c.local_tag or "").startswith("XMP:")
+    if not exif_clock and c.gps_day is not None and c.gps_seconds is not None:
+        return _decide_gps_utc(rec, c)
+    if c.local is not None:
+        rec["source"] = {"tag": c.local_tag}
+        evidence = _zone_evidence(c, c.local, rec["conflicts"], c.exif_off, c.offset_name)
+        if not evidence:
+            return _wants_zone(rec, c.local, None)
+        return rec, c.local, _settle(rec, c.local, evidence, None)
+    for level, local, tag in c.wall_clocks():  # the file's lesser clocks
+        rec["source"] = {"tag": tag}
+        off_tag = parse_offset(c.tags.get("off")) if level == "exif:datetime" else None
+        evidence = _zone_evidence(c, local, rec["conflicts"], off_tag)
+        if not evidence:
+            return _wants_zone(rec, local, level)
+        return rec, local, _settle(rec, local, evidence, level)
+    named = filename_time(c.name)
+    if named is not None and named.utc:
+        return _decide_instant(rec, c, named.when, "filename", f"filename:{named.pattern}")
+    if named is not None:  # a date with no time of day (IMG-20191225-WA0001)
+        rec["source"], rec["granularity"] = {"tag": f"filename:{named.pattern}"}, named.granularity
+        return _wants_zone(rec, named.when, "filename")
+    return rec, None, None
+
+
+def _decide_gps_utc(rec: dict, c: _Clues) -> tuple[dict, None, tuple | None]:
+    """Step 5: no wall clock but a GPS date and time: that UTC time, local from the position."""
+    utc = datetime.combine(c.gps_day, time()) + timedelta(seconds=c.gps_seconds)
+    utc = utc.replace(microsecond=int(round((c.gps_seconds % 1) * 1e6)) % 1000000)
+    rec["source"] = {"tag": "GPSDateStamp+GPSTimeStamp"}
+    zone = c.pos_zone or c.meta_zone
+    if zone:
+        local, off, tz = _from_instant(utc, ("iana", zone))
+        _set_time(rec, local, utc, off, tz, "gps:utc")
+        return rec, None, ("iana", zone)
+    _set_time(rec, None, utc, None, None, "gps:utc")
+    rec["needs_local"] = True
+    return rec, None, None
+
+
+def _parse_instant(text: Any) -> datetime | None:
+    """A naive UTC datetime from an ISO 8601 instant (an offset or Z; none means UTC) or a
+    count of seconds since 1970 (a Takeout sidecar's ``timestamp`` as written)."""
+    raw = str(text).strip()
+    try:
+        if raw.isdigit():
+            return datetime(1970, 1, 1) + timedelta(seconds=int(raw))
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except (ValueError, OverflowError):
+        return None
+    if when.tzinfo is not None:
+        when = when.astimezone(timezone.utc).replace(tzinfo=None)
+    return when
+
+
+def _from_instant(utc: datetime, zone: tuple) -> tuple[datetime, int, str]:
+    """The wall clock, offset and tz text of the UTC instant ``utc`` in ``zone``."""
+    if zone[0] == "iana":
+        aware = utc.replace(tzinfo=timezone.utc).astimezone(ZoneInfo(zone[1]))
+        return aware.replace(tzinfo=None), int(round(aware.utcoffset().total_seconds() / 60)), zone[1]
+    return utc + timedelta(minutes=zone[1]), int(zone[1]), format_offset(zone[1])
+
+
+def _wall_clock_offset(wall: datetime, utc: datetime) -> int | None:
+    """The offset that makes the wall clock ``wall`` the instant ``utc``, when one can: a
+    whole quarter hour (to within 2 seconds), within +-14 hours; else None."""
+    diff = (wall - utc).total_seconds()
+    off = int(round(diff / (GPS_STEP * 60))) * GPS_STEP
+    if abs(diff - off * 60) <= WALL_CLOCK_SLACK and abs(off) <= 14 * 60:
+        return off
+    return None
+
+
+def _decide_instant(rec: dict, c: _Clues, utc: datetime, level: str, tag: str) -> tuple[dict, datetime | None,
+                                                                                      tuple | None]:
+    """A UTC instant from the source (a Takeout sidecar's ``photoTakenTime``) or a Pixel's
+    file name. The instant stands; its zone comes from, in order, the EXIF offset tags,
+    an XMP offset, the EXIF GPS position, the EXIF GPS time, the source's position, the
+    difference between the file's wall clock and the instant (``wall_clock``: a whole
+    quarter hour within +-14 h); else the job's rules, then its default (not the
+    previous photo: a source's instant is exact, a neighbour's zone a guess).
+
+    When the file's wall clock and the instant disagree by more than any zone explains
+    (someone corrected the date in Google Photos; a camera clock never set), **the
+    source's instant wins** (it is what a person last said the time was; the camera's
+    clock is what it was set to, often never) and the conflict ``sidecar_vs_file``
+    keeps both values.
+    """
+    rec["source"] = {"tag": tag}
+    walls = [w for w in c.wall_clocks() if w[0] != "exif:datetime"]
+    candidates: list[tuple[str, tuple]] = []
+    if c.exif_off is not None:
+        candidates.append((c.offset_name, ("fixed", c.exif_off)))
+    if c.local is not None:
+        xmp_off, _ = _xmp_offset(c.xmp, c.local)
+        if xmp_off is not None:
+            candidates.append(("xmp:offset", ("fixed", xmp_off)))
+    if c.pos_zone:
+        candidates.append(("gps:position", ("iana", c.pos_zone)))
+    if c.local is not None and c.gps_seconds is not None:
+        g_off, _ = offset_from_gps(c.local, c.gps_day, c.gps_seconds)
+        if g_off is not None:
+            candidates.append(("gps:time", ("fixed", g_off)))
+    if c.meta_zone:
+        candidates.append(("sidecar:position", ("iana", c.meta_zone)))
+    if walls:
+        _, wall, wall_tag = walls[0]
+        w_off = _wall_clock_offset(wall, utc)
+        if w_off is not None:
+            candidates.append(("wall_clock", ("fixed", w_off)))
+        else:
+            rec["conflicts"].append({
+                "kind": "sidecar_vs_file", "source_utc": _utc_text(utc), "file_local": wall.isoformat(),
+                "file_tag": wall_tag, "minutes": round((wall - utc).total_seconds() / 60, 1), "chosen": level})
+    if not candidates:
+        _set_time(rec, None, utc, None, None, level)
+        rec["needs_local"] = rec["_no_previous"] = True
+        return rec, None, None
+    zone_from, zone = candidates[0]
+    local, off, tz = _from_instant(utc, zone)
+    _set_time(rec, local, utc, off, tz, level)
+    rec["source"]["zone"] = zone_from
+    for other, o_zone in candidates[1:]:
+        _, o_off, o_tz = _from_instant(utc, o_zone)
+        if abs(o_off - off) > CONFLICT_MINUTES:
+            rec["conflicts"].append({"kind": "disagree", "source": other, "offset": format_offset(o_off),
+                                     "tz": o_tz, "local": (utc + timedelta(minutes=o_off)).isoformat(),
+                                     "minutes": o_off - off})
+    return rec, local, zone
+
+
+GRANULAR_YEARS = {"year": 0, "circa": 5}  # how far a coarse source date reaches either way, in years
+
+
+def _within(local: datetime, start: datetime, granularity: str) -> bool:
+    """Whether ``local`` falls in the period a coarse source date names (its start)."""
+    if granularity == "day":
+        return local.date() == start.date()
+    if granularity == "month":
+        return (local.year, local.month) == (start.year, start.month)
+    reach = GRANULAR_YEARS.get(granularity)
+    return reach is not None and abs(local.year - start.year) <= reach
+
+
+def _decide_source_local(rec: dict, c: _Clues, src: datetime, level: str,
+                         granularity: str) -> tuple[dict, datetime, tuple | None]:
+    """A wall clock from the source (Flickr's "date taken"), named ``level``, its zone as
+    for EXIF's (offset tags, XMP, GPS, the source's position; else borrowed).
+
+    A coarse date (``granularity`` month, year or circa: a scan of an old print) is never
+    made an exact midnight: the record keeps ``granularity``, and the XMP sidecar writes
+    only what is known (``2019-03``). When the file's own clock falls in that period it
+    refines the date (``source.refined_by``). When the file's clock disagrees (a scanner's
+    date, a camera clock never set), **the source wins** (a person set it) and the
+    conflict ``source_vs_file`` keeps both values.
+    """
+    rec["source"] = {"tag": "time_local"}
+    local = src
+    walls = [w for w in c.wall_clocks() if w[0] in ("exif", "makernote")]
+    if granularity not in ("exact", "", None):
+        rec["granularity"] = granularity
+    if walls:
+        _, wall, wall_tag = walls[0]
+        if granularity == "exact" and abs((wall - src).total_seconds()) <= 60:
+            local = wall  # the same moment, to the file's precision (sub-seconds)
+        elif granularity != "exact" and _within(wall, src, granularity):
+            local = wall
+            rec["source"]["refined_by"] = wall_tag
+            rec.pop("granularity", None)
+        else:
+            rec["conflicts"].append({"kind": "source_vs_file", "source_local": src.isoformat(),
+                                     "granularity": granularity, "file_local": wall.isoformat(),
+                                     "file_tag": wall_tag, "chosen": level})
+    evidence = _zone_evidence(c, local, rec["conflicts"], c.exif_off, c.offset_name)
+    if not evidence:
+        return _wants_zone(rec, local, level)
+    return rec, local, _settle(rec, local, evidence, level)
 
 
 # ----------------------------------------------------------------------------------------
@@ -454,22 +740,21 @@ def rule_matches(rule: dict[str, Any], *, path: str, name: str, folder: str, loc
     return True
 
 
-def _apply_zone(rec: dict, local: datetime | None, zone: tuple, provenance: str) -> None:
-    """Fill a record from a borrowed zone (rule, previous photo, default)."""
-    if local is None and rec.get("needs_local") and rec.get("utc"):  # gps:utc with no position
-        utc = datetime.fromisoformat(rec["utc"])
-        if zone[0] == "iana":
-            aware = utc.astimezone(ZoneInfo(zone[1]))
-            off, tz = int(round(aware.utcoffset().total_seconds() / 60)), zone[1]
-        else:
-            off, tz = zone[1], format_offset(zone[1])
-            aware = utc + timedelta(minutes=off)
-        rec["local"] = aware.replace(tzinfo=None).isoformat()
-        rec["offset_minutes"], rec["tz"] = off, tz
-        rec.setdefault("source", {})["local_zone_from"] = provenance
+def _apply_zone(rec: dict, local: datetime | None, zone: tuple, zone_from: str) -> None:
+    """Fill a record from a borrowed zone (``zone_from``: rule, previous photo, default).
+    An EXIF wall clock takes the zone's provenance; a lesser level keeps its own and
+    says where the zone came from in ``source.zone``; so does a UTC instant given a wall clock."""
+    level = rec.get("_level")
+    if local is None and rec.get("needs_local") and rec.get("utc"):  # an instant with no zone of its own
+        utc = datetime.fromisoformat(rec["utc"]).astimezone(timezone.utc).replace(tzinfo=None)
+        new_local, off, tz = _from_instant(utc, zone)
+        rec["local"], rec["offset_minutes"], rec["tz"] = new_local.isoformat(), off, tz
+        rec.setdefault("source", {})["zone"] = zone_from
         return
     utc, off, tz, flags = in_zone(local, zone)
-    _set_time(rec, local, utc, off, tz, provenance)
+    _set_time(rec, local, utc, off, tz, level or zone_from)
+    if level:
+        rec.setdefault("source", {})["zone"] = zone_from
     rec["conflicts"].extend(flags)
 
 
@@ -490,7 +775,8 @@ class _Photo:
 
     @property
     def has_own_zone(self) -> bool:
-        return self.carry is not None and self.rec["provenance"] in OWN_EVIDENCE
+        zone_from = (self.rec.get("source") or {}).get("zone")
+        return self.carry is not None and (self.rec["provenance"] in OWN_EVIDENCE or zone_from in OWN_EVIDENCE)
 
 
 def _camera(read: dict[str, Any]) -> str:
@@ -503,12 +789,15 @@ def capture_times(entries: Iterable[dict[str, Any] | str | os.PathLike], *, rule
                   lookback: int = LOOKBACK, carry: dict | None = None) -> list[dict[str, Any]]:
     """Capture-time records for photos, in the order given.
 
-    ``entries`` are dicts with ``path`` and optionally ``item_id``, ``name`` and
-    ``folder`` (the sequence a "previous photo" belongs to; the file's folder by
-    default), or plain paths. ``rules`` are :class:`photo_escape.jobspec.TimeZoneRule`
-    objects or dicts (tz, folder, pattern, start, end; first match wins). Each record:
+    ``entries`` are dicts with ``path`` and optionally ``item_id``, ``name`` (also read
+    for a date, :mod:`tasks.capture_time.names`), ``folder`` (the sequence a "previous
+    photo" belongs to; the file's folder by default) and ``meta`` (what the source knows:
+    :class:`photo_escape.outcomes.ItemMeta`), or plain paths. ``rules`` are
+    :class:`photo_escape.jobspec.TimeZoneRule` objects or dicts (tz, folder, pattern,
+    start, end; first match wins). Each record:
     ``{path, item_id, status, error, local, utc, offset_minutes, tz, provenance, conflicts}``
-    plus ``source`` (which tag, rule or previous photo) and ``reader``.
+    plus ``source`` (which tag, rule or previous photo; ``zone``: where a lesser level's
+    zone came from), ``reader``, and ``granularity`` for a date coarser than a moment.
 
     The previous photo is the one before in the same folder *from the same camera*
     (make and model), in order of local time, then name. A folder's sequence may be cut
@@ -525,7 +814,7 @@ def capture_times(entries: Iterable[dict[str, Any] | str | os.PathLike], *, rule
     photos = []
     for e, path, read in zip(items, paths, reads):
         try:
-            rec, local, own = decide_own(path, e.get("item_id"), read)
+            rec, local, own = decide_own(path, e.get("item_id"), read, e.get("meta"), e.get("name"))
         except Exception as exc:  # a value no parser foresaw: this photo fails, the rest go on
             rec, local, own = _blank(path, e.get("item_id")), None, None
             rec.update(status="error", error="unparsable_metadata",
@@ -545,17 +834,17 @@ def capture_times(entries: Iterable[dict[str, Any] | str | os.PathLike], *, rule
         if p.has_own_zone:
             last_zone[p.seq] = (p.carry, p.name)
             continue
-        if p.local is None and not p.rec.get("needs_local"):
-            continue
-        _fill_borrowed(p, rule_list, last_zone, default)
+        if _needs_zone(p):
+            _fill_borrowed(p, rule_list, last_zone, default)
     for p in photos:
-        p.rec.pop("needs_local", None)
+        for internal in ("needs_local", "_level", "_no_previous"):
+            p.rec.pop(internal, None)
     return [p.rec for p in photos]
 
 
 def _needs_zone(p: _Photo) -> bool:
-    """A wall clock with no zone of its own, or a GPS UTC time with no local zone."""
-    return p.rec["status"] == "ok" and ((p.local is not None and p.rec["provenance"] == "unknown")
+    """A wall clock with no zone of its own, or a UTC time (GPS, a source's) with no local zone."""
+    return p.rec["status"] == "ok" and ((p.local is not None and p.rec["utc"] is None)
                                         or bool(p.rec.get("needs_local")))
 
 
@@ -611,21 +900,20 @@ def _earlier_siblings(path: str, folder: str, exclude: set[str], limit: int) -> 
 def _fill_borrowed(p: _Photo, rules: list[dict], last_zone: dict, default: tuple | None) -> None:
     """Steps 6-9 for one photo with a local time (or a UTC time) but no zone of its own."""
     rec, local = p.rec, p.local
-    borrowed = "rule" if local is not None else rec["provenance"]
     for k, rule in enumerate(rules):
         if rule_matches(rule, path=rec["path"], name=p.name, folder=p.folder, local=local):
-            _apply_zone(rec, local, zone_spec(rule["tz"]), borrowed)
+            _apply_zone(rec, local, zone_spec(rule["tz"]), "rule")
             rec.setdefault("source", {})["rule"] = k
             return
-    if p.seq in last_zone:
+    if p.seq in last_zone and not rec.get("_no_previous"):
         zone, prev = last_zone[p.seq]
-        _apply_zone(rec, local, zone, "previous" if local is not None else rec["provenance"])
+        _apply_zone(rec, local, zone, "previous")
         rec.setdefault("source", {})["previous"] = prev
         return
     if default is not None:
-        _apply_zone(rec, local, default, "default" if local is not None else rec["provenance"])
+        _apply_zone(rec, local, default, "default")
         return
-    if local is not None:
+    if local is not None and not rec.get("_level"):
         rec["provenance"] = "unknown"
 
 

@@ -11,6 +11,12 @@ content is ``already_present``; different content under the same name is never
 overwritten: it gets a suffixed name (``on_conflict: suffix``, the default) or
 fails with ``key_conflict`` (``on_conflict: fail``).
 
+With ``sidecars: [xmp]`` each photo gets ``NAME.EXT.xmp`` beside it (:mod:`tasks.xmp`:
+the restored capture time with its offset, place, title, description, albums, the
+provenance), written atomically and rewritten only when what it says changed; a
+sidecar another application wrote there is left alone. The outcome's ``detail.xmp``
+says what happened to it.
+
 Fixity (:mod:`tasks.fixity`): ``inventory`` lists the folders the delivered photos
 live in (one ``scandir`` each), ``read_back`` reads a file whole and hashes it, and
 ``set_aside`` renames a changed file to ``NAME~changed-YYYYMMDD.EXT`` (never over
@@ -44,11 +50,21 @@ class LocalDestinationConfig(KindConfig):
     on_conflict: Literal["suffix", "fail"] = Field(
         "suffix", description="different content under an existing name: add ~sha8 to the name, or fail"
     )
+    sidecars: list[Literal["xmp"]] = Field(
+        default_factory=list, description="files written beside each photo: xmp (NAME.EXT.xmp: capture time "
+                                          "with offset, place, title, description, albums, provenance)")
 
     @field_validator("layout")
     @classmethod
     def _layout(cls, v: str) -> str:
         return check_template(v)
+
+    @field_validator("sidecars", mode="before")
+    @classmethod
+    def _sidecars(cls, v: object) -> list[str]:
+        from tasks.xmp import sidecar_kinds
+
+        return sidecar_kinds(v)
 
 
 class LocalDestination(Destination):
@@ -65,7 +81,9 @@ class LocalDestination(Destination):
     def settings_key(self) -> str:
         from photo_escape.plugins import settings_key
 
-        return settings_key(self.config, root=str(self.root.resolve()))
+        # no sidecars: the settings of a job written before they existed
+        return settings_key(self.config, root=str(self.root.resolve()),
+                            exclude=None if self.config.sidecars else {"sidecars"})
 
     def clear_staging(self) -> None:
         """Remove staging files a killed run left behind (never visible under photo names)."""
@@ -78,8 +96,9 @@ class LocalDestination(Destination):
             pinned = item.get("redeliver_to")
             rel = safe_relpath(pinned) if pinned else render(self.config.layout, item, undated=self.config.undated)
             if dry_run:
+                planned = {"planned": rel} | ({"xmp": rel + ".xmp"} if "xmp" in self.config.sidecars else {})
                 out.append(outcome(item["item_id"], "deliver", "skipped", "dry_run",
-                                   detail={"planned": rel}, duration_ms=sw.ms) | {"item": item})
+                                   detail=planned, duration_ms=sw.ms) | {"item": item})
                 continue
             try:
                 result, reason, rel = self._place(item, rel)
@@ -91,10 +110,49 @@ class LocalDestination(Destination):
             detail = {"target": rel}
             if result == "ok":  # what a listing will show if nobody touches the file (see inventory)
                 detail["version"] = _version(self.root / rel)
+            if result == "ok" and "xmp" in self.config.sidecars:
+                try:
+                    detail["xmp"] = self._xmp_sidecar(item, rel)
+                except OSError as exc:  # the photo is there; a rerun writes the sidecar
+                    out.append(outcome(item["item_id"], "deliver", "failed", "sidecar_write_failed",
+                                       detail=dict(detail, message=exc.strerror or str(exc)),
+                                       sha256=item.get("sha256"), duration_ms=sw.ms) | {"item": item})
+                    continue
             out.append(outcome(item["item_id"], "deliver", result, reason, final=result == "ok",
                                bytes=item.get("bytes"), sha256=item.get("sha256"),
                                detail=detail, duration_ms=sw.ms) | {"item": dict(item, target=rel)})
         return out
+
+    def _xmp_sidecar(self, item: dict, rel: str) -> dict:
+        """Write ``NAME.EXT.xmp`` beside the photo at ``rel`` unless the same is there:
+        ``{"path", "result" (written, updated, already_present, foreign_kept), "sha256"}``."""
+        from tasks.xmp import SUFFIX, digest, is_ours, xmp_sidecar
+
+        body = xmp_sidecar(item.get("capture"), item.get("meta"), sha256=item.get("sha256"))
+        side_rel = rel + SUFFIX
+        path = self.root / side_rel
+        try:
+            existing = path.read_bytes()
+        except FileNotFoundError:
+            existing = None
+        answer = {"path": side_rel, "sha256": digest(body)}
+        if existing == body:
+            return dict(answer, result="already_present")
+        if existing is not None and not is_ours(existing):
+            return dict(answer, result="foreign_kept")  # digiKam's or darktable's: never replaced
+        staging = self.root / STAGING
+        staging.mkdir(parents=True, exist_ok=True)
+        tmp = staging / f"{uuid.uuid4().hex}.xmp.part"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(body)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)  # our own sidecar: replaced whole, never half-written
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+        return dict(answer, result="written" if existing is None else "updated")
 
     # -- fixity: the folder as it is ----------------------------------------------------
     def inventory(self, targets: list[str]) -> dict[str, tuple[int, str]]:

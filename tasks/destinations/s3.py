@@ -11,8 +11,12 @@
 An original lands as ``originals/2006/10/04/IMG_00001.NEF`` (``taken`` is the photo's
 local wall-clock capture time; photos with none go under ``undated`` in its place),
 its JPEG thumbnail (a RAW's embedded preview) as
-``thumbnails/2006/10/04/IMG_00001.NEF.jpg`` and, with ``sidecar: true``, the recorded
-metadata as ``originals/2006/10/04/IMG_00001.NEF.json``.
+``thumbnails/2006/10/04/IMG_00001.NEF.jpg``, and with ``sidecars: [xmp, json]`` an XMP
+sidecar ``originals/2006/10/04/IMG_00001.NEF.xmp`` (:mod:`tasks.xmp`: the restored
+capture time with its offset, place, title, description, albums, the provenance) and
+the recorded metadata as ``originals/2006/10/04/IMG_00001.NEF.json`` (``sidecar: true``,
+the older spelling of ``sidecars: [json]``, still works). Each is stored only when
+missing or changed.
 
 Integrity: every original carries its sha256 in its object metadata
 (``x-amz-meta-sha256``) and goes up with ``Content-MD5`` and ``x-amz-checksum-sha256``
@@ -58,7 +62,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from photo_escape.layout import check_template, render, with_suffix
 from photo_escape.outcomes import PermanentError, Stopwatch, TransientError, outcome
@@ -86,7 +90,11 @@ class S3DestinationConfig(S3Connection, KindConfig):
     thumbnail_size: int = Field(512, ge=16, le=4096, description="longest side of a thumbnail, pixels")
     undated: str = Field("undated", description="replaces {taken:...} for photos with no capture time")
     storage_class: str = Field("STANDARD_IA", description="storage class of originals (thumbnails: STANDARD)")
-    sidecar: bool = Field(False, description="also store the recorded metadata as <original key>.json")
+    sidecars: list[Literal["xmp", "json"]] = Field(
+        default_factory=list, description="stored beside each original: xmp (<key>.xmp: capture time with offset, "
+                                          "place, title, description, albums, provenance), json (<key>.json: the "
+                                          "recorded metadata)")
+    sidecar: bool = Field(False, description="deprecated: the same as sidecars: [json]")
     on_conflict: Literal["fail", "suffix"] = Field(
         "fail", description="different content under an existing key: fail (key_conflict) or add ~sha8"
     )
@@ -104,6 +112,21 @@ class S3DestinationConfig(S3Connection, KindConfig):
     @classmethod
     def _template(cls, v: str | None) -> str | None:
         return check_template(v) if v else None
+
+    @field_validator("sidecars", mode="before")
+    @classmethod
+    def _sidecars(cls, v: object) -> list[str]:
+        from tasks.xmp import sidecar_kinds
+
+        return sidecar_kinds(v)
+
+    @model_validator(mode="after")
+    def _sidecar_alias(self) -> "S3DestinationConfig":
+        """``sidecar: true`` (older job files) is ``sidecars: [json]``; both spellings give one config."""
+        if self.sidecar and "json" not in self.sidecars:
+            self.sidecars = [*self.sidecars, "json"]
+        self.sidecar = "json" in self.sidecars
+        return self
 
     @field_validator("storage_class")
     @classmethod
@@ -182,7 +205,8 @@ class S3Destination(Destination):
     def settings_key(self) -> str:
         c = self.config
         return settings_key(c.model_copy(update={"verify": "head", "verify_sample": 0.0, "max_attempts": 1,
-                                                 "timeout_seconds": 1, "transfer_concurrency": 1}))
+                                                 "timeout_seconds": 1, "transfer_concurrency": 1}),
+                            exclude=None if "xmp" in c.sidecars else {"sidecars"})  # JSON alone: `sidecar` says it
 
     def close(self) -> None:
         self._client = None
@@ -262,7 +286,8 @@ class S3Destination(Destination):
         return {
             "original": original,
             "thumbnail": render(c.thumbnails, it, undated=c.undated) if c.thumbnails else None,
-            "sidecar": original + ".json" if c.sidecar else None,
+            "sidecar": original + ".json" if "json" in c.sidecars else None,
+            "xmp": original + ".xmp" if "xmp" in c.sidecars else None,
         }
 
     # -- deliver --------------------------------------------------------------------------
@@ -334,6 +359,8 @@ class S3Destination(Destination):
                                bytes=size) | {"item": item})
         detail = dict(base, storage_class=fixity.get("storage_class"), fixity=fixity, thumbnail=extras["thumbnail"],
                       sidecar=extras["sidecar"], upload_requests=self.upload_requests(keys["original"]))
+        if extras.get("xmp"):
+            detail["xmp"] = extras["xmp"]
         if extras.get("error"):
             out.append(outcome(item["item_id"], "deliver", "failed", extras["error"], detail=detail, sha256=sha,
                                bytes=size, attempt=attempt, duration_ms=sw.ms) | {"item": item})
@@ -730,6 +757,8 @@ class S3Destination(Destination):
                 out["thumbnail"] = self._thumbnail(path, item, keys["thumbnail"], fresh)
             if keys["sidecar"]:
                 out["sidecar"] = self._sidecar(item, keys, fresh)
+            if keys.get("xmp"):
+                out["xmp"] = self._xmp_sidecar(item, keys["xmp"], fresh)
         except Exception as exc:  # noqa: BLE001
             err = classify(exc)
             out["error"] = f"derivative_{getattr(err, 'reason', 'failed')}"
@@ -795,6 +824,29 @@ class S3Destination(Destination):
         if stored is not None:
             return {"key": key, "result": "already_present"}
         return {"key": key, "result": "uploaded" if head is None else "updated"}
+
+    def _xmp_sidecar(self, item: dict, key: str, fresh: bool) -> dict[str, Any]:
+        """Store the photo's XMP sidecar (:mod:`tasks.xmp`) at ``key`` unless the same is
+        there (its sha256 in the object's metadata); an object another tool put there
+        (no photo-escape metadata) is left alone."""
+        from tasks.xmp import digest, xmp_sidecar
+
+        body = xmp_sidecar(item.get("capture"), item.get("meta"), sha256=item["sha256"])
+        sha = digest(body)
+
+        def current(head: dict) -> bool:
+            return (head.get("Metadata") or {}).get("sha256") == sha
+
+        direct = self._known_absent(key, fresh)
+        head = None if direct else self._head(key)
+        if head and current(head):
+            return {"key": key, "result": "already_present", "sha256": sha}
+        if head and "original-sha256" not in (head.get("Metadata") or {}):
+            return {"key": key, "result": "foreign_kept", "sha256": sha}
+        if self._put_unless_current(key, direct, current, body, "application/rdf+xml",
+                                    {"sha256": sha, "original-sha256": item["sha256"]}) is not None:
+            return {"key": key, "result": "already_present", "sha256": sha}
+        return {"key": key, "result": "uploaded" if head is None else "updated", "sha256": sha}
 
     def _known_absent(self, key: str, fresh: bool) -> bool:
         """Whether ``key`` may go up with a conditional PUT without a look first: the listing

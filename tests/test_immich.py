@@ -328,3 +328,16 @@ def test_the_immich_demo_story(tmp_path):
     assert s["immich"]["albums_created"] == [demo.ALBUM] and s["immich"]["album_members"] == {demo.ALBUM: 14}
     assert s["immich"]["assets"] == 14 and s["failed"] == 3  # the broken files
     assert s["rerun"]["uploads_sent"] == 0 and s["rerun"]["failed"] == 3
+
+
+def test_each_photo_goes_with_its_xmp_sidecar_that_exiftool_reads(tmp_path, immich, exiftool):
+    """The sidecar sent as ``sidecarData`` is the photo's XMP (tasks/xmp.py), as the folder
+    and S3 destinations write it: the restored time with its offset, and its albums."""
+    items = make_items(tmp_path / "photos", n=2)
+    destination(immich, tmp_path).deliver(items)
+    held = {a["originalFileName"]: a for a in immich.assets()}
+    xmp = tmp_path / "IMG_1.JPG.xmp"
+    xmp.write_text(held["IMG_1.JPG"]["sidecar"], encoding="utf-8")
+    got = exiftool(xmp)
+    assert str(got["XMP-exif:DateTimeOriginal"]).startswith("2014:05:16 15:01:00-04:00")
+    assert set(got["XMP-lr:HierarchicalSubject"]) == {"Albums|Trip", "Albums|Best of"}

@@ -148,22 +148,13 @@ def parse_target(target: str) -> tuple[str, str, int | None] | None:
     return parts.path[len("/assets/"):], sha1, int(size) if size.isdigit() else None
 
 
-def _xmp_renderer() -> Callable[[dict[str, Any]], bytes | None] | None:
-    """The XMP sidecar writer of issue 16 (``tasks/xmp.py``), when this build has it.
+def _xmp_renderer() -> Callable[[dict[str, Any]], bytes | None]:
+    """One item's XMP sidecar (``NAME.EXT.xmp``'s content), as :mod:`tasks.xmp` writes it
+    for the folder and S3 destinations: the restored time with its offset, place, title,
+    description, albums and provenance."""
+    from tasks.xmp import xmp_sidecar
 
-    HOOK (for the lead): ``tasks/xmp.py`` is written in parallel; when it lands, point this
-    at its function that renders one item's sidecar as bytes (``NAME.EXT.xmp``'s content).
-    Until then the items' own ``xmp_sidecar`` field (a path or the XMP text) is used, and a
-    photo without one goes without a sidecar."""
-    try:
-        from tasks import xmp  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    for name in ("sidecar_bytes", "render_sidecar", "render"):
-        fn = getattr(xmp, name, None)
-        if callable(fn):
-            return fn
-    return None
+    return lambda item: xmp_sidecar(item.get("capture"), item.get("meta"), sha256=item.get("sha256"))
 
 
 def sidecar_for(item: dict[str, Any], renderer: Callable[[dict], bytes | None] | None) -> bytes | None:

@@ -398,3 +398,25 @@ def test_an_older_ledger_gets_an_albums_table(tmp_path):
         assert led.schema_version() == 4
         led.add_items("job", "r2", [{"item_id": "x", "name": "x.jpg", "meta": {"albums": ["Trip"]}}])
         assert led.query("SELECT album FROM albums") == [{"album": "Trip"}]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_takeout_demo_runs_end_to_end(tmp_path):
+    from sandbox.demos import takeout as demo
+
+    s = demo.run(tmp_path, as_json=True)
+    told = s["takeout_story"]
+    assert s["failed"] == 0 and s["done"] == s["listed"] == told["photos"] + told["videos"]
+    assert told["delivered_exactly_once"] and len(told["albums"]) == 3
+    assert sum(told["sidecar_rules"].values()) == s["listed"] and told["sidecar_rules"]["no sidecar"] == 1
+    assert sum(told["times_by_provenance"].values()) == s["listed"]
+
+
+def test_the_example_job_file_is_valid(tmp_path):
+    from photo_escape.jobspec import load_job
+
+    text = (Path(__file__).parent.parent / "jobs" / "takeout.yaml").read_text()
+    (tmp_path / "takeout").mkdir()
+    (tmp_path / "job.yaml").write_text(text.replace("./takeout", str(tmp_path / "takeout")))
+    spec = load_job(tmp_path / "job.yaml")
+    assert spec.source.kind == "takeout" and spec.source.videos == "deliver"

@@ -438,10 +438,10 @@ def parse_json(data: bytes | None) -> Any:
 class Member(NamedTuple):
     """Where one file's bytes are: a zip member (``part`` is the index of its zip; the
     rest from the zip's directory) or a file of an extracted tree (``part`` -1, ``crc``
-    None unless another file has its size)."""
+    None unless another file has its size). Its name is the folder's and the file's the
+    index keeps it under: a name is not stored twice."""
 
     part: int
-    name: str  # its name in the zip as stored (or its path below the tree's root)
     offset: int  # the local header's offset in the part
     csize: int
     method: int
@@ -466,9 +466,21 @@ class Index:
     other_files: int = 0  # neither photo, video nor JSON (archive_browser.html...)
     other_examples: list[str] = field(default_factory=list)
 
-    def ref(self, member: Member) -> str:
+    def ref(self, folder: str, name: str, member: Member) -> str:
         """Where a file is, for people: ``takeout-001.zip:Takeout/Google Photos/...``."""
-        return f"{self.parts[member.part]}:{member.name}" if member.part >= 0 else str(self.root / member.name)
+        full = f"{folder}/{name}" if folder else name
+        return f"{self.parts[member.part]}:{full}" if member.part >= 0 else str(self.root / full)
+
+    def read_small(self, folder: str, name: str, member: Member, limit: int = SIDECAR_LIMIT) -> bytes | None:
+        """A small file's bytes (a sidecar), or None when it is larger than ``limit`` or
+        cannot be read."""
+        if member.size > limit:
+            return None
+        try:
+            with open_member(self.root, self.parts, member, f"{folder}/{name}" if folder else name) as fh:
+                return fh.read(limit + 1)
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error, PermanentError, NotImplementedError):
+            return None
 
 
 def find_parts(path: Path) -> list[Path]:
@@ -478,12 +490,14 @@ def find_parts(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".zip")
 
 
-def _add(index: Index, name: str, member: Member) -> None:
+def _add(index: Index, name: str, member: Member | None) -> None:
     folder, _, base = name.rpartition("/")
     if not base:
         return
     low = base.lower()
-    if low.endswith(".json"):
+    if member is None:
+        pass
+    elif low.endswith(".json"):
         index.folders.setdefault(folder, Folder()).jsons.setdefault(nfc(base), (base, member))
     elif is_media(base):
         index.folders.setdefault(folder, Folder()).media.setdefault(base, []).append(member)
@@ -511,9 +525,12 @@ def scan(path: str | os.PathLike) -> Index:
                     for info in zf.infolist():
                         if info.is_dir():
                             continue
-                        _add(index, info.filename, Member(i, info.orig_filename, info.header_offset,
-                                                          info.compress_size, info.compress_type, info.flag_bits,
-                                                          info.CRC, info.file_size))
+                        if info.orig_filename != info.filename:  # a NUL in the name: not a file Google wrote
+                            _add(index, f"{info.orig_filename!r}", None)
+                            continue
+                        _add(index, info.filename, Member(i, info.header_offset, info.compress_size,
+                                                          info.compress_type, info.flag_bits, info.CRC,
+                                                          info.file_size))
             except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
                 raise BrokenPart(part.name, str(exc) or type(exc).__name__) from None
         return index
@@ -535,7 +552,7 @@ def _scan_tree(path: Path) -> Index:
                 size = os.stat(full).st_size
             except OSError:
                 continue
-            member = Member(-1, rel, 0, size, zipfile.ZIP_STORED, 0, None, size)
+            member = Member(-1, 0, size, zipfile.ZIP_STORED, 0, None, size)
             if is_media(fname):
                 by_size[size].append((rel, member))
             else:
@@ -560,13 +577,13 @@ def _crc_of(path: Path) -> int | None:
 
 
 # -- reading one member ---------------------------------------------------------------------------------------
-def open_member(index_root: Path, parts: list[str], member: Member) -> IO[bytes]:
-    """A stream of one file's bytes: a zip member inflated as it is read (its CRC-32
-    checked at the end: :class:`zipfile.BadZipFile` if it does not match), or the file
-    of an extracted tree. Only the member's own bytes are read: the part's directory is
-    not parsed again."""
+def open_member(index_root: Path, parts: list[str], member: Member, name: str) -> IO[bytes]:
+    """A stream of the bytes of the file called ``name``: a zip member inflated as it is
+    read (its CRC-32 checked at the end: :class:`zipfile.BadZipFile` if it does not
+    match), or the file of an extracted tree. Only the member's own bytes are read: the
+    part's directory is not parsed again."""
     if member.part < 0:
-        return open(index_root / member.name, "rb")
+        return open(index_root / name, "rb")
     fh = open(index_root / parts[member.part], "rb")
     try:
         fh.seek(member.offset)
@@ -578,12 +595,12 @@ def open_member(index_root: Path, parts: list[str], member: Member) -> IO[bytes]
             raise zipfile.BadZipFile("no member header where the directory says (the part changed since it was listed)")
         stored = fh.read(fields[10])
         encoding = "utf-8" if member.flags & 0x800 else "cp437"
-        if stored != member.name.encode(encoding, "surrogateescape"):
+        if stored != name.encode(encoding, "surrogateescape"):
             raise zipfile.BadZipFile("another member's header where the directory says (the part changed)")
         fh.seek(fields[11], os.SEEK_CUR)
         if member.flags & 0x1:
             raise PermanentError("encrypted", "the member is encrypted")
-        info = zipfile.ZipInfo(member.name)
+        info = zipfile.ZipInfo(name)
         info.compress_type, info.compress_size, info.file_size = member.method, member.csize, member.size
         info.CRC, info.flag_bits = member.crc, member.flags
         return zipfile.ZipExtFile(fh, "rb", info, None, close_fileobj=True)
@@ -592,25 +609,17 @@ def open_member(index_root: Path, parts: list[str], member: Member) -> IO[bytes]
         raise
 
 
-def read_small(index: Index, member: Member, limit: int = SIDECAR_LIMIT) -> bytes | None:
-    """A small member's bytes (a sidecar), or None when it is larger than ``limit`` or
-    cannot be read."""
-    if member.size > limit:
-        return None
-    try:
-        with open_member(index.root, index.parts, member) as fh:
-            return fh.read(limit + 1)
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, PermanentError, NotImplementedError):
-        return None
-
-
 # -- the listing ------------------------------------------------------------------------------------------------
 @dataclass(slots=True)
 class Copy:
+    """One copy of a photo: where it is, and the sidecar found for it (its name and
+    member) by which rule."""
+
     folder: str
     name: str
     member: Member
-    match: Match
+    rule: str | None
+    sidecar: tuple[str, Member] | None
 
 
 @dataclass
@@ -648,18 +657,19 @@ def photos_path(name: str) -> str:
     return safe_relpath("/".join(parts))
 
 
-def _content_key(member: Member, ref: str) -> tuple:
+def _content_key(member: Member, folder: str, name: str) -> tuple:
     """Copies share this: CRC-32 and size; a file whose CRC is unknown (its size is
     unique in an extracted tree) or that is empty is its own."""
     if member.crc is None or member.size == 0:
-        return ("file", ref)
+        return ("file", folder, name, member.part)
     return (member.crc, member.size)
 
 
 def plan(index: Index, listing: Listing | None = None) -> tuple[list[list[Copy]], dict[str, str]]:
     """Every photo of the export once: groups of copies with the same content, the copy
     to read first (outside any album, then by folder and name), in a stable order; and
-    the album folders with their titles."""
+    the album folders with their titles. The index is consumed folder by folder (what
+    matters of it moves into the groups), so memory does not hold both at once."""
     listing = listing if listing is not None else Listing()
     listing.parts = len(index.parts)
     listing.other_files = index.other_files
@@ -667,14 +677,12 @@ def plan(index: Index, listing: Listing | None = None) -> tuple[list[list[Copy]]
     albums_of: dict[str, str] = {}
     not_photos = index.other_files
     for folder_name in sorted(index.folders):
-        folder = index.folders[folder_name]
-        if not folder.media and not folder.jsons:
-            continue
+        folder = index.folders.pop(folder_name)
         titles: dict[str, Any] = {}
 
-        def doc_of(json_name: str, folder: Folder = folder, docs: dict = titles) -> Any:
+        def doc_of(json_name: str, folder: Folder = folder, docs: dict = titles, at: str = folder_name) -> Any:
             if json_name not in docs:
-                docs[json_name] = parse_json(read_small(index, folder.jsons[nfc(json_name)][1]))
+                docs[json_name] = parse_json(index.read_small(at, json_name, folder.jsons[nfc(json_name)][1]))
             return docs[json_name]
 
         def title_of(json_name: str) -> str | None:
@@ -693,9 +701,11 @@ def plan(index: Index, listing: Listing | None = None) -> tuple[list[list[Copy]]
                 albums_of[folder_name] = title
             not_photos += 1
         for name, copies in folder.media.items():
+            match = matches[name]
+            sidecar = (match.sidecar, folder.jsons[nfc(match.sidecar)][1]) if match.sidecar else None
             for member in copies:
-                ref = index.ref(member)
-                groups[_content_key(member, ref)].append(Copy(folder_name, name, member, matches[name]))
+                groups[_content_key(member, folder_name, name)].append(
+                    Copy(folder_name, name, member, match.rule, sidecar))
     listing.not_photos = not_photos
     listing.albums = len(albums_of)
     ordered = []
@@ -737,16 +747,16 @@ def _each_item(index: Index, listing: Listing, videos: str) -> Iterator[dict]:
 
 def _item(index: Index, copies: list[Copy], albums_of: dict[str, str], videos: str, used_ids: set[str]) -> dict:
     first = copies[0]
-    source = next((c for c in copies if c.match.sidecar), None)
+    source = next((c for c in copies if c.sidecar), None)
     meta: dict[str, Any] = {}
     title = None
     if source is not None:
-        sidecar_member = index.folders[source.folder].jsons[nfc(source.match.sidecar)][1]
-        doc = parse_json(read_small(index, sidecar_member))
+        json_name, sidecar_member = source.sidecar
+        doc = parse_json(index.read_small(source.folder, json_name, sidecar_member))
         meta = sidecar_meta(doc)
         title = meta.get("title")
-        meta["sidecar"] = index.ref(sidecar_member)
-        meta["sidecar_rule"] = source.match.rule
+        meta["sidecar"] = index.ref(source.folder, json_name, sidecar_member)
+        meta["sidecar_rule"] = source.rule
         if doc is None:
             meta["sidecar_unreadable"] = True
     albums = sorted({albums_of[c.folder] for c in copies if c.folder in albums_of})
@@ -763,13 +773,13 @@ def _item(index: Index, copies: list[Copy], albums_of: dict[str, str], videos: s
     digest = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:12]
     item: dict[str, Any] = {
         "item_id": item_id,
-        "source_ref": index.ref(m),
-        "name": safe_component(real_name(nfc(first.name), title, source.match.rule if source else None)),
+        "source_ref": index.ref(first.folder, first.name, m),
+        "name": safe_component(real_name(nfc(first.name), title, source.rule if source else None)),
         "relpath": relpath,
         "size": m.size,
         # what a rerun compares: the content, what the sidecar and albums say, and for a video the choice made
         "fingerprint": f"{content}:{digest}" + (f":video-{videos}" if video else ""),
-        "member": m.name,
+        "member": f"{first.folder}/{first.name}" if first.folder else first.name,
         "meta": meta,
     }
     if m.part >= 0:
@@ -778,7 +788,7 @@ def _item(index: Index, copies: list[Copy], albums_of: dict[str, str], videos: s
     if video:
         item["media"] = "video"
     if len(copies) > 1:
-        item["copies"] = [index.ref(c.member) for c in copies[1:]]
+        item["copies"] = [index.ref(c.folder, c.name, c.member) for c in copies[1:]]
     return item
 
 
@@ -788,8 +798,8 @@ def open_item(path: str | os.PathLike, item: dict) -> IO[bytes]:
     path = Path(path).expanduser()
     if item.get("part"):
         offset, csize, method, flags, crc = item["zip"]
-        member = Member(0, item["member"], offset, csize, method, flags, crc, item["size"])
-        return open_member(path.parent if path.is_file() else path, [item["part"]], member)
+        member = Member(0, offset, csize, method, flags, crc, item["size"])
+        return open_member(path.parent if path.is_file() else path, [item["part"]], member, item["member"])
     base = path.parent if path.name == "Takeout" else path
     return open(base / item["member"], "rb")
 

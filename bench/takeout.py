@@ -25,8 +25,9 @@ exiftool reads it back, photo-escape's ``capture_times.local`` in the ledger. Al
 counted: files delivered (album copies delivered again are duplicates).
 
 ``--listing N`` builds an export of N photos (tiny members, each with its sidecar, a
-tenth in albums, in parts of 2,000 as Takeout's default 2 GB parts hold) and measures with tracemalloc the peak memory of listing it against
-holding the parts' zip directories open (what a reader keeping ``ZipFile`` objects holds).
+tenth in albums, in parts of 2,000 as Takeout's default 2 GB parts hold) and measures
+with tracemalloc the peak memory of listing it against holding the parts' zip
+directories open (what a reader keeping ``ZipFile`` objects holds).
 """
 
 from __future__ import annotations
@@ -123,8 +124,8 @@ def listing_memory(n: int, work: Path) -> dict:
         name = f"IMG_{i:07d}.jpg"
         part = i * count // n
         zs[part].writestr(f"{folder}/{name}", tiny + i.to_bytes(4, "big"))
-        zs[(part + i % 2) % count].writestr(f"{folder}/{name}.supplemental-metadata.json",
-                                            json.dumps({"title": name, "photoTakenTime": {"timestamp": str(10**9 + i)}}))
+        sidecar = {"title": name, "photoTakenTime": {"timestamp": str(10**9 + i)}}
+        zs[(part + i % 2) % count].writestr(f"{folder}/{name}.supplemental-metadata.json", json.dumps(sidecar))
         if i % 10 == 0:
             zs[part].writestr(f"Takeout/Google Photos/Album {i % 50}/{name}", tiny + i.to_bytes(4, "big"))
     for z in zs:

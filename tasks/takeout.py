@@ -306,6 +306,7 @@ def match_folder(media: list[str], jsons: dict[str, str], title_of: Callable[[st
     cands = {m: [(jsons[nfc(j)], r) for j, r in sidecar_candidates(m) if nfc(j) in jsons] for m in names}
     cursor = dict.fromkeys(names, 0)
     out: dict[str, Match] = {}
+    taken: set[str] = set()
     notes: dict[str, str] = {}
     pending = [m for m in names if cands[m]]
     while pending:  # each photo claims its first candidate left; a contested one goes to the title
@@ -315,32 +316,29 @@ def match_folder(media: list[str], jsons: dict[str, str], title_of: Callable[[st
                 claims[cands[m][cursor[m]][0]].append(m)
         pending = []
         for j, claimants in claims.items():
-            if len(claimants) == 1 and j not in {x.sidecar for x in out.values()}:
+            if len(claimants) == 1 and j not in taken:
                 m = claimants[0]
                 out[m] = Match(j, cands[m][cursor[m]][1])
+                taken.add(j)
                 continue
             title = title_of(j)
             fits = [m for m in claimants if title_fits(title, m)]
-            taken = j in {x.sidecar for x in out.values()}
             for m in claimants:
-                if len(fits) == 1 and m == fits[0] and not taken:
+                if len(fits) == 1 and m == fits[0] and j not in taken:
                     out[m] = Match(j, cands[m][cursor[m]][1])
+                    taken.add(j)
                 else:
                     notes[m] = "ambiguous"
                     cursor[m] += 1
                     pending.append(m)
-    claimed = {x.sidecar for x in out.values()}
-    free = sorted(j for j in jsons.values() if j not in claimed)
+    free = sorted(j for j in jsons.values() if j not in taken)
     if unclaimed is not None:
         unclaimed(free)
     # a sidecar no name rule reached: its title names one photo left without one
     left = [m for m in names if m not in out]
     if left and free:
-        titles = {j: title_of(j) for j in free}
-        for m in left:
-            fitting = [j for j in free if title_fits(titles[j], m)]
-            if len(fitting) == 1 and sum(title_fits(titles[fitting[0]], o) for o in left) == 1:
-                out[m] = Match(fitting[0], "title")
+        for m, j in _by_title(left, {j: title_of(j) for j in free}).items():
+            out[m] = Match(j, "title")
     # an edited copy takes its original's sidecar
     for m in names:
         if m in out:
@@ -362,6 +360,29 @@ def match_folder(media: list[str], jsons: dict[str, str], title_of: Callable[[st
     for m in names:
         out.setdefault(m, Match(None, None, notes.get(m)))
     return out
+
+
+def _by_title(left: list[str], titles: dict[str, str | None]) -> dict[str, str]:
+    """Photos and the one sidecar whose title fits each (:func:`title_fits`), where that
+    sidecar fits no other photo: looked up by name, not tried pair by pair."""
+    exact: dict[str, list[str]] = defaultdict(list)
+    for j, title in titles.items():
+        if title:
+            exact[nfc(title).lower()].append(j)
+            exact[nfc(title)].append(j)
+    cut = [j for j, t in titles.items() if t]
+    fits: dict[str, list[str]] = {}
+    for m in left:
+        base, _, ext = split_counter(nfc(m))
+        near = set(exact.get((base + ext).lower(), ())) | set(exact.get(base, ()))
+        if _u16(base) > CLIP:  # a cut file name: its title begins with it
+            near.update(j for j in cut if nfc(titles[j]).startswith(base))
+        fits[m] = sorted(j for j in near if title_fits(titles[j], m))
+    claims: dict[str, int] = defaultdict(int)
+    for js in fits.values():
+        for j in js:
+            claims[j] += 1
+    return {m: js[0] for m, js in fits.items() if len(js) == 1 and claims[js[0]] == 1}
 
 
 # -- what a sidecar says ------------------------------------------------------------------------------------
@@ -491,19 +512,21 @@ def find_parts(path: Path) -> list[Path]:
 
 
 def _add(index: Index, name: str, member: Member | None) -> None:
+    """File one member under its folder: a photo or video, a JSON file, or (counted,
+    with a few examples, never listed) anything else: ``archive_browser.html``, a name
+    no export has (``member`` None), a Mac's resource forks of a re-zipped export."""
     folder, _, base = name.rpartition("/")
     if not base:
         return
     low = base.lower()
-    if member is None:
-        pass
-    elif low.endswith(".json"):
+    junk = member is None or base.startswith("._") or "__MACOSX" in folder.split("/")
+    if not junk and low.endswith(".json"):
         index.folders.setdefault(folder, Folder()).jsons.setdefault(nfc(base), (base, member))
-    elif is_media(base):
+    elif not junk and is_media(base):
         index.folders.setdefault(folder, Folder()).media.setdefault(base, []).append(member)
     else:
         index.other_files += 1
-        if len(index.other_examples) < 5 and low != "archive_browser.html":
+        if len(index.other_examples) < 5 and low != "archive_browser.html" and "__MACOSX" not in name:
             index.other_examples.append(name)
 
 
@@ -635,14 +658,16 @@ class Listing:
     rules: dict[str, int] = field(default_factory=dict)
     no_sidecar: int = 0
     not_photos: int = 0  # JSON files that describe no photo, and archive_browser.html and the like
-    other_files: int = 0
+    other_files: int = 0  # files neither photo, video nor JSON: counted and shown, never listed
+    other_examples: list[str] = field(default_factory=list)
 
     def facts(self) -> dict[str, Any]:
         return {"takeout_parts": self.parts, "takeout_photos": self.photos, "takeout_videos": self.videos,
                 "takeout_album_copies_merged": self.copies_merged, "takeout_albums": self.albums,
                 "takeout_in_albums": self.in_albums, "takeout_no_sidecar": self.no_sidecar,
                 "takeout_sidecar_rules": dict(sorted(self.rules.items())),
-                "takeout_not_photos": self.not_photos}
+                "takeout_not_photos": self.not_photos, "takeout_other_files": self.other_files,
+                **({"takeout_other_examples": self.other_examples} if self.other_examples else {})}
 
 
 def photos_path(name: str) -> str:
@@ -672,7 +697,7 @@ def plan(index: Index, listing: Listing | None = None) -> tuple[list[list[Copy]]
     matters of it moves into the groups), so memory does not hold both at once."""
     listing = listing if listing is not None else Listing()
     listing.parts = len(index.parts)
-    listing.other_files = index.other_files
+    listing.other_files, listing.other_examples = index.other_files, list(index.other_examples)
     groups: dict[tuple, list[Copy]] = defaultdict(list)
     albums_of: dict[str, str] = {}
     not_photos = index.other_files

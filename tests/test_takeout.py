@@ -56,8 +56,8 @@ def _match(media: list[str], jsons: list[str], titles: dict[str, str] | None = N
     ("IMG_2710(1).HEIC", "IMG_2710.HEIC(1).json", "numbered"),
     ("13039_327707840323_537645323_9470255_27214_n(1).jpg", "13039_327707840323_537645323_9470255_27214_n.j(1).json",
      "numbered"),
-    ("Backyard_ceremony_wedding_photography_xxxxxxx_m(494).jpg", "Backyard_ceremony_wedding_photography_xxxxxxx_(494).json",
-     "numbered"),
+    ("Backyard_ceremony_wedding_photography_xxxxxxx_m(494).jpg",
+     "Backyard_ceremony_wedding_photography_xxxxxxx_(494).json", "numbered"),
     # a photo really called Scan(1).jpg
     ("Scan(1).jpg", "Scan(1).jpg.supplemental-metadata.json", "supplemental"),
 ])
@@ -192,6 +192,21 @@ def test_json_files_that_describe_no_photo_are_never_listed(made):
     names = {i["member"].rsplit("/", 1)[-1] for i in items}
     assert not any(n.endswith((".json", ".html")) for n in names)
     assert listing.not_photos == len(export.NOT_PHOTOS) + len(export.ALBUMS) + 2  # comments, archive_browser
+
+
+def test_files_that_are_no_photo_are_counted_not_listed(tmp_path):
+    with zipfile.ZipFile(tmp_path / "takeout-001.zip", "w") as zf:
+        zf.writestr("Takeout/archive_browser.html", "<html></html>")
+        zf.writestr("Takeout/Google Photos/print-subscriptions.json", "{}")
+        zf.writestr("Takeout/Google Photos/Photos from 2019/IMG_1.jpg", export.jpeg(3, None))
+        zf.writestr("Takeout/Google Photos/Photos from 2019/notes.txt", "a note")
+        zf.writestr("__MACOSX/Takeout/Google Photos/Photos from 2019/._IMG_1.jpg", b"\0\5\x16\7")
+    items, listing = _listed(tmp_path)
+    assert [i["item_id"] for i in items] == ["takeout:Photos from 2019/IMG_1.jpg"]
+    facts = listing.facts()
+    assert facts["takeout_other_files"] == 3 and facts["takeout_not_photos"] == 4
+    assert facts["takeout_other_examples"] == ["Takeout/Google Photos/Photos from 2019/notes.txt"]
+    assert facts["takeout_no_sidecar"] == 1
 
 
 def test_an_extracted_tree_lists_as_its_zips(made, tmp_path):

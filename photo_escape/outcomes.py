@@ -49,6 +49,7 @@ class Item(TypedDict, total=False):
     name: str  # a safe file name for it
     fingerprint: str | None  # what the source says about its content (mtime+size, etag): a change means redo
     meta: ItemMeta  # what the source knows beyond the bytes (optional)
+    media: str  # "video": delivered as a file, never decoded as a picture (hashing lets it through)
     # after fetch
     local_path: str  # the file to read (a download in the work folder, or the source file itself)
     local_path_hex: str  # the same path's bytes in hex, when it is not valid UTF-8

@@ -36,7 +36,7 @@ from photo_escape import TOOL_VERSION
 from photo_escape.crashpoints import crash_point
 from photo_escape.secrets import redact
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each migration moves the schema from version n-1 to n. Append, never edit.
 MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -238,6 +238,15 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 FROM joined""",
         ],
     ),
+    (
+        4,
+        [
+            # the albums a source says a photo is in (a Takeout album's title), one row each
+            """CREATE TABLE albums (
+                job VARCHAR NOT NULL, item_id VARCHAR NOT NULL, album VARCHAR NOT NULL,
+                PRIMARY KEY (job, item_id, album))""",
+        ],
+    ),
 ]
 
 EVENT_COLUMNS = [
@@ -268,6 +277,7 @@ _INSERTS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
                ("sha256",), "first"),
     "capture_times": ("INSERT INTO capture_times SELECT * FROM {rows}", (), None),
     "matches": ("INSERT INTO matches SELECT * FROM {rows}", (), None),
+    "albums": ("INSERT INTO albums SELECT * FROM {rows} ON CONFLICT DO NOTHING", ("job", "item_id", "album"), "first"),
 }
 
 
@@ -363,15 +373,19 @@ class Ledger:
     def _current_views(self) -> None:
         """On a read-only handle of a ledger an older photo-escape wrote, make the views of the
         migrations it lacks as temporary views of this connection (they come before the file's
-        own), so a report reads it as it reads a current one. Nothing is written to the file.
-        (Only when what it lacks is views: new tables or columns need the ledger opened to write.)"""
+        own), and the tables it lacks as empty temporary tables, so a report reads it as it
+        reads a current one. Nothing is written to the file. (Only when what it lacks is
+        views and new tables: new columns need the ledger opened to write.)"""
         current = self.schema_version()
         missing = [sql.lstrip() for version, statements in MIGRATIONS if version > current for sql in statements]
-        view = "CREATE OR REPLACE VIEW "
-        if current == 0 or not all(sql.startswith(view) for sql in missing):
+        view, table = "CREATE OR REPLACE VIEW ", "CREATE TABLE "
+        if current == 0 or not all(sql.startswith((view, table)) for sql in missing):
             return
         for sql in missing:
-            self.con.execute("CREATE OR REPLACE TEMP VIEW " + sql[len(view):])
+            if sql.startswith(view):
+                self.con.execute("CREATE OR REPLACE TEMP VIEW " + sql[len(view):])
+            else:  # a table of what that older version never recorded: empty, so queries of it still run
+                self.con.execute("CREATE TEMP TABLE " + sql[len(table):])
 
     def close(self) -> None:
         self.con.close()
@@ -520,7 +534,9 @@ class Ledger:
 
     # -- items and events ---------------------------------------------------------------
     def add_items(self, job: str, run_id: str, items: list[dict]) -> None:
-        """Record listed items (new ones are inserted; known ones kept) and a ``list`` event each."""
+        """Record listed items (new ones are inserted; known ones kept) and a ``list`` event
+        each, and the albums their source says each is in (``meta.albums``: the ``albums``
+        table, one row per item and album title)."""
         if not items:
             return
         at = now()
@@ -534,8 +550,13 @@ class Ledger:
             "first_run": [run_id] * len(items),
             "first_seen": pa.array([at] * len(items), pa.timestamp("us", tz="UTC")),
         })
+        memberships = [(i["item_id"], album) for i in items for album in (i.get("meta") or {}).get("albums") or ()]
         with self.transaction():
             self._insert("items", table)
+            if memberships:
+                self._insert("albums", pa.table({"job": [job] * len(memberships),
+                                                 "item_id": [m[0] for m in memberships],
+                                                 "album": [str(m[1]) for m in memberships]}))
             self._append(job, run_id, [
                 {"item_id": i["item_id"], "stage": "list", "outcome": "ok", "reason": None,
                  "detail": None, "fingerprint": i.get("fingerprint")}

@@ -89,6 +89,7 @@ def examine_and_deliver_batch(items: list[dict], hash_entries: list[dict], cache
     outcomes, in the order the flow records them: ``{"hash": [...], "assets": [fresh hash
     records], "capture_time": [...], "capture_rows": [...], "deliver": [...]}``.
     """
+    hash_entries = still_pictures(items, hash_entries)
     records, captures = examine(items, hash_entries, **examine_options)
     hashed = hash_outcomes(items, cached, [e["sha256"] for e in hash_entries], records)
     readable = [o["item"] for o in hashed if o["outcome"] == "ok"]
@@ -129,15 +130,30 @@ def examine(items: list[dict], hash_entries: list[dict], *, processes: int, max_
     return records, {e["item_id"]: t for e, t in zip(readable, times)}
 
 
+def still_pictures(items: list[dict], hash_entries: list[dict]) -> list[dict]:
+    """The hash entries (``path``, ``sha256``) left once the videos are taken out: an item
+    its source calls a video (``media: "video"``, a Takeout movie or the moving half of a
+    motion photo) is delivered as a file, never decoded as a picture."""
+    videos = {i.get("sha256") for i in items if i.get("media") == "video"}
+    return [e for e in hash_entries if e.get("sha256") not in videos] if videos else hash_entries
+
+
 def hash_outcomes(items: list[dict], cached: dict[str, dict], hashing: list[str],
                   records: list[dict]) -> list[dict]:
     """The ``hash`` outcome of each item: its content's hashes from the ledger
     (``cached``, reason ``cached``) or from this batch's ``records`` (one per sha256 in
-    ``hashing``). An item that goes on carries them as ``item["asset"]``."""
+    ``hashing``). An item that goes on carries them as ``item["asset"]``. A video
+    (``media: "video"``) is not a picture to hash: ``ok`` with reason ``video``, so its
+    capture time (from what its source knows) is restored and it is delivered."""
     fresh = dict(zip(hashing, records))
     out = []
     for item in items:
         sha = item.get("sha256")
+        if item.get("media") == "video":
+            asset = {"width": None, "height": None, "format": "video", "phash": None, "dhash": None}
+            out.append(outcome(item["item_id"], "hash", "ok", "video", detail={"format": "video"}, sha256=sha)
+                       | {"item": dict(item, asset=asset)})
+            continue
         rec, reason = (cached[sha], "cached") if sha in cached else (fresh.get(sha) or {}, None)
         if sha in cached or rec.get("status") == "ok":
             asset = {k: rec.get(k) for k in ("width", "height", "format", "phash", "dhash")}

@@ -74,12 +74,10 @@ def photo_escape(parts_dir: Path, work: Path) -> tuple[float, dict, str]:
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.escape import escape
-    from sandbox.demos.takeout import sidecars_accepted
     from sandbox.takeout import ZONE
 
-    destination = {"kind": "local", "path": str(work / "archive"), "layout": "{taken:%Y/%m/%d}/{name}"}
-    if sidecars_accepted():
-        destination["sidecars"] = "xmp"
+    destination = {"kind": "local", "path": str(work / "archive"), "layout": "{taken:%Y/%m/%d}/{name}",
+                   "sidecars": "xmp"}
     job = {"name": "bench-takeout", "ledger": str(work / "ledger.duckdb"), "work_dir": str(work / "work"),
            "reports_dir": str(work / "reports"), "source": {"kind": "takeout", "path": str(parts_dir)},
            "destination": destination, "default_tz": ZONE, "options": {"batch_size": 200}}

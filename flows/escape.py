@@ -32,7 +32,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.run_record import RunRecord, stopped
 from photo_escape.jobspec import JobSpec, load_job, parse_job
 from photo_escape.outcomes import Item, Outcome
-from photo_escape.plugins import DestinationUnreadable, make_destination, make_source
+from photo_escape.plugins import DestinationUnreadable, Unreadable, make_destination, make_source
 from photo_escape.secrets import scrubbed_exceptions
 from reports.artifacts import artifact_key
 from tasks import fixity
@@ -154,7 +154,7 @@ def escape(
         with scrubbed_exceptions():  # an exception's text becomes the flow run's state message
             return EscapeRun(spec, dry_run=dry_run, only_failed=only_failed, run_id=run_id,
                              fail_on_failed_items=fail_on_failed_items).run()
-    except DestinationUnreadable as exc:  # recorded as crashed; said in one line, no traceback
+    except Unreadable as exc:  # a source or destination unreadable: recorded as crashed; one line, no traceback
         return stopped(exc)
 
 

@@ -78,7 +78,17 @@ class Source:
         pass
 
 
-class DestinationUnreadable(Exception):
+class Unreadable(Exception):
+    """A source or destination that cannot be read at all (a broken export, permission
+    denied, a bucket that is gone): the run stops, recorded as crashed with what it did,
+    and says ``str()``, one line for the user, without a traceback."""
+
+
+class SourceUnreadable(Unreadable):
+    """The source cannot be listed or read (a broken archive part, an export it cannot open)."""
+
+
+class DestinationUnreadable(Unreadable):
     """The destination could not be listed or read back (permission denied, no such
     bucket, not a folder, unreachable). It must never be taken for "everything is
     missing": a run or a check that meets it stops, and ``str()`` is one line for the user."""

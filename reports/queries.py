@@ -482,7 +482,8 @@ def provenance(con) -> list[dict]:
                   count(*) FILTER (WHERE utc IS NULL) AS no_time,
                   count(DISTINCT tz) AS zones
            FROM _rep_ct GROUP BY ALL ORDER BY list_position(
-               ['exif:offset', 'xmp:offset', 'gps:time', 'gps:position', 'gps:utc', 'rule', 'previous',
+               ['sidecar:utc', 'source:flickr', 'exif:offset', 'xmp:offset', 'iptc:offset', 'gps:time',
+                'gps:position', 'gps:utc', 'makernote', 'exif:datetime', 'filename', 'rule', 'previous',
                 'default', 'unknown', 'none'], any_value(provenance)) NULLS LAST, count DESC, provenance""")
 
 

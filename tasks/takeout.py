@@ -90,6 +90,7 @@ from typing import IO, Any, Callable, Iterator, NamedTuple
 
 from photo_escape.layout import safe_component, safe_relpath
 from photo_escape.outcomes import PermanentError
+from photo_escape.plugins import SourceUnreadable
 from tasks.files import IMAGE_SUFFIXES
 
 #: Takeout's limit on a sidecar's name before ``(n)`` and ``.json``, in UTF-16 code units
@@ -118,9 +119,10 @@ _COUNTER = re.compile(r"^(?P<base>.*)\((?P<n>\d+)\)$")
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 
 
-class BrokenPart(PermanentError):
+class BrokenPart(PermanentError, SourceUnreadable):
     """A Takeout part that cannot be read as a zip (a download cut short, another file
-    named like a part). Its message names the part; nothing of the export is listed."""
+    named like a part). Its message names the part; nothing of the export is listed, and
+    the run stops with that one line."""
 
     def __init__(self, part: str, why: str) -> None:
         super().__init__("broken_part", f"the Takeout part {part} cannot be read ({why}): download that part "

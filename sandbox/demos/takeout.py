@@ -14,19 +14,10 @@ from typing import Any
 from sandbox import takeout as export
 
 
-def sidecars_accepted() -> bool:
-    """Whether the local destination writes XMP sidecars (issue 16, section 3) in this build."""
-    from tasks.destinations.local import LocalDestinationConfig
-
-    return "sidecars" in LocalDestinationConfig.model_fields
-
-
 def job(workdir: Path) -> dict:
     """The job as a user writes it (see jobs/takeout.yaml), pointed at the demo's export."""
     destination: dict[str, Any] = {"kind": "local", "path": str(workdir / "archive"),
-                                   "layout": "{taken:%Y/%m/%d}/{name}"}
-    if sidecars_accepted():  # LEAD: once XMP sidecars are merged this is always so; drop the test then
-        destination["sidecars"] = "xmp"
+                                   "layout": "{taken:%Y/%m/%d}/{name}", "sidecars": "xmp"}
     return {
         "name": "demo-takeout",
         "ledger": str(workdir / "ledger.duckdb"),
@@ -52,7 +43,8 @@ def story(summary: dict, made: export.Export, archive: Path) -> dict[str, Any]:
         times = led.query("""SELECT coalesce(provenance, 'none') AS provenance, count(*) AS n FROM capture_times
                              WHERE run_id = ? GROUP BY ALL ORDER BY n DESC, provenance""", [summary["run_id"]])
     delivered = [hashlib.sha256(p.read_bytes()).hexdigest() for p in archive.rglob("*")
-                 if p.is_file() and p.suffix.lower() != ".xmp" and ".photo-escape" not in str(p)]
+                 if p.is_file() and p.suffix.lower() != ".xmp"
+                 and not p.relative_to(archive).parts[0].startswith(".photo-escape")]  # staging
     truth = {p.sha256 for p in made.photos}
     return {
         "photos": sum(not p.video for p in made.photos),

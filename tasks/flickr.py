@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import requests
+from pydantic import BaseModel, ConfigDict, Field
+
+from photo_escape.secrets import SecretRef
 
 #: Flickr's documented transient errors (worth a retry); every other code is final.
 TRANSIENT_CODES = {105, 106}
@@ -43,6 +46,87 @@ REPLACE_URL = "https://up.flickr.com/services/replace/"
 DEFAULT_LINK_REGEX = r"""https?://[^\s"'<>]+/(?:item|album)[^\s"'<>]*"""
 #: A Digital ID in an image URL or a page: letters, optional '_', 5-8 digits.
 DEFAULT_DIGITAL_ID_REGEX = r"(?i)(?<![a-z0-9])([a-z]{1,4}_?\d{5,8})(?=[a-z]?(?:\.(?:jpe?g|png|gif|tiff?)\b|\b))"
+
+
+#: Flickr's errors that concern the whole account or key, not one photo: a run meeting
+#: one stops with one line (96/97 signature, 98 token, 99 permission, 100 API key).
+ACCOUNT_CODES = {96: "invalid signature", 97: "missing signature", 98: "invalid auth token",
+                 99: "insufficient permissions", 100: "invalid API key"}
+
+
+class FlickrConnection(BaseModel):
+    """Where a Flickr account is, whose photos, and how hard a job may press it: the part of
+    a job's Flickr settings every story shares (``source.kind: flickr``, the hi-res story).
+
+    Credentials are references (``{env: VAR}`` / ``{block: NAME}``), resolved where they
+    are used. The call budget is a file (``budget_file``) or a Prefect concurrency limit
+    (``prefect_rate_limit``): jobs naming the same one share Flickr's hourly allowance."""
+
+    model_config = ConfigDict(extra="forbid")
+    api_key: SecretRef = Field(default_factory=lambda: SecretRef(env="FLICKR_API_KEY"))
+    api_secret: SecretRef = Field(default_factory=lambda: SecretRef(env="FLICKR_API_SECRET"))
+    oauth_token: SecretRef = Field(default_factory=lambda: SecretRef(env="FLICKR_OAUTH_TOKEN"))
+    oauth_token_secret: SecretRef = Field(default_factory=lambda: SecretRef(env="FLICKR_OAUTH_TOKEN_SECRET"))
+    rest_url: str = Field(REST_URL, description="Flickr's REST endpoint (the sandbox's in the demo)")
+    user_id: str = Field("me", description="whose photos: 'me' is the token's account")
+    photoset_id: str | None = Field(None, description="only this album's photos (photosets.getPhotos)")
+    per_page: int = Field(500, ge=1, le=500, description="photos per listing page")
+    calls_per_hour: float = Field(3600, gt=0, description="Flickr's limit per API key, kept across batches and runs")
+    burst: int = Field(60, ge=1, description="calls that may go at once after a quiet spell")
+    budget_file: Path | None = Field(None, description="where the call budget lives; default <work_dir>/flickr-calls.json")
+    prefect_rate_limit: str | None = Field(
+        None, description="instead of the file: a Prefect global concurrency limit with slot decay, shared by "
+                          "workers on every machine (e.g. `prefect gcl create flickr-api --limit 60 "
+                          "--slot-decay-per-second 1`)")
+    timeout: float = Field(60.0, gt=0, description="seconds for one REST call")
+
+    def connect(self, budget_path: Path, options: Any = None, *, replace_url: str | None = None,
+                budget: Any = None, sleep: Callable[[float], None] | None = None) -> "FlickrClient":
+        """A :class:`FlickrClient` for this account (secrets resolved now), pacing its calls by
+        ``budget``, else the Prefect limit named, else the file bucket at ``budget_file`` or
+        ``budget_path``; retries as the job's ``options`` say."""
+        from photo_escape.secrets import resolve
+
+        api = make_api(resolve(self.api_key), resolve(self.api_secret), resolve(self.oauth_token),
+                       resolve(self.oauth_token_secret), rest_url=self.rest_url, replace_url=replace_url,
+                       timeout=self.timeout)
+        if budget is None:
+            budget = (PrefectRateLimit(self.prefect_rate_limit) if self.prefect_rate_limit
+                      else CallBudget(self.calls_per_hour, burst=self.burst, state=self.budget_file or budget_path))
+        return FlickrClient(api, budget, retries=int(getattr(options, "retries", 3)),
+                            backoff_seconds=float(getattr(options, "backoff_seconds", 0.5)),
+                            sleep=sleep or time.sleep)
+
+
+class PrefectRateLimit:
+    """A call budget kept by the Prefect server: a global concurrency limit with slot
+    decay, so batches on different machines (Dask workers) share Flickr's 3,600 calls
+    an hour. Same ``take()`` as :class:`CallBudget`. (Prefect is imported when used.)"""
+
+    def __init__(self, name: str) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            with get_client(sync_client=True) as client:
+                limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            raise ValueError(
+                f"there is no Prefect concurrency limit named {name!r}; create it with "
+                f"`prefect gcl create {name} --limit 60 --slot-decay-per-second 1` (3,600 calls an hour)") from None
+        if not limit.slot_decay_per_second:
+            raise ValueError(f"the Prefect concurrency limit {name!r} has no slot decay: it cannot pace calls")
+        self.name = name
+        self.waited = 0.0
+
+    def take(self) -> float:
+        from prefect.concurrency.sync import rate_limit
+
+        start = time.monotonic()
+        rate_limit(self.name, occupy=1, strict=True)
+        waited = time.monotonic() - start
+        self.waited += waited
+        return waited
 
 
 class FlickrProblem(Exception):

@@ -208,3 +208,42 @@ def test_call_budget_is_shared_across_batches_through_its_file(tmp_path):
     for _ in range(3):
         assert third.take() == 0.0
     assert third.take() == pytest.approx(1.0)
+
+
+def test_the_accounts_people_escape_from(escape_account):
+    """flickrapi's etree ``walk`` reads the stand-in's XML; private photos only with the
+    owner's token; a free account offers no original and nothing above 1024 pixels."""
+    import flickrapi
+
+    from sandbox.flickr import endpoints
+
+    pro, free = escape_account("pro"), escape_account("free")
+    token = flickrapi.auth.FlickrAccessToken(pro.state.token, pro.state.token_secret, "read")
+    api = flickrapi.FlickrAPI(pro.state.api_key, pro.state.api_secret, token=token, format="etree",
+                              store_token=False)
+    api.REST_URL = endpoints(pro.server.url)["rest_url"]
+    walked = [p.get("id") for p in api.walk(user_id="me", per_page=3)]
+    assert sorted(walked) == sorted(pro.truth)
+    video = sorted(pro.ids("video"))[0]
+    labels = [s.get("label") for s in api.photos.getSizes(photo_id=video).iter("size")]
+    assert "Video Original" in labels and "Site MP4" in labels
+    anonymous = flickrapi.FlickrAPI(pro.state.api_key, pro.state.api_secret, format="parsed-json", store_token=False)
+    anonymous.REST_URL = api.REST_URL
+    public = anonymous.people.getPhotos(user_id=pro.state.nsid, per_page=100)["photos"]["photo"]
+    assert sorted(p["id"] for p in public) == sorted(i for i, t in pro.truth.items() if t.visibility == "public")
+
+    free_api = flickrapi.FlickrAPI(free.state.api_key, free.state.api_secret, format="parsed-json", store_token=False,
+                                   token=flickrapi.auth.FlickrAccessToken(free.state.token, free.state.token_secret,
+                                                                          "read"))
+    free_api.REST_URL = endpoints(free.server.url)["rest_url"]
+    photo = sorted(free.ids("photo"))[0]
+    sizes = free_api.photos.getSizes(photo_id=photo)["sizes"]["size"]
+    assert "Original" not in [s["label"] for s in sizes]
+    assert max(max(int(s["width"]), int(s["height"])) for s in sizes) == 1024
+    listed = free_api.people.getPhotos(user_id="me", extras="url_o,url_l,url_h,original_format",
+                                       per_page=100)["photos"]["photo"]
+    assert all("url_o" not in p and "url_h" not in p and "originalsecret" not in p for p in listed)
+    assert all("url_l" in p for p in listed if p["id"] in free.ids("photo"))
+    original = requests.get(f"{free.server.url}/65535/{photo}_{free.state.photos[photo].originalsecret}_o.jpg",
+                            timeout=10)
+    assert original.status_code == 404  # not offered, not even by guessing its URL

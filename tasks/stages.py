@@ -107,7 +107,7 @@ def examine(items: list[dict], hash_entries: list[dict], *, processes: int, max_
     unreadable = {e.get("sha256") for e, r in zip(hash_entries, records) if r.get("status") != "ok"}
     readable = [{"path": i["local_path"], "item_id": i["item_id"], "sha256": i.get("sha256"),
                  "name": i.get("name"), "folder": _folder(i), "meta": i.get("meta")}
-                for i in items if i.get("sha256") not in unreadable]
+                for i in items if i.get("sha256") not in unreadable or _is_video(i)]
     times = capture_times(readable, rules=rules, default_tz=default_tz)
     return records, {e["item_id"]: t for e, t in zip(readable, times)}
 
@@ -125,6 +125,12 @@ def hash_outcomes(items: list[dict], cached: dict[str, dict], hashing: list[str]
         if sha in cached or rec.get("status") == "ok":
             asset = {k: rec.get(k) for k in ("width", "height", "format", "phash", "dhash")}
             out.append(outcome(item["item_id"], "hash", "ok", reason, detail=asset,
+                               sha256=sha) | {"item": dict(item, asset=asset)})
+        elif _is_video(item) and sha and rec.get("error") == "not_an_image":
+            # a video the source says it is: its content is known by its sha256, it has no pixels to hash
+            asset = {"width": item.get("width"), "height": item.get("height"), "format": "video",
+                     "phash": None, "dhash": None}
+            out.append(outcome(item["item_id"], "hash", "ok", "video", detail=asset,
                                sha256=sha) | {"item": dict(item, asset=asset)})
         else:
             out.append(outcome(item["item_id"], "hash", "failed", rec.get("error") or "unreadable",
@@ -164,6 +170,12 @@ def deliver(destination_config: KindConfig, items: list[dict], workdir: str, opt
                                    detail={"message": "the destination returned no outcome"},
                                    duration_ms=sw.ms) | {"item": item})
     return results
+
+
+def _is_video(item: dict) -> bool:
+    """Whether the source says an item is a video (``media: video``): it goes on without
+    perceptual hashes instead of failing as ``not_an_image``."""
+    return item.get("media") == "video"
 
 
 def _folder(item: dict) -> str:

@@ -92,7 +92,8 @@ class FlickrConnection(BaseModel):
                        timeout=self.timeout)
         if budget is None:
             budget = (PrefectRateLimit(self.prefect_rate_limit) if self.prefect_rate_limit
-                      else CallBudget(self.calls_per_hour, burst=self.burst, state=self.budget_file or budget_path))
+                      else CallBudget(self.calls_per_hour, burst=self.burst,
+                                      state=Path(self.budget_file).expanduser() if self.budget_file else budget_path))
         return FlickrClient(api, budget, retries=int(getattr(options, "retries", 3)),
                             backoff_seconds=float(getattr(options, "backoff_seconds", 0.5)),
                             sleep=sleep or time.sleep)
@@ -334,9 +335,10 @@ class FlickrClient:
                     photoset_id: str | None = None,
                     extras: str = "description,date_taken,o_dims,url_o,original_format") -> dict:
         """One page of the account's photos (or a photoset's): ``{page, pages, total, photos}``."""
-        if photoset_id:
-            rsp = self.call("photosets.getPhotos", photoset_id=photoset_id, user_id=user_id, extras=extras,
-                            page=page, per_page=per_page)
+        if photoset_id:  # user_id only names the album's owner: "me" is no NSID, so it is left out
+            owner = {} if user_id == "me" else {"user_id": user_id}
+            rsp = self.call("photosets.getPhotos", photoset_id=photoset_id, extras=extras, page=page,
+                            per_page=per_page, **owner)
             body = rsp["photoset"]
         else:
             rsp = self.call("people.getPhotos", user_id=user_id, extras=extras, page=page, per_page=per_page)

@@ -147,6 +147,26 @@ def test_transient_errors_are_retried_and_every_attempt_spends_the_budget(escape
     assert _source(acct, tmp_path).budget_path == tmp_path / "work" / "flickr-calls.json"
 
 
+def test_the_call_budget_is_never_exceeded(escape_account, tmp_path):
+    """10 calls a second with bursts of 3: the stand-in's own clock never sees more."""
+    acct = escape_account("pro")
+    source = _source(acct, tmp_path, calls_per_hour=36_000, burst=3, per_page=2)
+    _listed(source)
+    stamps = sorted(t for _, _, t in acct.state.calls)
+    assert len(stamps) >= 9
+    for i, t in enumerate(stamps):
+        assert t - stamps[0] >= (i + 1 - 3) / 10 - 0.03, (i, t - stamps[0])
+
+
+def test_a_listing_flickr_keeps_failing_stops_with_one_line(escape_account, tmp_path):
+    acct = escape_account("pro")
+    acct.state.inject("flickr.people.getPhotos", code=105, times=10)
+    with pytest.raises(Exception) as err:
+        _listed(_source(acct, tmp_path))
+    assert str(err.value).startswith("Flickr did not answer while listing page 1") and "\n" not in str(err.value)
+    assert "after 4 attempts" in str(err.value)  # options.retries = 3
+
+
 def test_errors_about_the_account_stop_with_one_line(escape_account, tmp_path, monkeypatch):
     acct = escape_account("pro")
     monkeypatch.setenv("PE_TEST_FLICKR_TOKEN", "a-revoked-token")
@@ -325,3 +345,14 @@ def test_the_export_escapes_through_the_flow(escape_account, tmp_path):
     assert s["flickr_export"]["json_without_original"] == 1
     failed = _rows(s["ledger"], "SELECT item_id, reason FROM item_status WHERE status = 'failed'")
     assert failed == [(f"flickr:{missing}", "original_not_in_export")]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_flickr_demo(tmp_path):
+    from sandbox.demos import flickr as demo
+
+    s = demo.run(tmp_path, True)
+    assert s["listed"] == s["done"] == s["account"]["photos"] + s["account"]["videos"], s
+    assert s["originals"] == s["listed"] and s["size_limited"] == 0
+    assert s["flickr"]["dates_by_granularity"] == {"circa": 3, "exact": 17, "month": 3, "year": 3}
+    assert s["rerun"]["fetched_again"] == 0 and s["objects"] >= 2 * s["listed"]

@@ -93,8 +93,9 @@ class FlickrAccessRefused(PermanentError):
     """Flickr refused the account or key: the run cannot go on (one line says what to check)."""
 
 
-def account_problem(exc: fl.FlickrProblem, what: str) -> PermanentError:
-    """The one-line error a run stops with when ``what`` (a listing, an album) failed."""
+def account_problem(exc: fl.FlickrProblem, what: str, hint: str | None = None) -> PermanentError:
+    """The one-line error a run stops with when ``what`` (a listing, the albums) failed;
+    ``hint`` says how to go on anyway when the account itself is not the trouble."""
     code = exc.code
     if code in fl.ACCOUNT_CODES:
         check = {98: "source.oauth_token and source.oauth_token_secret (authorise the app again)",
@@ -106,7 +107,7 @@ def account_problem(exc: fl.FlickrProblem, what: str) -> PermanentError:
         return PermanentError(f"flickr_{code}", f"Flickr has no such account or album while {what} "
                                                 f"(error {code}): check source.user_id / source.photoset_id")
     return PermanentError(exc.reason, f"Flickr did not answer while {what}, after {exc.attempts} attempts: "
-                                      f"{redact(str(exc))[:200]}")
+                                      f"{' '.join(redact(str(exc)).split())[:200]}" + (f" ({hint})" if hint else ""))
 
 
 # -- what a listed photo becomes ------------------------------------------------------------------
@@ -299,7 +300,8 @@ class FlickrSource(Source):
                         break
                     page += 1
         except fl.FlickrProblem as exc:
-            raise account_problem(exc, "reading the account's albums") from None
+            raise account_problem(exc, "reading the account's albums",
+                                  hint="source.albums: false goes on without them") from None
         return index, len(sets)
 
     def list_pages(self) -> Iterator[list[dict]]:

@@ -2,8 +2,8 @@
 
 Everything runs on this machine: the sandbox services on 127.0.0.1, an ephemeral
 Prefect API, a local DuckDB ledger. The default story is the gallery rescue; the
-others are ``numbered``, ``s3``, ``upload``, ``hires`` and ``local`` (a folder to
-a folder). Prints the run's summary and the report's path.
+others are ``numbered``, ``s3``, ``upload``, ``hires``, ``local`` (a folder to
+a folder) and ``flickr`` (a Flickr account to S3). Prints the run's summary and the report's path.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from photo_escape.commands.run import prefect_defaults, print_summary
 
-STORIES = ("gallery", "numbered", "s3", "upload", "hires", "local")
+STORIES = ("gallery", "numbered", "s3", "upload", "hires", "local", "flickr")
 
 
 def _available(story: str) -> bool:

@@ -163,7 +163,9 @@ def make_api(api_key: str, api_secret: str, token: str, token_secret: str, *, re
 class CallBudget:
     """A token bucket of ``per_hour`` calls (at most ``burst`` at once), persisted in ``state``.
 
-    ``take()`` blocks until a call may be made. The bucket's level and time are kept
+    No hour ever sees more than ``per_hour`` calls: the bucket refills at
+    ``per_hour - burst`` an hour, so a full burst plus an hour's refill is exactly the
+    allowance (``burst`` is at most half of it). ``take()`` blocks until a call may be made. The bucket's level and time are kept
     in a JSON file under an exclusive ``fcntl`` lock, so every batch (and every later
     run) of a deployment draws from the same hour's allowance; without a file the
     bucket lives in memory. ``clock``/``sleep`` are injectable for tests.
@@ -173,8 +175,9 @@ class CallBudget:
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
         if per_hour <= 0:
             raise ValueError("per_hour must be positive")
-        self.rate = per_hour / 3600.0  # tokens per second
-        self.burst = max(1, int(burst))
+        self.per_hour = per_hour
+        self.burst = max(1, min(int(burst), int(per_hour // 2)))
+        self.rate = max(per_hour - self.burst, per_hour / 2) / 3600.0  # tokens per second
         self.state = Path(state) if state else None
         self.clock = clock
         self.sleep = sleep
@@ -205,7 +208,7 @@ class CallBudget:
                     fh.seek(0)
                     fh.truncate()
                     fh.write(json.dumps({"tokens": data["tokens"], "at": data["at"],
-                                         "per_hour": self.rate * 3600, "burst": self.burst}))
+                                         "per_hour": self.per_hour, "burst": self.burst}))
                     fh.flush()
                 finally:
                     fcntl.flock(fh, fcntl.LOCK_UN)
@@ -218,7 +221,7 @@ class CallBudget:
                 now = self.clock()
                 b["tokens"] = min(float(self.burst), b["tokens"] + max(0.0, now - b["at"]) * self.rate)
                 b["at"] = now
-                if b["tokens"] >= 1.0:
+                if b["tokens"] >= 1.0 - 1e-9:  # a hair under 1 by rounding is a whole token
                     b["tokens"] -= 1.0
                     self.waited += waited
                     return waited

@@ -198,16 +198,38 @@ def test_call_budget_is_shared_across_batches_through_its_file(tmp_path):
     for _ in range(3):
         assert first.take() == 0.0
     second = CallBudget(3600, burst=3, state=state, clock=lambda: now[0], sleep=sleep)
-    waited = second.take()  # the first batch spent the burst: one call per second now
-    assert waited == pytest.approx(1.0)
+    waited = second.take()  # the first batch spent the burst: about one call per second now
+    each = 3600 / 3597  # the burst plus an hour's refill is the hour's allowance, never more
+    assert waited == pytest.approx(each)
     for _ in range(5):
         second.take()
-    assert now[0] - 1000.0 == pytest.approx(6.0)  # 6 calls past the burst took 6 s at 1 call/s
+    assert now[0] - 1000.0 == pytest.approx(6 * each)  # 6 calls past the burst
     third = CallBudget(3600, burst=3, state=state, clock=lambda: now[0], sleep=sleep)
     now[0] += 3600  # an hour later the bucket is full again, but never above its burst
     for _ in range(3):
         assert third.take() == 0.0
-    assert third.take() == pytest.approx(1.0)
+    assert third.take() == pytest.approx(each)
+
+
+def test_no_hour_sees_more_calls_than_the_budget():
+    """Spend the burst, then keep calling for an hour: the hour's calls are the budget, exactly."""
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    budget = CallBudget(600, burst=60, clock=lambda: now[0], sleep=sleep)
+    calls = []
+    while now[0] <= 3600:
+        budget.take()
+        calls.append(now[0])
+    import bisect
+
+    busiest = max(bisect.bisect_right(calls, t + 3600) - i for i, t in enumerate(calls))  # [t, t + 1 h]
+    assert 599 <= busiest <= 600  # the allowance is used, and no hour-long window sees more
+    assert 7200 > calls[-1] > 3600
+    small = CallBudget(10, burst=60, clock=lambda: now[0], sleep=sleep)
+    assert small.burst == 5  # at most half the hour's allowance at once
 
 
 def test_the_accounts_people_escape_from(escape_account):

@@ -163,8 +163,8 @@ def test_a_listing_flickr_keeps_failing_stops_with_one_line(escape_account, tmp_
     acct.state.inject("flickr.people.getPhotos", code=105, times=10)
     with pytest.raises(Exception) as err:
         _listed(_source(acct, tmp_path))
-    assert str(err.value).startswith("Flickr did not answer while listing page 1") and "\n" not in str(err.value)
-    assert "after 4 attempts" in str(err.value)  # options.retries = 3
+    assert str(err.value).startswith("Flickr failed while listing page 1 of the photos (flickr_105, after 4 "
+                                     "attempts)") and "\n" not in str(err.value)  # options.retries = 3
 
 
 def test_errors_about_the_account_stop_with_one_line(escape_account, tmp_path, monkeypatch):
@@ -356,3 +356,21 @@ def test_the_flickr_demo(tmp_path):
     assert s["originals"] == s["listed"] and s["size_limited"] == 0
     assert s["flickr"]["dates_by_granularity"] == {"circa": 3, "exact": 17, "month": 3, "year": 3}
     assert s["rerun"]["fetched_again"] == 0 and s["objects"] >= 2 * s["listed"]
+
+
+def test_export_metadata_in_the_shapes_exports_have():
+    from tasks.sources.flickr_export import export_meta
+
+    doc = {"id": "1", "name": "Pier", "date_taken": "1962-06-01 00:00:00", "privacy": "friend & family",
+           "geo": [{"latitude": "49696401", "longitude": "-123159753", "accuracy": "15"}],
+           "tags": [{"tag": "sea"}, "pier"], "albums": ["72157", {"id": "9", "title": "Given"}]}
+    meta = export_meta(doc, ["From albums.json"], "photo_1.json", {"72157": "By id"})
+    assert meta["albums"] == ["From albums.json", "By id", "Given"]
+    assert (meta["latitude"], meta["longitude"], meta["location_accuracy"]) == (49.696401, -123.159753, 15)
+    assert meta["visibility"] == "friends & family" and meta["tags"] == ["sea", "pier"]
+    assert (meta["time_local"], meta["time_granularity"]) == ("1962-06-01T00:00:00", "month")
+    decimal = export_meta({"geo": {"latitude": 48.8566, "longitude": "2.3522"}, "date_taken": "1935-01-01 00:00:00",
+                           "date_taken_granularity": 8}, [], "photo_2.json")
+    assert (decimal["latitude"], decimal["longitude"]) == (48.8566, 2.3522)
+    assert (decimal["time_granularity"], decimal["time_granularity_from"]) == ("circa", "source")
+    assert export_meta({"date_taken": "2011-07-18 16:42:05"}, [], "p.json")["time_granularity"] == "exact"

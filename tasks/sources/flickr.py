@@ -75,7 +75,7 @@ COPIES = (("6k", "X-Large 6K"), ("5k", "X-Large 5K"), ("4k", "X-Large 4K"), ("3k
           ("m", "Medium"), ("n", "Small 320"), ("s", "Small"))
 EXTRAS = ",".join(["description", "date_taken", "date_upload", "last_update", "geo", "tags", "media",
                    "original_format", "o_dims", "url_o"] + [f"url_{k}" for k, _ in COPIES])
-#: video streams Flickr lists in getSizes that are files (not a player page)
+#: the label of a video's own file in photos.getSizes (its other streams are Flickr's encodings)
 VIDEO_ORIGINAL = "Video Original"
 FLICKR_PAGE = "https://www.flickr.com/photos/{owner}/{id}/"
 
@@ -106,7 +106,8 @@ def account_problem(exc: fl.FlickrProblem, what: str, hint: str | None = None) -
     if code in (1, 2):
         return PermanentError(f"flickr_{code}", f"Flickr has no such account or album while {what} "
                                                 f"(error {code}): check source.user_id / source.photoset_id")
-    return PermanentError(exc.reason, f"Flickr did not answer while {what}, after {exc.attempts} attempts: "
+    tries = f"{exc.attempts} attempt" + ("s" if exc.attempts != 1 else "")
+    return PermanentError(exc.reason, f"Flickr failed while {what} ({exc.reason}, after {tries}): "
                                       f"{' '.join(redact(str(exc)).split())[:200]}" + (f" ({hint})" if hint else ""))
 
 

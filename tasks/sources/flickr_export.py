@@ -120,8 +120,9 @@ def inferred_granularity(taken: str) -> str:
     return "exact"
 
 
-def export_meta(doc: dict, albums: list[str], sidecar: str) -> dict[str, Any]:
-    """A photo's JSON from the export as ItemMeta."""
+def export_meta(doc: dict, albums: list[str], sidecar: str, titles: dict[str, str] | None = None) -> dict[str, Any]:
+    """A photo's JSON from the export as ItemMeta; ``albums`` are the titles ``albums.json``
+    gives it, ``titles`` album ids to titles (for a JSON naming its albums by id)."""
     taken = str(doc.get("date_taken") or "")
     given = next((v for k, v in doc.items() if "granularity" in k.lower() and v not in (None, "")), None)
     if given is not None:
@@ -144,8 +145,10 @@ def export_meta(doc: dict, albums: list[str], sidecar: str) -> dict[str, Any]:
             meta.update(latitude=lat, longitude=lon)
             if fl.as_int(geo.get("accuracy")):
                 meta["location_accuracy"] = fl.as_int(geo.get("accuracy"))
-    own = [a.get("title") for a in doc.get("albums") or [] if isinstance(a, dict) and a.get("title")]
-    meta["albums"] = list(dict.fromkeys(albums + own))
+    titles = titles or {}
+    own = [(a.get("title") or titles.get(str(a.get("id")))) if isinstance(a, dict) else titles.get(str(a))
+           for a in doc.get("albums") or []]
+    meta["albums"] = list(dict.fromkeys(albums + [t for t in own if t]))
     privacy = str(doc.get("privacy") or "").strip().lower()
     if privacy:
         meta["visibility"] = PRIVACY.get(privacy, privacy)
@@ -164,6 +167,7 @@ class _Index:
         self.media: dict[str, tuple[int, str, int, int]] = {}
         self.unnamed: list[tuple[int, str, int, int]] = []
         self.albums: dict[str, list[str]] = defaultdict(list)
+        self.album_titles: dict[str, str] = {}
         self.album_count = 0
         self.duplicates = 0
         self.unreadable: list[str] = []
@@ -222,8 +226,10 @@ class FlickrExportSource(Source):
         for doc in album_docs:
             for album in (doc.get("albums") if isinstance(doc, dict) else doc) or []:
                 idx.album_count += 1
+                title = str(album.get("title") or album.get("id"))
+                idx.album_titles[str(album.get("id"))] = title
                 for pid in album.get("photos") or []:
-                    idx.albums[str(pid)].append(str(album.get("title") or album.get("id")))
+                    idx.albums[str(pid)].append(title)
         return idx
 
     def _zip(self, path: Path) -> zipfile.ZipFile:
@@ -283,7 +289,7 @@ class FlickrExportSource(Source):
         """The item for one photo id: its original and/or its JSON."""
         media, js = idx.media.get(pid), idx.json.get(pid)
         doc = self._read_json(idx, pid) if js else {}
-        meta = export_meta(doc, list(idx.albums.get(pid, [])), f"photo_{pid}.json") if js else \
+        meta = export_meta(doc, list(idx.albums.get(pid, [])), f"photo_{pid}.json", idx.album_titles) if js else \
             {"albums": list(idx.albums.get(pid, []))}
         if media:
             n, member, size, crc = media

@@ -345,6 +345,9 @@ def test_the_export_escapes_through_the_flow(escape_account, tmp_path):
     assert s["flickr_export"]["json_without_original"] == 1
     failed = _rows(s["ledger"], "SELECT item_id, reason FROM item_status WHERE status = 'failed'")
     assert failed == [(f"flickr:{missing}", "original_not_in_export")]
+    story = write_reports(s["ledger"], run_id=s["run_id"], out_dir=tmp_path / "again")["summary"]["stories"]["flickr"]
+    assert story["flickr-export-no-original"] == 1 and story["flickr-export-matched"] == len(acct.truth) - 1
+    assert story["flickr-albums"] == 3 and story["flickr-dates-year"] == 2  # a circa date reads as its year
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -24,15 +24,18 @@ class ItemMeta(TypedDict, total=False):
 
     time_utc: str  # an instant, ISO 8601 with offset (a Takeout sidecar's photoTakenTime)
     time_local: str  # a wall-clock time with no zone, ISO 8601 (Flickr's date taken)
-    time_granularity: str  # exact | month | year | circa (Flickr's granularity)
+    time_granularity: str  # exact | month | year | circa (Flickr's granularity): time_local is exact only to it
+    time_granularity_from: str  # "source" (the source said it) or "inferred" (from the date's shape: 01-01 00:00:00)
     time_provenance: str  # how the capture-time decision names this level: "sidecar:utc", "source:flickr"
     latitude: float
     longitude: float
+    location_accuracy: int  # how precise the place is, Flickr's scale: 1 (world) .. 16 (street)
     title: str
     description: str
     albums: list[str]  # album titles, as the source names them (not sanitised folder names)
     favourite: bool
     tags: list[str]
+    visibility: str  # who could see it where it was: public | friends | family | friends & family | private
     sidecar: str  # where the metadata came from (a sidecar's name in the export), for the report
     sidecar_rule: str  # which naming rule matched it (takeout: "exact", "supplemental", "clipped"...)
 

@@ -584,3 +584,40 @@ def reason_counts(con) -> dict[tuple[str, str, str], int]:
     """``{(stage, outcome, reason): items}`` over the scope's latest event per stage."""
     return {(r[0], r[1], r[2] or ""): int(r[3]) for r in con.execute(
         "SELECT stage, outcome, reason, count(*) FROM _rep_stage_latest GROUP BY ALL").fetchall()}
+
+
+def gone_from_source(con, scope: Scope, limit: int = 200) -> tuple[int, list[dict]]:
+    """Photos earlier runs of the job listed that this run's listing did not: gone from the
+    source since (deleted there). Nothing is done about them (the destination keeps its
+    copies); the report names them. Meaningful only when the run listed the source to its
+    end (the source's ``listing_complete`` fact). Returns (how many, the first ``limit``)."""
+    if not scope.run_id:
+        return 0, []
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE _rep_gone AS
+           SELECT e.item_id, max(e."at") AS last_listed, arg_max(e.run_id, e."at") AS last_run
+           FROM events e
+           WHERE e.job = ? AND e.stage = 'list' AND e.run_id <> ?
+             AND e."at" < (SELECT started_at FROM runs WHERE run_id = ?)
+             AND e.item_id NOT IN (SELECT item_id FROM events WHERE run_id = ? AND stage = 'list')
+           GROUP BY e.item_id""", [scope.job, scope.run_id, scope.run_id, scope.run_id])
+    try:
+        total = count(con, "_rep_gone")
+        found = rows(con, f"""SELECT g.item_id, i.name, i.source_ref, g.last_listed, g.last_run FROM _rep_gone g
+                              LEFT JOIN items i ON i.job = ? AND i.item_id = g.item_id
+                              ORDER BY g.item_id LIMIT {int(limit)}""", [scope.job])
+    finally:
+        con.execute("DROP TABLE IF EXISTS _rep_gone")
+    return total, found
+
+
+def fetch_details(con, reasons: tuple[str, ...], limit: int = 200) -> list[dict]:
+    """The scope's latest ``fetch`` events with these reasons, with their detail (e.g. the
+    size a size-limited photo came in)."""
+    if not reasons:
+        return []
+    marks = ", ".join("?" for _ in reasons)
+    return rows(con, f"""SELECT l.item_id, i.name, l.reason, e.detail FROM _rep_stage_latest l
+                         JOIN events e ON e.seq = l.seq LEFT JOIN _rep_items i ON i.item_id = l.item_id
+                         WHERE l.stage = 'fetch' AND l.reason IN ({marks})
+                         ORDER BY l.item_id LIMIT {int(limit)}""", list(reasons))

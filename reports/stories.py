@@ -73,7 +73,7 @@ def sections(con, facts: dict) -> tuple[list[dict], list[str]]:
     try:
         ctx = _context(con, facts)
         out, lines = [], []
-        for build in (fixity, gallery, find_my_photo, hires, matching, s3, capture_times):
+        for build in (fixity, gallery, find_my_photo, hires, matching, flickr, s3, capture_times):
             section = build(con, facts, ctx)
             if section:
                 lines.extend(section.pop("lines", []))
@@ -507,6 +507,66 @@ def _spec_threshold(spec: dict, ctx: dict) -> float | None:
             return None
         return float(SURE_DISTANCE)
     return None
+
+
+# -- a Flickr account escaped ----------------------------------------------------------------
+FLICKR_SOURCES = ("flickr", "flickr_export")
+GRANULARITY_WORDS = {"exact": "exact date and time", "month": "to the month", "year": "to the year",
+                     "circa": "circa (approximate)", "unknown": "no date"}
+
+
+def flickr(con, facts: dict, ctx: dict) -> dict | None:
+    """A Flickr account (by API or its export): photos, originals and size-limited copies,
+    albums, dates by granularity, what the export lacked, and photos gone from Flickr
+    since an earlier run (named, never deleted at the destination)."""
+    if ctx["source"] not in FLICKR_SOURCES:
+        return None
+    summ = facts["run_summary"] or {}
+    f = summ.get("flickr") or summ.get("flickr_export") or {}
+    originals = _by_reason(ctx, "original", "fetch", "ok")
+    limited = _by_reason(ctx, "size_limited", "fetch", "ok")
+    copies = _by_reason(ctx, "largest_copy", "fetch", "ok")
+    items = [_fact("photos listed", int(f.get("photos") or 0), key="flickr-photos"),
+             _fact("videos listed", int(f.get("videos") or 0), key="flickr-videos")]
+    if ctx["source"] == "flickr":
+        items += [_fact("originals downloaded", originals, key="flickr-originals"),
+                  _fact("size-limited (not the original)", limited, key="flickr-size-limited",
+                        note="the account offered no original: the largest copy offered came" if limited else None)]
+        if copies:
+            items.append(_fact("largest copies (size: largest)", copies, key="flickr-largest-copies"))
+        if f.get("private") is not None:
+            items.append(_fact("private or friends-only", int(f["private"]), key="flickr-private"))
+        if f.get("listing_api_calls") is not None:
+            items.append(_fact("API calls to list", int(f["listing_api_calls"]), key="flickr-listing-calls"))
+    else:
+        items += [_fact("matched to their JSON", int(f.get("matched") or 0), key="flickr-export-matched"),
+                  _fact("originals without JSON", int(f.get("originals_without_json") or 0),
+                        key="flickr-export-no-json", note="delivered with no metadata"),
+                  _fact("JSON without original", int(f.get("json_without_original") or 0),
+                        key="flickr-export-no-original", note="listed as failed: original_not_in_export")]
+    items.append(_fact("albums", int(f.get("albums") or 0), key="flickr-albums"))
+    for name, n in (f.get("dates_by_granularity") or {}).items():
+        items.append(_fact(f"dates {GRANULARITY_WORDS.get(name, name)}", int(n), key=f"flickr-dates-{name}"))
+    gone_total, gone = (q.gone_from_source(con, facts["scope"]) if summ.get("listing_complete")
+                        else (0, []))
+    if summ.get("listing_complete"):
+        items.append(_fact("gone from Flickr since an earlier run", gone_total, key="flickr-gone",
+                           note="kept at the destination" if gone_total else None))
+    rows = [[g["name"] or g["item_id"], "gone from Flickr", f"last listed {_when(g['last_listed'])}"] for g in gone]
+    for r in q.fetch_details(con, ("size_limited", "largest_copy", "no_metadata")):
+        d = common.json_value(r["detail"]) or {}
+        got = f"{d.get('size_label') or ''} {d.get('width') or ''}×{d.get('height') or ''}".strip(" ×") \
+            if r["reason"] != "no_metadata" else (d.get("member") or "")
+        rows.append([r["name"] or r["item_id"], r["reason"].replace("_", " "), got])
+    lines = [f"Flickr: {int(f.get('photos') or 0):,} photos and {int(f.get('videos') or 0):,} videos"
+             + (f", {originals:,} originals, {limited:,} size-limited" if ctx["source"] == "flickr" else "")
+             + f", {int(f.get('albums') or 0):,} albums."]
+    if gone_total:
+        lines.append(f"Flickr: ⚠ {gone_total:,} photos listed by an earlier run are gone from Flickr "
+                     "(their copies stay at the destination).")
+    table = {"head": ["photo", "what", "detail"], "rows": rows, "more": max(0, gone_total - len(gone))} if rows else None
+    return _section("flickr", "A Flickr account" if ctx["source"] == "flickr" else "A Flickr export",
+                    facts=items, table=table, lines=lines)
 
 
 # -- personal archive to S3 -------------------------------------------------------------------

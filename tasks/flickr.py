@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import requests
+from pydantic import BaseModel, ConfigDict, Field
+
+from photo_escape.secrets import SecretRef
 
 #: Flickr's documented transient errors (worth a retry); every other code is final.
 TRANSIENT_CODES = {105, 106}
@@ -43,6 +46,88 @@ REPLACE_URL = "https://up.flickr.com/services/replace/"
 DEFAULT_LINK_REGEX = r"""https?://[^\s"'<>]+/(?:item|album)[^\s"'<>]*"""
 #: A Digital ID in an image URL or a page: letters, optional '_', 5-8 digits.
 DEFAULT_DIGITAL_ID_REGEX = r"(?i)(?<![a-z0-9])([a-z]{1,4}_?\d{5,8})(?=[a-z]?(?:\.(?:jpe?g|png|gif|tiff?)\b|\b))"
+
+
+#: Flickr's errors that concern the whole account or key, not one photo: a run meeting
+#: one stops with one line (96/97 signature, 98 token, 99 permission, 100 API key).
+ACCOUNT_CODES = {96: "invalid signature", 97: "missing signature", 98: "invalid auth token",
+                 99: "insufficient permissions", 100: "invalid API key"}
+
+
+class FlickrConnection(BaseModel):
+    """Where a Flickr account is, whose photos, and how hard a job may press it: the part of
+    a job's Flickr settings every story shares (``source.kind: flickr``, the hi-res story).
+
+    Credentials are references (``{env: VAR}`` / ``{block: NAME}``), resolved where they
+    are used. The call budget is a file (``budget_file``) or a Prefect concurrency limit
+    (``prefect_rate_limit``): jobs naming the same one share Flickr's hourly allowance."""
+
+    model_config = ConfigDict(extra="forbid")
+    api_key: SecretRef = Field(default_factory=lambda: SecretRef(env="FLICKR_API_KEY"))
+    api_secret: SecretRef = Field(default_factory=lambda: SecretRef(env="FLICKR_API_SECRET"))
+    oauth_token: SecretRef = Field(default_factory=lambda: SecretRef(env="FLICKR_OAUTH_TOKEN"))
+    oauth_token_secret: SecretRef = Field(default_factory=lambda: SecretRef(env="FLICKR_OAUTH_TOKEN_SECRET"))
+    rest_url: str = Field(REST_URL, description="Flickr's REST endpoint (the sandbox's in the demo)")
+    user_id: str = Field("me", description="whose photos: 'me' is the token's account")
+    photoset_id: str | None = Field(None, description="only this album's photos (photosets.getPhotos)")
+    per_page: int = Field(500, ge=1, le=500, description="photos per listing page")
+    calls_per_hour: float = Field(3600, gt=0, description="Flickr's limit per API key, kept across batches and runs")
+    burst: int = Field(60, ge=1, description="calls that may go at once after a quiet spell")
+    budget_file: Path | None = Field(None, description="where the call budget lives; default <work_dir>/flickr-calls.json")
+    prefect_rate_limit: str | None = Field(
+        None, description="instead of the file: a Prefect global concurrency limit with slot decay, shared by "
+                          "workers on every machine (e.g. `prefect gcl create flickr-api --limit 60 "
+                          "--slot-decay-per-second 1`)")
+    timeout: float = Field(60.0, gt=0, description="seconds for one REST call")
+
+    def connect(self, budget_path: Path, options: Any = None, *, replace_url: str | None = None,
+                budget: Any = None, sleep: Callable[[float], None] | None = None) -> "FlickrClient":
+        """A :class:`FlickrClient` for this account (secrets resolved now), pacing its calls by
+        ``budget``, else the Prefect limit named, else the file bucket at ``budget_file`` or
+        ``budget_path``; retries as the job's ``options`` say."""
+        from photo_escape.secrets import resolve
+
+        api = make_api(resolve(self.api_key), resolve(self.api_secret), resolve(self.oauth_token),
+                       resolve(self.oauth_token_secret), rest_url=self.rest_url, replace_url=replace_url,
+                       timeout=self.timeout)
+        if budget is None:
+            budget = (PrefectRateLimit(self.prefect_rate_limit) if self.prefect_rate_limit
+                      else CallBudget(self.calls_per_hour, burst=self.burst,
+                                      state=Path(self.budget_file).expanduser() if self.budget_file else budget_path))
+        return FlickrClient(api, budget, retries=int(getattr(options, "retries", 3)),
+                            backoff_seconds=float(getattr(options, "backoff_seconds", 0.5)),
+                            sleep=sleep or time.sleep)
+
+
+class PrefectRateLimit:
+    """A call budget kept by the Prefect server: a global concurrency limit with slot
+    decay, so batches on different machines (Dask workers) share Flickr's 3,600 calls
+    an hour. Same ``take()`` as :class:`CallBudget`. (Prefect is imported when used.)"""
+
+    def __init__(self, name: str) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            with get_client(sync_client=True) as client:
+                limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            raise ValueError(
+                f"there is no Prefect concurrency limit named {name!r}; create it with "
+                f"`prefect gcl create {name} --limit 60 --slot-decay-per-second 1` (3,600 calls an hour)") from None
+        if not limit.slot_decay_per_second:
+            raise ValueError(f"the Prefect concurrency limit {name!r} has no slot decay: it cannot pace calls")
+        self.name = name
+        self.waited = 0.0
+
+    def take(self) -> float:
+        from prefect.concurrency.sync import rate_limit
+
+        start = time.monotonic()
+        rate_limit(self.name, occupy=1, strict=True)
+        waited = time.monotonic() - start
+        self.waited += waited
+        return waited
 
 
 class FlickrProblem(Exception):
@@ -78,7 +163,9 @@ def make_api(api_key: str, api_secret: str, token: str, token_secret: str, *, re
 class CallBudget:
     """A token bucket of ``per_hour`` calls (at most ``burst`` at once), persisted in ``state``.
 
-    ``take()`` blocks until a call may be made. The bucket's level and time are kept
+    No hour ever sees more than ``per_hour`` calls: the bucket refills at
+    ``per_hour - burst`` an hour, so a full burst plus an hour's refill is exactly the
+    allowance (``burst`` is at most half of it). ``take()`` blocks until a call may be made. The bucket's level and time are kept
     in a JSON file under an exclusive ``fcntl`` lock, so every batch (and every later
     run) of a deployment draws from the same hour's allowance; without a file the
     bucket lives in memory. ``clock``/``sleep`` are injectable for tests.
@@ -88,8 +175,9 @@ class CallBudget:
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
         if per_hour <= 0:
             raise ValueError("per_hour must be positive")
-        self.rate = per_hour / 3600.0  # tokens per second
-        self.burst = max(1, int(burst))
+        self.per_hour = per_hour
+        self.burst = max(1, min(int(burst), int(per_hour // 2)))
+        self.rate = max(per_hour - self.burst, per_hour / 2) / 3600.0  # tokens per second
         self.state = Path(state) if state else None
         self.clock = clock
         self.sleep = sleep
@@ -120,7 +208,7 @@ class CallBudget:
                     fh.seek(0)
                     fh.truncate()
                     fh.write(json.dumps({"tokens": data["tokens"], "at": data["at"],
-                                         "per_hour": self.rate * 3600, "burst": self.burst}))
+                                         "per_hour": self.per_hour, "burst": self.burst}))
                     fh.flush()
                 finally:
                     fcntl.flock(fh, fcntl.LOCK_UN)
@@ -133,7 +221,7 @@ class CallBudget:
                 now = self.clock()
                 b["tokens"] = min(float(self.burst), b["tokens"] + max(0.0, now - b["at"]) * self.rate)
                 b["at"] = now
-                if b["tokens"] >= 1.0:
+                if b["tokens"] >= 1.0 - 1e-9:  # a hair under 1 by rounding is a whole token
                     b["tokens"] -= 1.0
                     self.waited += waited
                     return waited
@@ -250,9 +338,10 @@ class FlickrClient:
                     photoset_id: str | None = None,
                     extras: str = "description,date_taken,o_dims,url_o,original_format") -> dict:
         """One page of the account's photos (or a photoset's): ``{page, pages, total, photos}``."""
-        if photoset_id:
-            rsp = self.call("photosets.getPhotos", photoset_id=photoset_id, user_id=user_id, extras=extras,
-                            page=page, per_page=per_page)
+        if photoset_id:  # user_id only names the album's owner: "me" is no NSID, so it is left out
+            owner = {} if user_id == "me" else {"user_id": user_id}
+            rsp = self.call("photosets.getPhotos", photoset_id=photoset_id, extras=extras, page=page,
+                            per_page=per_page, **owner)
             body = rsp["photoset"]
         else:
             rsp = self.call("people.getPhotos", user_id=user_id, extras=extras, page=page, per_page=per_page)

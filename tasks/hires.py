@@ -40,8 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from photo_escape.jobspec import JobBase
 from photo_escape.outcomes import PermanentError, Stopwatch, TransientError, outcome
-from photo_escape.secrets import SecretRef, redact
-from photo_escape.secrets import resolve as resolve_secret
+from photo_escape.secrets import redact
 from tasks import flickr as fl
 from tasks.master_index import DEFAULT_ID_REGEX, check_regex
 
@@ -50,29 +49,13 @@ FLICKR_PHOTO_PAGE = "https://www.flickr.com/photos/{owner}/{id}/"
 
 
 # -- the job spec ----------------------------------------------------------------------------------
-class FlickrSettings(BaseModel):
-    """Where the account is and how hard the flow may press it."""
+class FlickrSettings(fl.FlickrConnection):
+    """Where the account is and how hard the flow may press it (see
+    :class:`tasks.flickr.FlickrConnection`), and what the replace endpoint accepts."""
 
-    model_config = ConfigDict(extra="forbid")
-    api_key: SecretRef = Field(default_factory=lambda: SecretRef(env="FLICKR_API_KEY"))
-    api_secret: SecretRef = Field(default_factory=lambda: SecretRef(env="FLICKR_API_SECRET"))
-    oauth_token: SecretRef = Field(default_factory=lambda: SecretRef(env="FLICKR_OAUTH_TOKEN"))
-    oauth_token_secret: SecretRef = Field(default_factory=lambda: SecretRef(env="FLICKR_OAUTH_TOKEN_SECRET"))
-    rest_url: str = Field(fl.REST_URL, description="Flickr's REST endpoint (the sandbox's in the demo)")
     replace_url: str = Field(fl.REPLACE_URL, description="Flickr's replace endpoint")
-    user_id: str = Field("me", description="whose photos: 'me' is the token's account")
-    photoset_id: str | None = Field(None, description="only this album's photos (photosets.getPhotos)")
-    per_page: int = Field(500, ge=1, le=500, description="photos per listing page")
-    calls_per_hour: float = Field(3600, gt=0, description="Flickr's limit per API key, kept across batches and runs")
-    burst: int = Field(60, ge=1, description="calls that may go at once after a quiet spell")
-    budget_file: Path | None = Field(None, description="where the call budget lives; default <work_dir>/flickr-calls.json")
-    prefect_rate_limit: str | None = Field(
-        None, description="instead of the file: a Prefect global concurrency limit with slot decay, shared by "
-                          "workers on every machine (e.g. `prefect gcl create flickr-api --limit 60 "
-                          "--slot-decay-per-second 1`)")
     max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1,
                                   description="larger masters are skipped (the account's people.getLimits may lower it)")
-    timeout: float = Field(60.0, gt=0, description="seconds for one REST call")
     upload_base_seconds: float = Field(60.0, gt=0, description="upload timeout = this + size / the rate below")
     upload_min_bytes_per_second: float = Field(250_000, gt=0, description="slowest upload rate accepted")
 
@@ -230,13 +213,8 @@ class HiresWorker:
         opts = job.options
         self.sleep = sleep or time.sleep
         if client is None:
-            f = job.flickr
-            api = fl.make_api(resolve_secret(f.api_key), resolve_secret(f.api_secret),
-                              resolve_secret(f.oauth_token), resolve_secret(f.oauth_token_secret),
-                              rest_url=f.rest_url, replace_url=f.replace_url, timeout=f.timeout)
-            budget = budget or fl.CallBudget(f.calls_per_hour, burst=f.burst, state=job.budget_path)
-            client = fl.FlickrClient(api, budget, retries=opts.retries, backoff_seconds=opts.backoff_seconds,
-                                     sleep=self.sleep)
+            client = job.flickr.connect(job.budget_path, opts, replace_url=job.flickr.replace_url, budget=budget,
+                                        sleep=self.sleep)
         self.flickr = client
         c = job.catalogue
         self.downloader = Downloader(

@@ -14,46 +14,13 @@ from __future__ import annotations
 from prefect import task
 
 from tasks import hires
-
-
-class PrefectRateLimit:
-    """A call budget kept by the Prefect server: a global concurrency limit with slot
-    decay, so batches on different machines (Dask workers) share Flickr's 3,600 calls
-    an hour. Same ``take()`` as :class:`tasks.flickr.CallBudget`."""
-
-    def __init__(self, name: str) -> None:
-        from prefect.client.orchestration import get_client
-        from prefect.exceptions import ObjectNotFound
-
-        try:
-            with get_client(sync_client=True) as client:
-                limit = client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            raise ValueError(
-                f"there is no Prefect concurrency limit named {name!r}; create it with "
-                f"`prefect gcl create {name} --limit 60 --slot-decay-per-second 1` (3,600 calls an hour)") from None
-        if not limit.slot_decay_per_second:
-            raise ValueError(f"the Prefect concurrency limit {name!r} has no slot decay: it cannot pace calls")
-        self.name = name
-        self.waited = 0.0
-
-    def take(self) -> float:
-        import time
-
-        from prefect.concurrency.sync import rate_limit
-
-        start = time.monotonic()
-        rate_limit(self.name, occupy=1, strict=True)
-        waited = time.monotonic() - start
-        self.waited += waited
-        return waited
+from tasks.flickr import PrefectRateLimit  # noqa: F401 - its old home: imports of it from here go on working
 
 
 def _worker(job: dict) -> hires.HiresWorker:
     """The batch's worker, pacing its Flickr calls by the job's budget."""
     spec = hires.load_hires_job(job)
-    name = spec.flickr.prefect_rate_limit
-    return hires.HiresWorker(spec, budget=PrefectRateLimit(name) if name else None)
+    return hires.HiresWorker(spec)  # FlickrConnection.connect paces by flickr.prefect_rate_limit when named
 
 
 def _named(prefix: str):

@@ -134,7 +134,7 @@ def still_pictures(items: list[dict], hash_entries: list[dict]) -> list[dict]:
     """The hash entries (``path``, ``sha256``) left once the videos are taken out: an item
     its source calls a video (``media: "video"``, a Takeout movie or the moving half of a
     motion photo) is delivered as a file, never decoded as a picture."""
-    videos = {i.get("sha256") for i in items if i.get("media") == "video"}
+    videos = {i.get("sha256") for i in items if _is_video(i)}
     return [e for e in hash_entries if e.get("sha256") not in videos] if videos else hash_entries
 
 
@@ -149,8 +149,9 @@ def hash_outcomes(items: list[dict], cached: dict[str, dict], hashing: list[str]
     out = []
     for item in items:
         sha = item.get("sha256")
-        if item.get("media") == "video":
-            asset = {"width": None, "height": None, "format": "video", "phash": None, "dhash": None}
+        if _is_video(item):  # its content is known by its sha256; it has no pixels to hash
+            asset = {"width": item.get("width"), "height": item.get("height"), "format": "video",
+                     "phash": None, "dhash": None}
             out.append(outcome(item["item_id"], "hash", "ok", "video", detail={"format": "video"}, sha256=sha)
                        | {"item": dict(item, asset=asset)})
             continue
@@ -200,6 +201,12 @@ def deliver(destination_config: KindConfig, items: list[dict], workdir: str, opt
                                    detail={"message": "the destination returned no outcome"},
                                    duration_ms=sw.ms) | {"item": item})
     return results
+
+
+def _is_video(item: dict) -> bool:
+    """Whether the source says an item is a video (``media: video``, a Takeout movie, the
+    moving half of a motion photo, a Flickr video): delivered as a file, never decoded."""
+    return item.get("media") == "video"
 
 
 def _folder(item: dict) -> str:

@@ -198,13 +198,74 @@ def test_call_budget_is_shared_across_batches_through_its_file(tmp_path):
     for _ in range(3):
         assert first.take() == 0.0
     second = CallBudget(3600, burst=3, state=state, clock=lambda: now[0], sleep=sleep)
-    waited = second.take()  # the first batch spent the burst: one call per second now
-    assert waited == pytest.approx(1.0)
+    waited = second.take()  # the first batch spent the burst: about one call per second now
+    each = 3600 / 3597  # the burst plus an hour's refill is the hour's allowance, never more
+    assert waited == pytest.approx(each)
     for _ in range(5):
         second.take()
-    assert now[0] - 1000.0 == pytest.approx(6.0)  # 6 calls past the burst took 6 s at 1 call/s
+    assert now[0] - 1000.0 == pytest.approx(6 * each)  # 6 calls past the burst
     third = CallBudget(3600, burst=3, state=state, clock=lambda: now[0], sleep=sleep)
     now[0] += 3600  # an hour later the bucket is full again, but never above its burst
     for _ in range(3):
         assert third.take() == 0.0
-    assert third.take() == pytest.approx(1.0)
+    assert third.take() == pytest.approx(each)
+
+
+def test_no_hour_sees_more_calls_than_the_budget():
+    """Spend the burst, then keep calling for an hour: the hour's calls are the budget, exactly."""
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    budget = CallBudget(600, burst=60, clock=lambda: now[0], sleep=sleep)
+    calls = []
+    while now[0] <= 3600:
+        budget.take()
+        calls.append(now[0])
+    import bisect
+
+    busiest = max(bisect.bisect_right(calls, t + 3600) - i for i, t in enumerate(calls))  # [t, t + 1 h]
+    assert 599 <= busiest <= 600  # the allowance is used, and no hour-long window sees more
+    assert 7200 > calls[-1] > 3600
+    small = CallBudget(10, burst=60, clock=lambda: now[0], sleep=sleep)
+    assert small.burst == 5  # at most half the hour's allowance at once
+
+
+def test_the_accounts_people_escape_from(escape_account):
+    """flickrapi's etree ``walk`` reads the stand-in's XML; private photos only with the
+    owner's token; a free account offers no original and nothing above 1024 pixels."""
+    import flickrapi
+
+    from sandbox.flickr import endpoints
+
+    pro, free = escape_account("pro"), escape_account("free")
+    token = flickrapi.auth.FlickrAccessToken(pro.state.token, pro.state.token_secret, "read")
+    api = flickrapi.FlickrAPI(pro.state.api_key, pro.state.api_secret, token=token, format="etree",
+                              store_token=False)
+    api.REST_URL = endpoints(pro.server.url)["rest_url"]
+    walked = [p.get("id") for p in api.walk(user_id="me", per_page=3)]
+    assert sorted(walked) == sorted(pro.truth)
+    video = sorted(pro.ids("video"))[0]
+    labels = [s.get("label") for s in api.photos.getSizes(photo_id=video).iter("size")]
+    assert "Video Original" in labels and "Site MP4" in labels
+    anonymous = flickrapi.FlickrAPI(pro.state.api_key, pro.state.api_secret, format="parsed-json", store_token=False)
+    anonymous.REST_URL = api.REST_URL
+    public = anonymous.people.getPhotos(user_id=pro.state.nsid, per_page=100)["photos"]["photo"]
+    assert sorted(p["id"] for p in public) == sorted(i for i, t in pro.truth.items() if t.visibility == "public")
+
+    free_api = flickrapi.FlickrAPI(free.state.api_key, free.state.api_secret, format="parsed-json", store_token=False,
+                                   token=flickrapi.auth.FlickrAccessToken(free.state.token, free.state.token_secret,
+                                                                          "read"))
+    free_api.REST_URL = endpoints(free.server.url)["rest_url"]
+    photo = sorted(free.ids("photo"))[0]
+    sizes = free_api.photos.getSizes(photo_id=photo)["sizes"]["size"]
+    assert "Original" not in [s["label"] for s in sizes]
+    assert max(max(int(s["width"]), int(s["height"])) for s in sizes) == 1024
+    listed = free_api.people.getPhotos(user_id="me", extras="url_o,url_l,url_h,original_format",
+                                       per_page=100)["photos"]["photo"]
+    assert all("url_o" not in p and "url_h" not in p and "originalsecret" not in p for p in listed)
+    assert all("url_l" in p for p in listed if p["id"] in free.ids("photo"))
+    original = requests.get(f"{free.server.url}/65535/{photo}_{free.state.photos[photo].originalsecret}_o.jpg",
+                            timeout=10)
+    assert original.status_code == 404  # not offered, not even by guessing its URL

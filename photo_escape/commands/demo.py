@@ -3,8 +3,9 @@
 Everything runs on this machine: the sandbox services on 127.0.0.1, an ephemeral
 Prefect API, a local DuckDB ledger. The default story is the gallery rescue; the
 others are ``numbered``, ``s3``, ``upload``, ``hires``, ``local`` (a folder to
-a folder), ``takeout`` (a Google Photos Takeout export to a folder) and ``immich``
-(a camera roll into an Immich server). Prints the run's summary and the report's path.
+a folder), ``takeout`` (a Google Photos Takeout export to a folder), ``immich`` (a
+camera roll into an Immich server) and ``flickr`` (a Flickr account to S3). Prints the
+run's summary and the report's path.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from photo_escape.commands.run import prefect_defaults, print_summary
 
-STORIES = ("gallery", "numbered", "s3", "upload", "hires", "local", "takeout", "immich")
+STORIES = ("gallery", "numbered", "s3", "upload", "hires", "local", "takeout", "immich", "flickr")
 
 
 def _available(story: str) -> bool:

@@ -37,8 +37,14 @@ S3_SECRET_KEY = f"S3sk/{TAG}+walrus4471"
 S3_SESSION_TOKEN = f"FwoGZXIvYXdz{TAG}ibis8808"
 IMMICH_KEY = f"imk{TAG}Quokka2024xyz"
 WRONG_IMMICH_KEY = f"imk{TAG}Tapir1180abc"
+FLICKR_KEY = f"fk{TAG}kestrel6612"
+FLICKR_SECRET = f"fs{TAG}marten2087"
+FLICKR_TOKEN = f"72157{TAG}-ft-gannet4410"
+FLICKR_TOKEN_SECRET = f"fts{TAG}lemur9136"
+FLICKR_REVOKED_TOKEN = f"72157{TAG}-revoked-tapir5520"
 SECRETS = (GALLERY_PASSWORD, WRONG_PASSWORD, UPLOAD_PASSWORD, API_KEY, S3_SECRET_KEY, S3_SESSION_TOKEN,
-           IMMICH_KEY, WRONG_IMMICH_KEY)
+           IMMICH_KEY, WRONG_IMMICH_KEY, FLICKR_KEY, FLICKR_SECRET, FLICKR_TOKEN, FLICKR_TOKEN_SECRET,
+           FLICKR_REVOKED_TOKEN)
 
 
 def _files_text(root: Path) -> dict[str, bytes]:
@@ -219,6 +225,49 @@ def test_the_immich_api_key_never_leaves_the_process(tmp_path, small_gallery, mo
     texts = _left_behind(tmp_path, s, runs=2)
     texts["refused state"] = (refused.message or "").encode()
     assert not _leaks(texts), _leaks(texts)
+
+
+def test_flickr_credentials_never_leave_the_process(tmp_path, escape_account, monkeypatch):
+    """``source.kind: flickr``: the API key and secret, the OAuth token and its secret (and a
+    revoked token that stops a run), through a failed and a successful run."""
+    import traceback
+
+    import duckdb
+
+    from flows.escape import escape
+
+    acct = escape_account("pro")
+    s = acct.state
+    s.api_key, s.api_secret, s.token, s.token_secret = FLICKR_KEY, FLICKR_SECRET, FLICKR_TOKEN, FLICKR_TOKEN_SECRET
+    for var, value in (("PE_TEST_FLICKR_KEY", FLICKR_KEY), ("PE_TEST_FLICKR_SECRET", FLICKR_SECRET),
+                       ("PE_TEST_FLICKR_TOKEN", FLICKR_REVOKED_TOKEN),
+                       ("PE_TEST_FLICKR_TOKEN_SECRET", FLICKR_TOKEN_SECRET)):
+        monkeypatch.setenv(var, value)
+    job = acct.job(tmp_path, name="rel-secrets-flickr")
+    with pytest.raises(Exception) as info:  # a revoked token: the run stops, in one line
+        escape(job)
+    text = "".join(traceback.format_exception(info.value))
+    assert "error 98" in str(info.value) and not _leaks({"exception": text.encode()}), text
+    monkeypatch.setenv("PE_TEST_FLICKR_TOKEN", FLICKR_TOKEN)
+    good = escape(job)
+    assert good["done"] == good["listed"] == len(acct.truth), good
+    texts = _ledger_text(tmp_path / "ledger.duckdb")
+    texts.update(_files_text(tmp_path / "reports"))
+    texts.update(_files_text(tmp_path / "work"))
+    texts.update(_files_text(tmp_path / "archive"))
+    con = duckdb.connect(good["ledger"], read_only=True)
+    try:
+        ids = [r[0] for r in con.execute("SELECT flow_run_id FROM runs").fetchall() if r[0]]
+        assert [r[0] for r in con.execute("SELECT status FROM runs ORDER BY started_at").fetchall()] == \
+            ["crashed", "finished"]
+    finally:
+        con.close()
+    texts.update(_prefect_text(ids))
+    texts["summary"] = json.dumps(good).encode()
+    assert len(texts) > 10
+    assert not _leaks(texts), _leaks(texts)
+    # the stand-in did see them: they were sent (in the OAuth header), just never kept
+    assert any(m == "flickr.people.getPhotos" for m, _, _ in s.calls)
 
 
 def test_a_failed_login_exception_carries_no_secret(tmp_path, small_gallery, monkeypatch):

@@ -61,7 +61,7 @@ import requests
 from pydantic import Field
 
 from photo_escape.outcomes import PermanentError, Stopwatch, TransientError, outcome
-from photo_escape.plugins import KindConfig, Source
+from photo_escape.plugins import KindConfig, Source, SourceUnreadable
 from photo_escape.secrets import redact
 from tasks import flickr as fl
 from tasks.download import Downloader, HttpSettings
@@ -89,11 +89,16 @@ class FlickrSourceConfig(fl.FlickrConnection, KindConfig):
     http: HttpSettings = Field(default_factory=HttpSettings, description="downloads from Flickr's static host")
 
 
-class FlickrAccessRefused(PermanentError):
+class FlickrUnavailable(PermanentError, SourceUnreadable):
+    """The account could not be read (listed, its albums, a photo's files): the run stops
+    with this one line, recorded as crashed with what it did."""
+
+
+class FlickrAccessRefused(FlickrUnavailable):
     """Flickr refused the account or key: the run cannot go on (one line says what to check)."""
 
 
-def account_problem(exc: fl.FlickrProblem, what: str, hint: str | None = None) -> PermanentError:
+def account_problem(exc: fl.FlickrProblem, what: str, hint: str | None = None) -> FlickrUnavailable:
     """The one-line error a run stops with when ``what`` (a listing, the albums) failed;
     ``hint`` says how to go on anyway when the account itself is not the trouble."""
     code = exc.code
@@ -104,10 +109,10 @@ def account_problem(exc: fl.FlickrProblem, what: str, hint: str | None = None) -
         return FlickrAccessRefused(f"flickr_{code}", f"Flickr refused access while {what} "
                                                      f"(error {code}: {fl.ACCOUNT_CODES[code]}): check {check}")
     if code in (1, 2):
-        return PermanentError(f"flickr_{code}", f"Flickr has no such account or album while {what} "
+        return FlickrUnavailable(f"flickr_{code}", f"Flickr has no such account or album while {what} "
                                                 f"(error {code}): check source.user_id / source.photoset_id")
     tries = f"{exc.attempts} attempt" + ("s" if exc.attempts != 1 else "")
-    return PermanentError(exc.reason, f"Flickr failed while {what} ({exc.reason}, after {tries}): "
+    return FlickrUnavailable(exc.reason, f"Flickr failed while {what} ({exc.reason}, after {tries}): "
                                       f"{' '.join(redact(str(exc)).split())[:200]}" + (f" ({hint})" if hint else ""))
 
 

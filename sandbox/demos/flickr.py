@@ -36,7 +36,7 @@ def job(workdir: Path, rest_url: str, endpoint_url: str, credentials_env: str) -
         "destination": {
             "kind": "s3", "bucket": BUCKET, "endpoint_url": endpoint_url, "region": "us-east-1",
             "credentials": {"env": credentials_env}, "originals": "originals/{taken:%Y/%m/%d}/{name}",
-            "sidecar": True,
+            "sidecars": ["xmp", "json"],
         },
         "default_tz": "Europe/Paris",
         "options": {"batch_size": 10, "concurrency": 4, "processes": 1},

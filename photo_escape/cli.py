@@ -24,6 +24,7 @@ COMMANDS = {
     "find-similar": ("find_similar", "rank a folder by similarity to small reference crops"),
     "report": ("report", "regenerate a report from a ledger"),
     "master-index": ("master_index", "build or query the master-file index from a directory listing"),
+    "server": ("server", "start, stop or check a local Prefect server (with its UI) that runs report to"),
 }
 
 

@@ -152,6 +152,54 @@ def test_prefect_settings_come_first(tmp_path, monkeypatch):
     monkeypatch.setattr(prefect_api, "_chosen", None)
 
 
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_the_server_command_starts_a_server_that_runs_report_to_and_stops_it(tmp_path):
+    """`photo-escape server start` starts a Prefect server with its UI; `status` says where;
+    a run without PREFECT_API_URL reports to it and starts no temporary server; `stop` ends it."""
+    env = _env(tmp_path)
+    status = _cli(["server", "status", "--json"], env)
+    assert status.returncode == 3 and _last_json(status.stdout)["running"] is False
+
+    started = _cli(["server", "start", "--port", "0", "--json"], env)
+    assert started.returncode == 0, started.stderr[-3000:]
+    state = _last_json(started.stdout)
+    try:
+        assert state["running"] is True and state["ui_url"].startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(state["ui_url"], timeout=30) as r:  # the UI is served
+            assert r.status == 200 and b"<html" in r.read().lower()
+        again = _cli(["server", "start", "--port", "0", "--json"], env)
+        assert again.returncode == 0 and _last_json(again.stdout)["pid"] == state["pid"]
+        status = _cli(["server", "status", "--json"], env)
+        assert status.returncode == 0 and _last_json(status.stdout)["api_url"] == state["api_url"]
+
+        job = _job_file(tmp_path, count=2)
+        run = subprocess.Popen([sys.executable, "-m", "photo_escape.cli", "run", str(job), "--json"], env=env,
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        children: set[int] = set()
+        while run.poll() is None:
+            children.update(c for c in _children(run.pid)
+                            if b"PREFECT__SERVER_EPHEMERAL=1" in _environ(c))
+            time.sleep(0.05)
+        out, err = run.communicate()
+        assert run.returncode == 0, err[-3000:]
+        assert not children  # no temporary server
+        req = urllib.request.Request(f"{state['api_url']}/flow_runs/filter", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            runs = json.loads(r.read())
+        assert [fr["state_type"] for fr in runs] == ["COMPLETED"]
+        assert _last_json(out)["done"] == 2
+    finally:
+        stopped = _cli(["server", "stop", "--json"], env)
+    assert stopped.returncode == 0 and _last_json(stopped.stdout)["running"] is False
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{state['pid']}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{state['pid']}").exists()
+    status = _cli(["server", "status", "--json"], env)
+    assert status.returncode == 3
+
+
 def _environ(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/environ").read_bytes()

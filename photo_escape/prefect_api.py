@@ -18,8 +18,7 @@ process then never imports Prefect's server code. What the server skips compared
 Prefect's own temporary server: registering the block types of installed collections at
 each start (``PREFECT_SERVER_REGISTER_BLOCKS_ON_START``; a block type is registered when
 a block of it is saved), a garbage collection it runs only to reclaim memory, and the
-garbage collector during its imports. Flow-run heartbeats are off with a temporary
-server: it stops with the run, so nothing could ever watch them.
+garbage collector during its imports.
 
 The server dies with the process that started it (``PR_SET_PDEATHSIG``): a run killed
 with SIGKILL leaves no server behind. Processes the run starts (Dask workers) inherit
@@ -271,27 +270,33 @@ def choose() -> Api:
 @contextmanager
 def connected(api: Api | None = None) -> Iterator[Api]:
     """Within the block, Prefect in this process (and the processes it starts) talks to the
-    chosen API; a temporary server is waited for here, when it is needed at last."""
+    chosen API; a temporary server is waited for here, when it is needed at last.
+
+    Flow runs started here send no heartbeats unless Prefect's settings ask for them
+    (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``; the deployments in prefect.yaml do): Prefect
+    sends one every 180 s by default, which a run of seconds never uses, but stopping
+    the heartbeat thread at the end of each flow run waits for its one-second naps."""
     api = api or choose()
     from prefect.settings import (PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings,
                                   temporary_settings)
 
-    configured = get_current_settings().api.url
+    settings = get_current_settings()
+    updates: dict[Any, Any] = {}
+    if "heartbeat_frequency" not in settings.flows.model_fields_set:
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+    configured = settings.api.url
     if api.url is None or (configured and configured != api.url):
         # Prefect's settings name a server (a prefect.toml or .env seen only now, a test harness)
         api.release()
-        yield Api("Prefect settings")
-        return
-    if api.server is not None:
-        api.server.wait_ready()
-    if os.environ.get("PREFECT_API_URL") != api.url:
-        os.environ["PREFECT_API_URL"] = api.url  # for what runs outside this context: threads, Dask workers
-        from prefect.context import refresh_global_settings_context
+        api = Api("Prefect settings")
+    else:
+        if api.server is not None:
+            api.server.wait_ready()
+        if os.environ.get("PREFECT_API_URL") != api.url:
+            os.environ["PREFECT_API_URL"] = api.url  # for what runs outside this context: threads, Dask workers
+            from prefect.context import refresh_global_settings_context
 
-        refresh_global_settings_context()
-    updates: dict[Any, Any] = {PREFECT_API_URL: api.url}
-    if api.server is not None:
-        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None  # nothing outlives the run to watch them
+            refresh_global_settings_context()
+        updates[PREFECT_API_URL] = api.url
     with temporary_settings(updates=updates):
         yield api
-

@@ -58,6 +58,8 @@ def run_flow(job, *, as_json: bool, **params) -> int:
     api = choose()  # a temporary server, if one is needed, starts now (``run`` did it earlier still)
     spec = load_job(job)
     story_flow = story_of(spec.dump()).flow_for(spec)
+    if api.server is not None:  # a temporary server is still starting, most likely
+        _import_what_the_run_needs_later()
     _resume_gc()
     with connected(api):
         state = story_flow(spec.dump(), return_state=True, **params)
@@ -70,6 +72,22 @@ def run_flow(job, *, as_json: bool, **params) -> int:
         return 1
     print_summary(summary, as_json)
     return 0
+
+
+# modules every run imports only when it gets there (the report at its end, Prefect's engines)
+NEEDED_LATER = ("reports.build", "prefect.flow_engine", "prefect.task_engine")
+
+
+def _import_what_the_run_needs_later() -> None:
+    """Import now what the run will import anyway: while a temporary server starts, this
+    process would otherwise sit waiting for it."""
+    import importlib
+
+    for name in NEEDED_LATER:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # the run will say what is missing when it gets there
+            pass
 
 
 _gc_paused = False

@@ -99,9 +99,12 @@ class TemporaryServer:
         parent = os.getpid() if threading.current_thread() is threading.main_thread() else 0
         code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from {__name__} import serve; "
                 f"serve({fd}, {parent})")
-        # the server's output goes to our stderr: stdout carries --json lines
+        try:  # the server's output goes to our stderr: stdout carries --json lines
+            out = sys.stderr.fileno()
+        except (AttributeError, ValueError, OSError):  # a stderr with no file behind it (captured)
+            out = None
         self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(fd,), env=env,
-                                     stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno())
+                                     stdin=subprocess.DEVNULL, stdout=out)
         self.sock.close()  # the server holds the listening socket now
         atexit.register(self.stop)  # after Prefect's own exit handlers have sent what they queued
         return self
@@ -231,6 +234,7 @@ class Api:
 
 
 _chosen: Api | None = None
+_exported: str | None = None  # the PREFECT_API_URL this module set (not the user's setting)
 _lock = threading.Lock()
 
 
@@ -257,7 +261,8 @@ def choose() -> Api:
     with _lock:
         if _chosen is not None and (_chosen.server is None or _chosen.server.alive()):
             return _chosen
-        if os.environ.get("PREFECT_API_URL") or _profile_api_url():
+        url = os.environ.get("PREFECT_API_URL")
+        if (url and url != _exported) or _profile_api_url():
             _chosen = Api("Prefect settings")
         elif (state := local_server()) is not None:
             _chosen = Api("photo-escape server", state["api_url"])
@@ -276,6 +281,7 @@ def connected(api: Api | None = None) -> Iterator[Api]:
     (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``; the deployments in prefect.yaml do): Prefect
     sends one every 180 s by default, which a run of seconds never uses, but stopping
     the heartbeat thread at the end of each flow run waits for its one-second naps."""
+    global _exported
     api = api or choose()
     from prefect.settings import (PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings,
                                   temporary_settings)
@@ -285,7 +291,7 @@ def connected(api: Api | None = None) -> Iterator[Api]:
     if "heartbeat_frequency" not in settings.flows.model_fields_set:
         updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
     configured = settings.api.url
-    if api.url is None or (configured and configured != api.url):
+    if api.url is None or (configured and configured not in (api.url, _exported)):
         # Prefect's settings name a server (a prefect.toml or .env seen only now, a test harness)
         api.release()
         api = Api("Prefect settings")
@@ -293,7 +299,7 @@ def connected(api: Api | None = None) -> Iterator[Api]:
         if api.server is not None:
             api.server.wait_ready()
         if os.environ.get("PREFECT_API_URL") != api.url:
-            os.environ["PREFECT_API_URL"] = api.url  # for what runs outside this context: threads, Dask workers
+            os.environ["PREFECT_API_URL"] = _exported = api.url  # for threads and processes (Dask workers)
             from prefect.context import refresh_global_settings_context
 
             refresh_global_settings_context()

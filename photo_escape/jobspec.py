@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import date
 from pathlib import Path
@@ -21,12 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from photo_escape import home
 from photo_escape.plugins import KindConfig, destination_kinds, source_kinds
-
-
-def home() -> Path:
-    """Where ledgers and working files go by default (``$PHOTO_ESCAPE_HOME`` or ``./.photo-escape``)."""
-    return Path(os.environ.get("PHOTO_ESCAPE_HOME", ".photo-escape"))
 
 
 class Options(BaseModel):

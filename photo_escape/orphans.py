@@ -1,12 +1,14 @@
 """Stop the temporary Prefect servers that killed runs left behind.
 
-With no ``PREFECT_API_URL``, Prefect starts a temporary API server in a subprocess
-for the run and stops it at exit. A run killed with SIGKILL (the OOM killer, a
-power-cut test, ``kill -9``) cannot stop it: the server lives on, idle, holding
-memory, and every further killed run adds one. Before ``photo-escape run`` starts a
-new temporary server it stops those orphans: processes of this user whose parent is
-gone (re-parented to PID 1), whose environment marks them as Prefect's temporary
-server (``PREFECT__SERVER_EPHEMERAL=1``) and which share our ``PREFECT_HOME``.
+With no ``PREFECT_API_URL``, a temporary API server runs in a subprocess for the
+run and stops at exit. A run killed with SIGKILL (the OOM killer, a power-cut test,
+``kill -9``) cannot stop it. The temporary server of ``photo-escape run`` stops by
+itself when its run is gone (:mod:`photo_escape.prefect_api`); one that Prefect
+started itself (for a flow called from Python) lives on, idle, holding memory, and
+every further killed run adds one. Before ``photo-escape run`` starts a new
+temporary server it stops those orphans: processes of this user whose parent is gone
+(re-parented to PID 1), whose environment marks them as a temporary Prefect server
+(``PREFECT__SERVER_EPHEMERAL=1``) and which share our ``PREFECT_HOME``.
 A temporary server whose run is alive always has that run as its parent, so it is
 never touched. Linux only (``/proc``); elsewhere this does nothing.
 

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 from photo_escape.secrets import redact
-from reports.build import write_reports
 
 COUNT_KEYS = ("listed", "done", "skipped", "failed", "pending", "needs_review")
 
@@ -57,6 +56,10 @@ def report_run(ledger, *, job: str, run_id: str, reports_dir: str | Path, log=No
     ``photo-escape report`` can write it again.
     """
     try:
+        # imported here: the report's libraries (matplotlib, pyarrow, jinja2) are not needed
+        # until a run ends, and a flow that imports this module starts sooner without them
+        from reports.build import write_reports
+
         result = write_reports(ledger, run_id=run_id, out_dir=Path(reports_dir) / job / run_id)
     except Exception as exc:  # noqa: BLE001
         if log is not None:

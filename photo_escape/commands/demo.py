@@ -1,11 +1,11 @@
 """``photo-escape demo [--story NAME] [--json]``: a story end to end on the embedded sandbox.
 
-Everything runs on this machine: the sandbox services on 127.0.0.1, an ephemeral
-Prefect API, a local DuckDB ledger. The default story is the gallery rescue; the
-others are ``numbered``, ``s3``, ``upload``, ``hires``, ``local`` (a folder to
-a folder), ``takeout`` (a Google Photos Takeout export to a folder), ``immich`` (a
-camera roll into an Immich server) and ``flickr`` (a Flickr account to S3). Prints the
-run's summary and the report's path.
+Everything runs on this machine: the sandbox services on 127.0.0.1, a temporary
+Prefect API (or the one Prefect's settings or ``photo-escape server`` give), a local
+DuckDB ledger. The default story is the gallery rescue; the others are ``numbered``,
+``s3``, ``upload``, ``hires``, ``local`` (a folder to a folder), ``takeout`` (a Google
+Photos Takeout export to a folder), ``immich`` (a camera roll into an Immich server) and
+``flickr`` (a Flickr account to S3). Prints the run's summary and the report's path.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 from photo_escape.commands.run import prefect_defaults, print_summary
+
+QUICK_EXIT = True  # the process may end without the interpreter's clean-up (see photo_escape.cli)
 
 STORIES = ("gallery", "numbered", "s3", "upload", "hires", "local", "takeout", "immich", "flickr")
 
@@ -41,7 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from photo_escape.prefect_api import choose, connected
+
     prefect_defaults()
+    api = choose()  # a temporary Prefect server comes up while the demo's collection is made
     story = args.story or default_story()
     try:
         module = importlib.import_module(f"sandbox.demos.{story}")
@@ -52,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if workdir.exists() and not args.keep:
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    summary = module.run(workdir, args.json)
+    with connected(api):
+        summary = module.run(workdir, args.json)
     if not isinstance(summary, dict):
         print("the demo did not produce a summary", file=sys.stderr)
         return 1

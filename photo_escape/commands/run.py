@@ -1,7 +1,9 @@
 """``photo-escape run JOB.yaml [--dry-run] [--only-failed] [--json]``: run a job spec.
 
-The job runs as a Prefect flow run (against the Prefect API in ``PREFECT_API_URL``,
-or an ephemeral one when none is set). With ``--json`` the last line printed is the
+The job runs as a Prefect flow run, against the Prefect API that Prefect's settings
+name (``PREFECT_API_URL``), else the local server of ``photo-escape server start`` when
+it is up, else a temporary server started for the run (see
+:mod:`photo_escape.prefect_api`). With ``--json`` the last line printed is the
 run's summary ``{run_id, ledger, report, listed, done, skipped, failed, pending, ...}``.
 Exit status: 0 when the run finished (photos that failed are in the summary and
 the report), 1 when the run itself could not run or crashed, 2 for a bad job spec,
@@ -12,11 +14,15 @@ fails at once with a message, before starting a flow run).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from pathlib import Path
 
 from photo_escape.output import emit
+
+QUICK_EXIT = True  # the process may end without the interpreter's clean-up (see photo_escape.cli)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", help="the job spec (YAML)")
@@ -25,8 +31,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runner", choices=["threads", "dask"], help="override options.task_runner")
 
 
+_defaults_set = False
+
+
 def prefect_defaults() -> None:
-    """Quiet, offline-friendly Prefect settings unless the user set their own."""
+    """Quiet, offline-friendly Prefect settings unless the user set their own (once a process)."""
+    global _defaults_set
+    if _defaults_set:
+        return
+    _defaults_set = True
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
@@ -39,12 +52,18 @@ def prefect_defaults() -> None:
 
 def run_flow(job, *, as_json: bool, **params) -> int:
     """Run a job's story as a Prefect flow run and print its summary; shared by ``run`` and the demos."""
+    from photo_escape.prefect_api import choose, connected
     from photo_escape.stories import load_job, story_of
 
     prefect_defaults()
+    api = choose()  # a temporary server, if one is needed, starts now (``run`` did it earlier still)
     spec = load_job(job)
     story_flow = story_of(spec.dump()).flow_for(spec)
-    state = story_flow(spec.dump(), return_state=True, **params)
+    if api.server is not None:  # a temporary server is still starting, most likely
+        _import_what_the_run_needs_later()
+    _resume_gc()
+    with connected(api):
+        state = story_flow(spec.dump(), return_state=True, **params)
     try:
         summary = state.result(raise_on_failure=False)
     except Exception as exc:  # noqa: BLE001
@@ -54,6 +73,44 @@ def run_flow(job, *, as_json: bool, **params) -> int:
         return 1
     print_summary(summary, as_json)
     return 0
+
+
+# modules every run imports only when it gets there (the report at its end, Prefect's engines)
+NEEDED_LATER = ("reports.build", "prefect.flow_engine", "prefect.task_engine")
+
+
+def _import_what_the_run_needs_later() -> None:
+    """Import now what the run will import anyway: while a temporary server starts, this
+    process would otherwise sit waiting for it."""
+    import importlib
+
+    for name in NEEDED_LATER:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # the run will say what is missing when it gets there
+            pass
+
+
+_gc_paused = False
+
+
+def _pause_gc() -> None:
+    """Keep the garbage collector off while the command imports Prefect and the flow: those
+    imports make a few hundred thousand objects that live until the process ends, and the
+    collector would walk them again and again (seconds, on a loaded machine)."""
+    global _gc_paused
+    if gc.isenabled():
+        gc.disable()
+        _gc_paused = True
+
+
+def _resume_gc() -> None:
+    """Imports done: set what they made aside for good (:func:`gc.freeze`) and collect again."""
+    global _gc_paused
+    if _gc_paused:
+        gc.freeze()
+        gc.enable()
+        _gc_paused = False
 
 
 def print_summary(summary: dict, as_json: bool) -> None:
@@ -73,11 +130,17 @@ def print_summary(summary: dict, as_json: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from photo_escape.jobspec import JobSpecError
+    from photo_escape.prefect_api import choose
     from photo_escape.stories import load_job
 
+    if getattr(args, "program", False):  # the whole process is this command
+        _pause_gc()
+    prefect_defaults()
+    api = choose()  # first: a temporary Prefect server comes up while the job is read and the flow imported
     try:
         spec = load_job(Path(args.job))
     except JobSpecError as exc:
+        api.release()
         print(str(exc), file=sys.stderr)
         return 2
     if args.runner:
@@ -97,6 +160,9 @@ def run_holding_ledger(spec, *, as_json: bool, **params) -> int:
     try:
         hold = Ledger(spec.ledger_path)
     except LedgerBusy as exc:
+        from photo_escape.prefect_api import choose
+
+        choose().release()
         print(f"photo-escape: {exc}", file=sys.stderr)
         return 3
     try:

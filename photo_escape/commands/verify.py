@@ -19,6 +19,8 @@ from pathlib import Path
 
 from photo_escape.commands.run import prefect_defaults, print_summary
 
+QUICK_EXIT = True  # the process may end without the interpreter's clean-up (see photo_escape.cli)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", help="the escape job spec (YAML) whose deliveries to check")
@@ -50,10 +52,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"photo-escape: {exc}", file=sys.stderr)
         return 3
     try:
+        from photo_escape.prefect_api import choose, connected
+
         prefect_defaults()
+        api = choose()  # a temporary Prefect server (when one is needed) starts while the flow is imported
         from flows.verify import verify
 
-        state = verify(spec.dump(), sample_percent=args.sample, repair=args.repair, return_state=True)
+        with connected(api):
+            state = verify(spec.dump(), sample_percent=args.sample, repair=args.repair, return_state=True)
         summary = state.result(raise_on_failure=False)
         if not isinstance(summary, dict):
             print(f"photo-escape verify: {state.message or summary}", file=sys.stderr)

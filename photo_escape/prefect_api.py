@@ -47,6 +47,10 @@ ROOT = Path(__file__).resolve().parent.parent  # where photo_escape is, for the 
 STATE_FILE = "prefect-server.json"  # under $PHOTO_ESCAPE_HOME: the local server of `photo-escape server start`
 
 
+class ServerUnavailable(RuntimeError):
+    """The temporary Prefect server could not start."""
+
+
 def _home() -> Path:
     from photo_escape import home
 
@@ -113,7 +117,7 @@ class TemporaryServer:
         return self.proc is not None and self.proc.poll() is None
 
     def wait_ready(self, timeout: float | None = None) -> str:
-        """Wait until the server answers; its API URL. Raises RuntimeError if it cannot start."""
+        """Wait until the server answers; its API URL. Raises ServerUnavailable if it cannot start."""
         if self._ready and self.alive():
             return self.api_url
         if timeout is None:
@@ -122,13 +126,13 @@ class TemporaryServer:
         while time.monotonic() < deadline:
             if not self.alive():
                 code = self.proc.returncode if self.proc is not None else None
-                raise RuntimeError(f"the temporary Prefect server exited at start (status {code}); see above")
+                raise ServerUnavailable(f"the temporary Prefect server exited at start (status {code}); see above")
             if answers(self.api_url, timeout=1.0):
                 self._ready = True
                 return self.api_url
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"the temporary Prefect server did not answer within {timeout:.0f} s")
+        raise ServerUnavailable(f"the temporary Prefect server did not answer within {timeout:.0f} s")
 
     def stop(self) -> None:
         """Stop the server and reap it (no defunct process stays behind)."""

@@ -51,7 +51,7 @@ def prefect_defaults() -> None:
 
 def run_flow(job, *, as_json: bool, **params) -> int:
     """Run a job's story as a Prefect flow run and print its summary; shared by ``run`` and the demos."""
-    from photo_escape.prefect_api import choose, connected
+    from photo_escape.prefect_api import ServerUnavailable, choose, connected
     from photo_escape.stories import load_job, story_of
 
     prefect_defaults()
@@ -61,8 +61,12 @@ def run_flow(job, *, as_json: bool, **params) -> int:
     if api.server is not None:  # a temporary server is still starting, most likely
         _import_what_the_run_needs_later()
     _resume_gc()
-    with connected(api):
-        state = story_flow(spec.dump(), return_state=True, **params)
+    try:
+        with connected(api):
+            state = story_flow(spec.dump(), return_state=True, **params)
+    except ServerUnavailable as exc:
+        print(f"the run did not start: {exc}", file=sys.stderr)
+        return 1
     try:
         summary = state.result(raise_on_failure=False)
     except Exception as exc:  # noqa: BLE001

@@ -57,6 +57,25 @@ def _home() -> Path:
     return home()
 
 
+_defaults_set = False
+
+
+def prefect_defaults() -> None:
+    """Quiet, offline-friendly Prefect settings unless the user set their own (once a process)."""
+    global _defaults_set
+    if _defaults_set:
+        return
+    _defaults_set = True
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # temporary Prefect servers of runs that were killed (SIGKILL) would otherwise pile up
+    from photo_escape.orphans import stop_orphaned_prefect_servers
+
+    stop_orphaned_prefect_servers()
+
+
 # ----------------------------------------------------------------------------------------
 # the temporary server
 # ----------------------------------------------------------------------------------------
@@ -262,6 +281,7 @@ def choose() -> Api:
     """Decide which API this process's runs use; start the temporary server now if it is
     the one (it comes up while the caller goes on). Cheap; imports no Prefect."""
     global _chosen
+    prefect_defaults()
     with _lock:
         if _chosen is not None and (_chosen.server is None or _chosen.server.alive()):
             return _chosen

@@ -29,6 +29,7 @@ COMMANDS = {
 }
 
 
+FLOW_COMMANDS = ("run", "demo")  # commands that run Prefect flows
 _exit_status: int | None = None  # set when the process may end without the interpreter's clean-up
 
 
@@ -80,6 +81,11 @@ def _command(module: str):
 
 def main(argv: list[str] | None = None) -> int:
     global _exit_status
+    words = sys.argv[1:] if argv is None else argv
+    if argv is None and words[:1] and words[0] in FLOW_COMMANDS and not {"-h", "--help"} & set(words):
+        from photo_escape.prefect_api import choose
+
+        choose()  # before anything else: a temporary Prefect server starts while the rest is read and imported
     parser = build_parser()
     args = parser.parse_args(argv)
     mod = _command(args._module)

@@ -47,10 +47,33 @@ ROOT = Path(__file__).resolve().parent.parent  # where photo_escape is, for the 
 STATE_FILE = "prefect-server.json"  # under $PHOTO_ESCAPE_HOME: the local server of `photo-escape server start`
 
 
+class ServerUnavailable(RuntimeError):
+    """The temporary Prefect server could not start."""
+
+
 def _home() -> Path:
     from photo_escape import home
 
     return home()
+
+
+_defaults_set = False
+
+
+def prefect_defaults() -> None:
+    """Quiet, offline-friendly Prefect settings unless the user set their own (once a process)."""
+    global _defaults_set
+    if _defaults_set:
+        return
+    _defaults_set = True
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # temporary Prefect servers of runs that were killed (SIGKILL) would otherwise pile up
+    from photo_escape.orphans import stop_orphaned_prefect_servers
+
+    stop_orphaned_prefect_servers()
 
 
 # ----------------------------------------------------------------------------------------
@@ -113,7 +136,7 @@ class TemporaryServer:
         return self.proc is not None and self.proc.poll() is None
 
     def wait_ready(self, timeout: float | None = None) -> str:
-        """Wait until the server answers; its API URL. Raises RuntimeError if it cannot start."""
+        """Wait until the server answers; its API URL. Raises ServerUnavailable if it cannot start."""
         if self._ready and self.alive():
             return self.api_url
         if timeout is None:
@@ -122,13 +145,13 @@ class TemporaryServer:
         while time.monotonic() < deadline:
             if not self.alive():
                 code = self.proc.returncode if self.proc is not None else None
-                raise RuntimeError(f"the temporary Prefect server exited at start (status {code}); see above")
+                raise ServerUnavailable(f"the temporary Prefect server exited at start (status {code}); see above")
             if answers(self.api_url, timeout=1.0):
                 self._ready = True
                 return self.api_url
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"the temporary Prefect server did not answer within {timeout:.0f} s")
+        raise ServerUnavailable(f"the temporary Prefect server did not answer within {timeout:.0f} s")
 
     def stop(self) -> None:
         """Stop the server and reap it (no defunct process stays behind)."""
@@ -258,6 +281,7 @@ def choose() -> Api:
     """Decide which API this process's runs use; start the temporary server now if it is
     the one (it comes up while the caller goes on). Cheap; imports no Prefect."""
     global _chosen
+    prefect_defaults()
     with _lock:
         if _chosen is not None and (_chosen.server is None or _chosen.server.alive()):
             return _chosen

@@ -129,6 +129,17 @@ def test_a_killed_run_takes_its_temporary_server_with_it(tmp_path):
     assert left == []
 
 
+def test_a_temporary_server_that_cannot_start_ends_the_run_with_a_message(tmp_path):
+    """A temporary server that cannot open its database: exit status 1, a one-line reason
+    after the server's own output, nothing on stdout, and no flow run attempted."""
+    job = _job_file(tmp_path, count=1)
+    env = _env(tmp_path, PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{tmp_path}/no/such/dir/x.db")
+    out = _cli(["run", str(job), "--json"], env)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip().splitlines()[-1].startswith("the run did not start: the temporary Prefect server")
+    assert not (tmp_path / "archive").exists()
+
+
 def test_prefect_settings_come_first(tmp_path, monkeypatch):
     """PREFECT_API_URL, in the environment or in the active Prefect profile, names the API:
     nothing is started."""

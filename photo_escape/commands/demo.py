@@ -16,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from photo_escape.commands.run import prefect_defaults, print_summary
+from photo_escape.commands.run import print_summary
 
 QUICK_EXIT = True  # the process may end without the interpreter's clean-up (see photo_escape.cli)
 
@@ -45,7 +45,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from photo_escape.prefect_api import choose, connected
 
-    prefect_defaults()
     api = choose()  # a temporary Prefect server comes up while the demo's collection is made
     story = args.story or default_story()
     try:

@@ -31,39 +31,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runner", choices=["threads", "dask"], help="override options.task_runner")
 
 
-_defaults_set = False
-
-
-def prefect_defaults() -> None:
-    """Quiet, offline-friendly Prefect settings unless the user set their own (once a process)."""
-    global _defaults_set
-    if _defaults_set:
-        return
-    _defaults_set = True
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    # temporary Prefect servers of runs that were killed (SIGKILL) would otherwise pile up
-    from photo_escape.orphans import stop_orphaned_prefect_servers
-
-    stop_orphaned_prefect_servers()
-
-
 def run_flow(job, *, as_json: bool, **params) -> int:
     """Run a job's story as a Prefect flow run and print its summary; shared by ``run`` and the demos."""
-    from photo_escape.prefect_api import choose, connected
+    from photo_escape.prefect_api import ServerUnavailable, choose, connected
     from photo_escape.stories import load_job, story_of
 
-    prefect_defaults()
     api = choose()  # a temporary server, if one is needed, starts now (``run`` did it earlier still)
     spec = load_job(job)
     story_flow = story_of(spec.dump()).flow_for(spec)
     if api.server is not None:  # a temporary server is still starting, most likely
         _import_what_the_run_needs_later()
     _resume_gc()
-    with connected(api):
-        state = story_flow(spec.dump(), return_state=True, **params)
+    try:
+        with connected(api):
+            state = story_flow(spec.dump(), return_state=True, **params)
+    except ServerUnavailable as exc:
+        print(f"the run did not start: {exc}", file=sys.stderr)
+        return 1
     try:
         summary = state.result(raise_on_failure=False)
     except Exception as exc:  # noqa: BLE001
@@ -135,7 +119,6 @@ def run(args: argparse.Namespace) -> int:
 
     if getattr(args, "program", False):  # the whole process is this command
         _pause_gc()
-    prefect_defaults()
     api = choose()  # first: a temporary Prefect server comes up while the job is read and the flow imported
     try:
         spec = load_job(Path(args.job))

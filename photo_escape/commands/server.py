@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from photo_escape.commands.run import prefect_defaults
+    from photo_escape.prefect_api import prefect_defaults
 
     prefect_defaults()
     return {"start": start, "stop": stop, "status": status}[args.action](args)

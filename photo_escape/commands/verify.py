@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from photo_escape.commands.run import prefect_defaults, print_summary
+from photo_escape.commands.run import print_summary
 
 QUICK_EXIT = True  # the process may end without the interpreter's clean-up (see photo_escape.cli)
 
@@ -54,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         from photo_escape.prefect_api import choose, connected
 
-        prefect_defaults()
         api = choose()  # a temporary Prefect server (when one is needed) starts while the flow is imported
         from flows.verify import verify
 

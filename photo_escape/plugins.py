@@ -177,6 +177,15 @@ class Destination:
         pass
 
 
+def existing_path(v: Path) -> Path:
+    """A config's path with ``~`` expanded, refused (a field error) when nothing is there:
+    an export or archive that is not where the job says is a typo, not an empty source."""
+    v = Path(v).expanduser()
+    if not v.exists():
+        raise ValueError(f"{v} does not exist")
+    return v
+
+
 def settings_key(config: BaseModel, *, exclude: set[str] | None = None, **extra: Any) -> str:
     """A short stable hash of a config (secret references included, never values);
     ``exclude``: fields left out (a new field at its default, so that adding it does

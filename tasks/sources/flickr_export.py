@@ -51,7 +51,7 @@ from typing import Any, Iterator, Literal
 from pydantic import Field, field_validator
 
 from photo_escape.outcomes import Stopwatch, outcome
-from photo_escape.plugins import KindConfig, Source
+from photo_escape.plugins import existing_path, KindConfig, Source
 from tasks import flickr as fl
 from tasks.files import sha256_stream
 from tasks.sources.flickr import FLICKR_PAGE, GRANULARITY, date_meta, file_stem
@@ -72,13 +72,7 @@ class FlickrExportConfig(KindConfig):
     path: Path = Field(description="the folder holding the export's zip archives (or one zip)")
     pattern: str = Field("*.zip", description="which files in the folder (and below) are the archives")
 
-    @field_validator("path")
-    @classmethod
-    def _exists(cls, v: Path) -> Path:
-        v = v.expanduser()
-        if not v.exists():
-            raise ValueError(f"{v} does not exist")
-        return v
+    _exists = field_validator("path")(existing_path)
 
 
 def ids_in_name(name: str) -> list[str]:

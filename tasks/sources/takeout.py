@@ -39,7 +39,7 @@ from typing import Any, Iterator, Literal
 from pydantic import Field, field_validator
 
 from photo_escape.outcomes import PermanentError, Stopwatch, outcome
-from photo_escape.plugins import KindConfig, Source
+from photo_escape.plugins import existing_path, KindConfig, Source
 from tasks import takeout
 from tasks.files import CHUNK, sha256_file, sha256_stream
 
@@ -50,13 +50,7 @@ class TakeoutSourceConfig(KindConfig):
     videos: Literal["deliver", "skip"] = Field(
         "deliver", description="deliver videos and motion-photo videos as files, or record them skipped (reason video)")
 
-    @field_validator("path")
-    @classmethod
-    def _exists(cls, v: Path) -> Path:
-        v = v.expanduser()
-        if not v.exists():
-            raise ValueError(f"{v} does not exist")
-        return v
+    _exists = field_validator("path")(existing_path)
 
 
 class TakeoutSource(Source):

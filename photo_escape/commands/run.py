@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 from pathlib import Path
 
 from photo_escape.output import emit
 
 QUICK_EXIT = True  # the process may end without the interpreter's clean-up (see photo_escape.cli)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", help="the job spec (YAML)")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 from pathlib import Path
 
@@ -59,8 +58,11 @@ def run_flow(job, *, as_json: bool, **params) -> int:
     return 0
 
 
-# modules every run imports only when it gets there (the report at its end, Prefect's engines)
-NEEDED_LATER = ("reports.build", "prefect.flow_engine", "prefect.task_engine")
+# modules every run imports only when it gets there: the report at its end, Prefect's engines
+# and artifacts, and what Prefect imports when a flow is called (its graph drawing, and
+# FastAPI's encoder for the flow run's parameters)
+NEEDED_LATER = ("reports.build", "prefect.flow_engine", "prefect.task_engine", "prefect.artifacts",
+                "prefect.utilities.visualization", "fastapi.encoders")
 
 
 def _import_what_the_run_needs_later() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 

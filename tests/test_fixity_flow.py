@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.test_fixity import CHANGED, _delivered, _escaped, _flip, _tamper
+from tests.test_fixity import CHANGED, _delivered, _escaped, _tamper
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -30,10 +30,11 @@ from prefect.utilities.annotations import quote
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.run_record import RunRecord, stopped
-from photo_escape.jobspec import JobSpec, load_job, parse_job
+from photo_escape.jobspec import JobSpec
 from photo_escape.outcomes import Item, Outcome
 from photo_escape.plugins import DestinationUnreadable, Unreadable, make_destination, make_source
 from photo_escape.secrets import scrubbed_exceptions
+from photo_escape.stories import load_job
 from reports.artifacts import artifact_key
 from tasks import fixity
 from tasks.hashing import cached_assets, int_to_hex
@@ -41,15 +42,6 @@ from tasks.ledger import new_run_id
 from tasks.stages import deliver_batch, examine_and_deliver_batch, fetch_batch, look_at_destination
 
 BATCHES_IN_FLIGHT = 3  # batches under way at once, each at its own stage
-
-
-def job_spec(job: JobSpec | dict | str | Path) -> JobSpec:
-    """A validated job spec from a spec, a dict or a YAML file path."""
-    if isinstance(job, JobSpec):
-        return job
-    if isinstance(job, dict):
-        return parse_job(job)
-    return load_job(job)
 
 
 def _batches(pages: Iterator[list[dict]], size: int) -> Iterator[list[dict]]:
@@ -149,7 +141,7 @@ def escape(
     run ends Failed (after recording and reporting) when photos failed, so it can be
     retried from the Prefect UI; the retry skips what is already done.
     """
-    spec = job_spec(job)
+    spec = load_job(job, "escape")
     try:
         with scrubbed_exceptions():  # an exception's text becomes the flow run's state message
             return EscapeRun(spec, dry_run=dry_run, only_failed=only_failed, run_id=run_id,
@@ -185,7 +177,7 @@ class EscapeRun:
             self.downloads = source.downloads
             with RunRecord(spec, flow="escape", settings=destination.settings_key(), dry_run=self.dry_run,
                            only_failed=self.only_failed, run_id=self.run_id,
-                           fail_on_failed_items=self.fail_on_failed_items, spec=spec.dump(), log=self.log) as run:
+                           fail_on_failed_items=self.fail_on_failed_items, log=self.log) as run:
                 self.record = run
                 # only now that this run holds the ledger: another run's staging is not ours to clear
                 if hasattr(destination, "clear_staging") and not self.dry_run:

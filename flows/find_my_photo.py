@@ -83,7 +83,7 @@ def find_my_photo(job: dict | str, dry_run: bool = False, only_failed: bool = Fa
     pictures = image_files([spec.folder])
     cache = ThumbCache(spec.cache or default_cache_path(spec.folder))
     with RunRecord(spec, flow="find_my_photo", settings=settings, dry_run=dry_run, only_failed=only_failed,
-                   run_id=run_id, fail_on_failed_items=fail_on_failed_items, spec=spec.dump(), log=log) as run:
+                   run_id=run_id, fail_on_failed_items=fail_on_failed_items, log=log) as run:
         refs = [{"item_id": f"reference:{Path(r).name}", "source_ref": str(r), "name": Path(r).name}
                 for r in spec.references]
         run.listed(refs)

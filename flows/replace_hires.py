@@ -49,8 +49,8 @@ def replace_hires(job: dict | str, dry_run: bool = False, only_failed: bool = Fa
 
     # a replaced photo's Flickr fingerprint (secret, size) is the replace's own doing: not a reason to redo it
     with RunRecord(spec, flow="replace_hires", settings=spec.settings_key(), dry_run=dry_run,
-                   only_failed=only_failed, run_id=run_id, fail_on_failed_items=fail_on_failed_items,
-                   spec=plain, log=log, redo_changed=False) as run:
+                   only_failed=only_failed, run_id=run_id, fail_on_failed_items=fail_on_failed_items, log=log,
+                   redo_changed=False) as run:
         page, pages = 1, 1
         while page <= pages:
             listing = list_flickr_page(plain, page)

@@ -64,7 +64,7 @@ class RunRecord:
 
     def __init__(self, job: JobBase, *, flow: str, settings: str, dry_run: bool = False,
                  only_failed: bool = False, run_id: str | None = None, fail_on_failed_items: bool = False,
-                 spec: dict | None = None, log: Any = None, redo_changed: bool = True) -> None:
+                 log: Any = None, redo_changed: bool = True) -> None:
         self.job = job
         self.redo_changed = redo_changed
         self.flow = flow
@@ -73,7 +73,6 @@ class RunRecord:
         self.only_failed = only_failed
         self.run_id = run_id or new_run_id()
         self.fail_on_failed_items = fail_on_failed_items
-        self.spec = spec if spec is not None else job.model_dump(mode="json")
         self.log = log
         self.ledger: Ledger | None = None
         self.writer: LedgerWriter | None = None
@@ -88,7 +87,7 @@ class RunRecord:
         try:
             self._history = self.ledger.has_history(self.job.name)
             self.ledger.start_run(self.run_id, self.job.name, flow=self.flow, settings=self.settings,
-                                  spec=self.spec, dry_run=self.dry_run, only_failed=self.only_failed,
+                                  spec=self.job.dump(), dry_run=self.dry_run, only_failed=self.only_failed,
                                   flow_run_id=flow_run_id())
             if self.only_failed:
                 self._failed_before = {i["item_id"] for i in self.ledger.failed_items(self.job.name)}

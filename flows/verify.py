@@ -56,7 +56,7 @@ def verify(job: dict | str, sample_percent: float | None = None, repair: bool = 
 def _verify(spec, settings: str, sample_percent: float | None, repair: bool, run_id: str | None,
             fail_on_failed_items: bool, log) -> dict:
     with scrubbed_exceptions(), RunRecord(spec, flow="verify", settings=settings, run_id=run_id,
-                                          fail_on_failed_items=fail_on_failed_items, spec=spec.dump(),
+                                          fail_on_failed_items=fail_on_failed_items,
                                           log=log) as run:
         workdir = str(spec.work_path / run.run_id)
         Path(workdir).mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,6 @@ It reads like the job it automates:
 from __future__ import annotations
 
 import os
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
@@ -29,13 +27,13 @@ from prefect.futures import as_completed
 from prefect.utilities.annotations import quote
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.progress import Progress as _Progress
 from flows.run_record import RunRecord, stopped
 from photo_escape.jobspec import JobSpec
 from photo_escape.outcomes import Item, Outcome
 from photo_escape.plugins import DestinationUnreadable, Unreadable, make_destination, make_source
 from photo_escape.secrets import scrubbed_exceptions
 from photo_escape.stories import load_job
-from reports.artifacts import artifact_key
 from tasks import fixity
 from tasks.hashing import cached_assets, int_to_hex
 from tasks.ledger import new_run_id
@@ -60,60 +58,6 @@ def _paged(items: list[dict], size: int) -> Iterator[list[dict]]:
     it = iter(items)
     while chunk := list(islice(it, size)):
         yield chunk
-
-
-class _Progress:
-    """The run's progress: a Prefect progress artifact and, on a terminal, a bar."""
-
-    EVERY_SECONDS = 3.0
-
-    def __init__(self, job: str, run_id: str) -> None:
-        self.listed = 0
-        self.finished = 0
-        self.updated = time.monotonic()
-        self.artifact_id = None
-        self.bar = None
-        try:
-            from prefect.artifacts import create_progress_artifact
-
-            self.artifact_id = create_progress_artifact(
-                0.0, key=artifact_key(f"{job}-progress"), description=f"{job}: photos finished in run {run_id}"
-            )
-        except Exception:  # no API (plain call outside Prefect): the bar alone
-            self.artifact_id = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=0, unit="photo", desc=job, file=sys.stderr, dynamic_ncols=True)
-
-    def add_listed(self, n: int) -> None:
-        self.listed += n
-        if self.bar is not None:
-            self.bar.total = self.listed
-            self.bar.refresh()
-
-    def add_finished(self, n: int) -> None:
-        self.finished += n
-        if self.bar is not None:
-            self.bar.update(n)
-        # the UI's bar moves every few seconds: one API call per batch would cost more than it shows
-        if time.monotonic() - self.updated >= self.EVERY_SECONDS:
-            self._publish()
-
-    def _publish(self) -> None:
-        self.updated = time.monotonic()
-        if self.artifact_id is not None and self.listed:
-            try:
-                from prefect.artifacts import update_progress_artifact
-
-                update_progress_artifact(self.artifact_id, min(100.0, 100.0 * self.finished / self.listed))
-            except Exception:
-                pass
-
-    def close(self) -> None:
-        self._publish()
-        if self.bar is not None:
-            self.bar.close()
 
 
 class _Batch:

@@ -5,12 +5,14 @@ It reads like the job it automates:
 1. take the folder the numbered harvest filled (``flows/escape.py`` with a
    ``numbered`` source does the harvest) and the reference crops (72 x 62 tiles cut
    from the mosaic);
-2. make every picture's 32 x 32 thumbnail, in batches of hundreds per Prefect task
-   (a process pool inside each), reusing the thumbnail cache so a rerun computes only
-   new pictures; the flow records each new picture's hashes in the ledger's
-   ``assets`` table;
-3. rank the folder against each reference (thumbnail correlation shortlist, then
-   structural similarity), one task per reference;
+2. make every picture's thumbnails (32 x 32 for the shortlist, 72 x 64 for the
+   scoring; :mod:`tasks.similar`), in batches of hundreds per Prefect task (a process
+   pool inside each), reusing the thumbnail cache so a rerun computes only new
+   pictures; a progress artifact shows how far it got; the flow records each new
+   picture (sha256, size, format, its 32 x 32 thumbnail) in the ledger's ``assets``
+   table;
+3. rank the folder against all references in one task (one correlation shortlist for
+   all of them, then one vectorised structural similarity over every shortlisted pair);
 4. record every reference as an item and its ranking as ``matches`` rows (method
    ``ssim``; distance = the SSIM score, higher is closer; rank 1 is ``chosen``),
    with the margin between the best match and the rest (the flow is the ledger's
@@ -39,8 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.progress import Progress
 from flows.run_record import RunRecord
 from photo_escape.outcomes import outcome
 from photo_escape.stories import load_job
@@ -48,19 +52,35 @@ from photo_escape.stories import load_job
 
 @task(name="thumbnails", retries=2, retry_delay_seconds=1, cache_policy=None, persist_result=False)
 def thumbnail_batch(paths: list[str], processes: int) -> list[dict]:
-    """Hash records (with thumbnails) of a batch of pictures, computed on a process pool."""
-    from tasks.hashing import hash_files
+    """Thumbnail records of a batch of pictures (:func:`tasks.similar.picture_records`),
+    computed on a process pool."""
+    from tasks.similar import picture_records
 
-    return hash_files(paths, processes=processes)
+    return picture_records(paths, processes=processes)
 
 
 @task(name="rank", retries=1, cache_policy=None, persist_result=False)
-def rank_reference(reference: str, paths: list[str], thumbs: Any, top: int, shortlist: int) -> tuple[list[dict], dict]:
-    """One reference's ranking of the folder and its margin."""
-    from tasks.similar import rank
+def rank_references(references: list[str], gallery: Any, top: int, shortlist: int) -> dict[str, Any]:
+    """Each reference's ranking of the folder and its margin, all references together;
+    ``{reference: (ranking, margin) or the reason it could not be read}``."""
+    from tasks.similar import Reference, rank
 
-    rankings, margins = rank([reference], paths, thumbs, top=top, shortlist_size=shortlist)
-    return rankings[str(reference)], margins[str(reference)]
+    readable, out = [], {}
+    for ref in references:
+        try:
+            Reference(ref)
+            readable.append(ref)
+        except Exception as exc:  # noqa: BLE001 - an unreadable reference fails alone
+            out[ref] = f"{type(exc).__name__}: {exc}"[:300]
+    rankings, margins = rank(readable, gallery, top=top, shortlist_size=shortlist) if readable else ({}, {})
+    out.update({ref: (rankings[ref], margins[ref]) for ref in readable})
+    return out
+
+
+def _asset(rec: dict) -> dict:
+    """What the ledger keeps of a picture's thumbnail record (its ``assets`` row)."""
+    return {"sha256": rec["sha256"], "bytes": rec["bytes"], "width": rec["width"], "height": rec["height"],
+            "format": rec["format"], "thumb": rec["thumb"], "hash_version": rec["version"], "status": rec["status"]}
 
 
 @flow(name="find-my-photo", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
@@ -72,10 +92,8 @@ def find_my_photo(job: dict | str, dry_run: bool = False, only_failed: bool = Fa
     ``dry_run`` and ``only_failed`` are accepted for the common job interface; ranking
     changes nothing outside the ledger, so both simply rank again. With
     ``fail_on_failed_items`` a run in which a reference could not be ranked ends Failed."""
-    import numpy as np
-
     from tasks.hashing import image_files
-    from tasks.similar import ThumbCache, default_cache_path
+    from tasks.similar import Gallery, ThumbCache, default_cache_path
 
     log = get_run_logger()
     spec = load_job(job, "find_my_photo")
@@ -87,37 +105,41 @@ def find_my_photo(job: dict | str, dry_run: bool = False, only_failed: bool = Fa
         refs = [{"item_id": f"reference:{Path(r).name}", "source_ref": str(r), "name": Path(r).name}
                 for r in spec.references]
         run.listed(refs)
-
-        # 2. thumbnails, in batches, only for pictures the cache does not know
-        todo = [p for p in pictures if cache.known(p) is None]
-        futures = [thumbnail_batch.submit(todo[i:i + spec.batch_size], spec.processes)
-                   for i in range(0, len(todo), spec.batch_size)]
-        failed = {}
-        for fut in futures:
-            recs = fut.result()
-            for r in recs:
-                cache.add(r)
-                if r["status"] != "ok":
-                    failed[r["path"]] = r["error"]
-            run.record("thumbnails", [], assets=recs)
-        if todo:
-            cache.save()
-        paths = [p for p in pictures if cache.known(p)]
-        thumbs = np.stack([cache.by_sha[cache.known(p)] for p in paths]) if paths else np.zeros((0, 32, 32), np.uint8)
+        progress = Progress(spec.name, run.run_id, unit="picture", what="pictures with thumbnails")
+        try:
+            # 2. thumbnails, in batches, only for pictures the cache does not know
+            progress.add_listed(len(pictures))
+            todo = [p for p in pictures if cache.known(p) is None]
+            progress.add_finished(len(pictures) - len(todo))
+            futures = [thumbnail_batch.submit(todo[i:i + spec.batch_size], spec.processes)
+                       for i in range(0, len(todo), spec.batch_size)]
+            failed = {}
+            for fut in as_completed(futures):
+                recs = fut.result()
+                for r in recs:
+                    cache.add(r)
+                    if r["status"] != "ok":
+                        failed[r["path"]] = r["error"]
+                run.record("thumbnails", [], assets=[_asset(r) for r in recs if r["status"] == "ok"])
+                progress.add_finished(len(recs))
+            if cache.changed:
+                cache.save()
+            gallery = Gallery.from_cache(pictures, cache)
+        finally:
+            progress.close()
         log.info("%d pictures: %d thumbnails computed, %d from the cache, %d unreadable",
                  len(pictures), len(todo) - len(failed), len(pictures) - len(todo), len(failed))
 
-        # 3.-4. rank against each reference and record
+        # 3.-4. rank against all references at once and record
+        ranked = rank_references.submit([r["source_ref"] for r in refs], gallery, spec.top, spec.shortlist).result()
         rankings, margins, events, matches = {}, {}, [], []
-        ranked = {r["item_id"]: rank_reference.submit(r["source_ref"], paths, thumbs, spec.top, spec.shortlist)
-                  for r in refs}
         for ref in refs:
-            try:
-                ranking, margin = ranked[ref["item_id"]].result()
-            except Exception as exc:  # noqa: BLE001 - an unreadable reference fails alone
+            got = ranked[ref["source_ref"]]
+            if isinstance(got, str):
                 events.append(outcome(ref["item_id"], "match", "failed", "unreadable_reference",
-                                      detail={"message": str(exc)[:300]}))
+                                      detail={"message": got}))
                 continue
+            ranking, margin = got
             rankings[ref["source_ref"]], margins[ref["source_ref"]] = ranking, margin
             for row in ranking:
                 matches.append({"query": ref["item_id"], "candidate": row["path"], "distance": row["score"],

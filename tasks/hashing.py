@@ -122,21 +122,22 @@ def _pixel_limit(max_pixels: int) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = old
 
 
-def _scaled_upright_gray(img: Image.Image) -> tuple[Image.Image, int]:
-    """Decode ``img`` at reduced size (never below DECODE_MIN_SIDE), as luma, upright;
-    also return the EXIF orientation that was applied."""
+def _scaled_upright_gray(img: Image.Image, min_size: tuple[int, int] = (DECODE_MIN_SIDE, DECODE_MIN_SIDE)
+                         ) -> tuple[Image.Image, int]:
+    """Decode ``img`` at reduced size (never below ``min_size``, width and height as
+    stored), as luma, upright; also return the EXIF orientation that was applied."""
     orientation = 1
     try:
         orientation = int(img.getexif().get(0x0112, 1) or 1)
     except Exception:  # a broken EXIF block must not lose the picture
         orientation = 1
     if img.format == "JPEG":
-        img.draft("L", (DECODE_MIN_SIDE, DECODE_MIN_SIDE))
+        img.draft("L", min_size)  # libjpeg scales by 1/2, 1/4 or 1/8 while it decodes
     img.load()
     if getattr(img, "n_frames", 1) > 1:
         img.seek(0)
     w, h = img.size
-    factor = min(w, h) // DECODE_MIN_SIDE
+    factor = min(w // min_size[0], h // min_size[1])
     if factor >= 2:
         img = img.reduce(factor)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -211,8 +212,9 @@ def _empty_record(path: str) -> dict[str, Any]:
 
 def _fail(rec: dict, code: str, message: str) -> dict:
     rec.update(status="error", error=code, message=message)
-    for k in ("phash", "dhash", "phash_mirror", "dhash_mirror", "thumb"):
-        rec[k] = None
+    for k in ("phash", "dhash", "phash_mirror", "dhash_mirror", "thumb", "detail"):
+        if k in rec:
+            rec[k] = None
     return rec
 
 
@@ -223,8 +225,27 @@ def hash_file(path: str | os.PathLike, *, max_pixels: int = 250_000_000,
     The file is read once for its sha256 (streamed) and decoded once, at reduced size.
     Pixel and byte limits are checked from the header before any pixel is decoded.
     """
+    rec = decode_checked(path, _hash_decoded, _empty_record(str(path)), max_pixels=max_pixels, max_bytes=max_bytes)
+    if rec["status"] == "ok" and not thumb:
+        rec["thumb"] = None
+    return rec
+
+
+def _hash_decoded(img: Image.Image) -> dict[str, Any]:
+    gray, orientation = _scaled_upright_gray(img)
+    w, h = img.size
+    return {"width": h if orientation in (5, 6, 7, 8) else w, "height": w if orientation in (5, 6, 7, 8) else h,
+            **hashes_of_gray(gray)}
+
+
+def decode_checked(path: str | os.PathLike, decode: Any, rec: dict[str, Any], *, max_pixels: int = 250_000_000,
+                   max_bytes: int = 2_000_000_000) -> dict[str, Any]:
+    """The checks and reason codes of :func:`hash_file` around any decoding: ``rec``
+    (with ``path``, ``status``, ``error``, ``message``, ``sha256``, ``bytes``,
+    ``format``) filled in, and ``decode(opened image)``'s fields added when it decodes.
+    ``decode`` is called with the pixel limit in force; whatever it raises becomes a
+    reason code. Never raises."""
     path_s = str(path)
-    rec = _empty_record(path_s)
     p = Path(path_s)
     try:
         if not p.is_file():
@@ -250,9 +271,7 @@ def hash_file(path: str | os.PathLike, *, max_pixels: int = 250_000_000,
                 return _fail(rec, "corrupt", f"the header gives an impossible size {w}x{h}")
             if w * h > max_pixels:
                 return _fail(rec, "too_large", f"{w}x{h} pixels is more than the limit of {max_pixels}")
-            gray, orientation = _scaled_upright_gray(img)
-            rec["width"], rec["height"] = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-            out = hashes_of_gray(gray)
+            out = decode(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return _fail(rec, "too_large", f"decompression bomb: {exc}")
     except MemoryError:
@@ -268,8 +287,6 @@ def hash_file(path: str | os.PathLike, *, max_pixels: int = 250_000_000,
             return _fail(rec, "truncated", f"the image data stops early: {text or type(exc).__name__}")
         return _fail(rec, "corrupt", f"the image does not decode: {type(exc).__name__}: {text}"[:300])
     rec.update(out)
-    if not thumb:
-        rec["thumb"] = None
     rec.update(status="ok", error=None, message=None)
     return rec
 

@@ -289,7 +289,7 @@ def close_workers() -> None:
 
 def isolated_map(fn: Callable[..., Any], items: Sequence[Any], *, lost: Callable[[Any, str, str], Any],
                  timeout: float, workers: int = 1, chunk: int = CHUNK, kw: dict | None = None,
-                 preload: Sequence[str] = ()) -> list[Any]:
+                 preload: Sequence[str] = (), progress: Callable[[int], None] | None = None) -> list[Any]:
     """``fn(item, **kw)`` for each item, in order, each call in a worker process and
     limited to ``timeout`` seconds; an item whose call times out, crashes its worker or
     raises gets ``lost(item, why, detail)`` instead (``why`` in :data:`WHY`).
@@ -298,6 +298,8 @@ def isolated_map(fn: Callable[..., Any], items: Sequence[Any], *, lost: Callable
     ``workers`` processes share the items, ``chunk`` at a time; all calls together use at
     most the larger of ``workers`` and the number of cores of one function's workers.
     ``preload``: modules ``fn`` imports on first use, imported when a worker starts.
+    ``progress(n)``, if given, is told after each chunk how many more items are done
+    (from the threads that drive the workers: it must be thread-safe).
     """
     items = list(items)
     if not items:
@@ -323,11 +325,15 @@ def isolated_map(fn: Callable[..., Any], items: Sequence[Any], *, lost: Callable
                         break
                 if not batch:
                     return
+                done = 0
                 for i, answer in zip(batch, worker.run([items[i] for i in batch], kw, timeout)):
                     if answer is None:
                         todo.put(i)  # not reached because an earlier item hung or crashed: again
                     else:
                         answers[i] = answer
+                        done += 1
+                if progress is not None and done:
+                    progress(done)
         finally:
             crew.give_back(worker)
 

@@ -6,20 +6,27 @@ original. Plain mean squared error was fooled; structural similarity (SSIM) foun
 
 How a folder is ranked:
 
-1. **Thumbnails, once.** Every picture's 32 x 32 grayscale thumbnail (the ``thumb`` of
-   :func:`tasks.hashing.hash_file`: the whole picture squashed to a square) is kept in
-   a cache file keyed by sha256 (:class:`ThumbCache`; a file's sha256 is re-read only
-   when its size or modification time changed).
-2. **Shortlist.** The reference is made the same kind of thumbnail and compared with
-   all of them at once by normalised correlation (one matrix-vector product: zero
-   mean, unit norm rows), which forgives the brightness, contrast and tint a mosaic
-   gives its tiles. The best ``shortlist`` go on.
-3. **Score.** Each shortlisted picture is decoded (at reduced size) and resized to the
-   reference's own size, both as grayscale in [0, 1], and scored with
-   ``skimage.metrics.structural_similarity``; the picture is tried squashed to the
-   tile and cropped to the tile's aspect (a mosaic does one or the other), with its
-   mean brightness and contrast set to the reference's (a mosaic tints its tiles),
-   and the better score counts. Results are ranked by that score (1 = identical).
+1. **Thumbnails, once.** Every picture is decoded once, at 1/8 of its size where it
+   is a JPEG (libjpeg scales in the DCT domain and decodes only the luma channel),
+   turned upright, and reduced to two grayscale thumbnails: 32 x 32 for the shortlist
+   and :data:`DETAIL` (72 x 64) for the scoring, both the whole picture squashed.
+   They are kept in a cache file keyed by sha256 (:class:`ThumbCache`; a file's
+   sha256 is re-read only when its size or modification time changed). The decoding
+   runs on a pool of worker processes (:func:`tasks.isolation.isolated_map`), so a
+   file that crashes or hangs the decoder costs only itself.
+2. **Shortlist, all references at once.** Each reference is made the same kind of
+   32 x 32 thumbnail; all of them are compared with every picture by normalised
+   correlation (zero mean, unit norm rows: one matrix product for all references),
+   which forgives the brightness, contrast and tint a mosaic gives its tiles. The
+   best ``shortlist`` pictures of each reference go on.
+3. **Score, in one vectorised SSIM.** Each shortlisted picture's detail thumbnail is
+   resized to the reference's size (squashed, and cropped to the tile's aspect: a
+   mosaic does one or the other), given the reference's mean brightness and contrast
+   (a mosaic tints its tiles), and scored by :func:`ssim_batch`, the formula of
+   ``skimage.metrics.structural_similarity`` (7 x 7 uniform window, K1 = 0.01,
+   K2 = 0.03, the data range, sample covariance, the mean over the pixels whose
+   window lies inside the picture) computed for all pairs at once. The better of the
+   two crops counts; pictures are ranked by that score (1 = identical).
 
 :func:`find_similar` returns, per reference, the ranking and the margin between the
 best match and the best of the rest (story 2: the true pictures scored 0.63 and 0.69,
@@ -28,17 +35,84 @@ everything else below 0.48).
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from tasks.hashing import THUMB_SIZE, hash_files, image_files
+from tasks.hashing import THUMB_SIZE, _scaled_upright_gray, decode_checked, image_files
+from tasks.files import sha256_file
 
 CACHE_NAME = ".photo-escape-thumbs.npz"
+DETAIL = (72, 64)  # (width, height) of the thumbnail kept for scoring: a story tile (72 x 62) and a bit
+SIMILAR_VERSION = "pe-similar-2 (draft L >= 72x64, lanczos, thumb 32, detail 72x64)"
+WIN = 7            # skimage's structural_similarity: 7 x 7 uniform window ...
+K1, K2 = 0.01, 0.03  # ... and its constants
+SSIM_CHUNK = 64    # pairs scored at once (their arrays stay in the processor's cache)
+
+Progress = Callable[[int], None]  # told how many more pictures are done
+
+
+# -- one picture: its two thumbnails ----------------------------------------------------------
+def _empty_record(path: str) -> dict[str, Any]:
+    return {"path": path, "status": "error", "error": None, "message": None, "sha256": None, "bytes": None,
+            "format": None, "width": None, "height": None, "thumb": None, "detail": None,
+            "version": SIMILAR_VERSION}
+
+
+def _thumbnails_of(img: Image.Image) -> dict[str, Any]:
+    gray, orientation = _scaled_upright_gray(img, DETAIL)
+    w, h = img.size
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    thumb = gray.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS)
+    detail = gray.resize(DETAIL, Image.Resampling.LANCZOS)
+    return {"width": w, "height": h, "thumb": thumb.tobytes(), "detail": detail.tobytes()}
+
+
+def picture_record(path: str | os.PathLike, *, max_pixels: int = 250_000_000,
+                   max_bytes: int = 2_000_000_000) -> dict[str, Any]:
+    """One picture's thumbnails: ``{path, status, error, message, sha256, bytes, format,
+    width, height, thumb (32 x 32 bytes), detail (DETAIL bytes), version}``, with the
+    reason codes of :func:`tasks.hashing.hash_file` for a file that is not a readable
+    image. Never raises."""
+    return decode_checked(path, _thumbnails_of, _empty_record(str(path)), max_pixels=max_pixels, max_bytes=max_bytes)
+
+
+def _lost(path: str, why: str, detail: str, *, timeout_s: float) -> dict:
+    rec = _empty_record(path)
+    try:
+        rec["sha256"], rec["bytes"] = sha256_file(path)
+    except OSError:
+        pass
+    message = {"timeout": f"decoding took longer than {timeout_s:.0f} s",
+               "crashed": f"the decoder crashed ({detail or 'its process ended'})"}.get(why, f"the decoder raised {detail}")
+    rec.update(error="corrupt", message=message)
+    return rec
+
+
+def picture_records(paths: Iterable[str | os.PathLike], *, processes: int = 0, chunk: int = 32,
+                    timeout_s: float = 120.0, progress: Progress | None = None, **kw: Any) -> list[dict]:
+    """:func:`picture_record` of many files, in input order: on ``processes`` worker
+    processes (0 = one per core; 1 = in this process), a file that crashes or hangs
+    its decoder ending alone as ``corrupt``. ``progress(n)`` is told as files are done."""
+    paths = [str(p) for p in paths]
+    if processes == 1 or len(paths) < 4:
+        out = []
+        for i, p in enumerate(paths):
+            out.append(picture_record(p, **kw))
+            if progress is not None and (i % chunk == chunk - 1 or i == len(paths) - 1):
+                progress(i % chunk + 1)
+        return out
+    from tasks.isolation import isolated_map
+
+    workers = min(processes or os.cpu_count() or 1, max(1, len(paths) // 2))
+    return isolated_map(picture_record, paths, lost=functools.partial(_lost, timeout_s=timeout_s), timeout=timeout_s,
+                        workers=workers, chunk=chunk, kw=kw, progress=progress)
 
 
 # -- the thumbnail cache ---------------------------------------------------------------------
@@ -49,96 +123,280 @@ def default_cache_path(folder: str | os.PathLike) -> Path:
 
 
 class ThumbCache:
-    """32 x 32 thumbnails by sha256, with each path's (size, mtime_ns, sha256) so an
-    unchanged file is not even read again. Stored as one ``.npz`` file."""
+    """Both thumbnails and the upright size of each picture, by sha256, with each path's
+    (size, mtime_ns, sha256) so an unchanged file is not even read again. Stored as one
+    ``.npz`` file; a cache of another version (or damaged) is started afresh."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.by_sha: dict[str, np.ndarray] = {}
+        self.rows: dict[str, int] = {}  # sha256 -> row of the arrays
         self.files: dict[str, tuple[int, int, str]] = {}
+        self._thumbs = np.zeros((0, THUMB_SIZE, THUMB_SIZE), np.uint8)
+        self._details = np.zeros((0, DETAIL[1], DETAIL[0]), np.uint8)
+        self._dims = np.zeros((0, 2), np.int32)
+        self._new: list[tuple[bytes, bytes, int, int]] = []
+        self.changed = False
         if self.path.exists():
             try:
                 self._load()
             except Exception:  # a damaged cache is rebuilt, never trusted
-                self.by_sha, self.files = {}, {}
+                self.__init__(os.devnull)  # type: ignore[misc]
+                self.path = Path(path)
 
     def _load(self) -> None:
         with np.load(self.path, allow_pickle=False) as z:
+            if str(z["version"]) != SIMILAR_VERSION:
+                return
             shas = [str(s) for s in z["shas"]]
-            thumbs = z["thumbs"]
-            self.by_sha = {s: thumbs[i] for i, s in enumerate(shas)}
-            for p, size, mtime, sha in zip(z["paths"], z["sizes"], z["mtimes"], z["file_shas"]):
-                self.files[str(p)] = (int(size), int(mtime), str(sha))
+            thumbs, details, dims = z["thumbs"], z["details"], z["dims"]
+            if not (len(shas) == len(thumbs) == len(details) == len(dims)):
+                raise ValueError("inconsistent cache")
+            rows = dict(zip(shas, range(len(shas))))
+            files = {str(p): (int(size), int(mtime), shas[i])
+                     for p, size, mtime, i in zip(z["paths"], z["sizes"], z["mtimes"], z["file_rows"])}
+        self.rows, self.files = rows, files
+        self._thumbs, self._details, self._dims = thumbs, details, dims
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _settle(self) -> None:
+        if self._new:
+            thumbs, details, w, h = zip(*self._new)
+            n = len(self._new)
+            self._thumbs = np.concatenate([self._thumbs, np.frombuffer(b"".join(thumbs), np.uint8)
+                                           .reshape(n, THUMB_SIZE, THUMB_SIZE)])
+            self._details = np.concatenate([self._details, np.frombuffer(b"".join(details), np.uint8)
+                                            .reshape(n, DETAIL[1], DETAIL[0])])
+            self._dims = np.concatenate([self._dims, np.array(list(zip(w, h)), np.int32).reshape(n, 2)])
+            self._new = []
+
+    @property
+    def thumbs(self) -> np.ndarray:
+        """(rows, 32, 32) uint8."""
+        self._settle()
+        return self._thumbs
+
+    @property
+    def details(self) -> np.ndarray:
+        """(rows, DETAIL height, DETAIL width) uint8."""
+        self._settle()
+        return self._details
+
+    @property
+    def dims(self) -> np.ndarray:
+        """(rows, 2) upright width and height of each picture."""
+        self._settle()
+        return self._dims
 
     def save(self) -> None:
-        shas = sorted(self.by_sha)
+        """Write the cache (atomically: a temporary file, then renamed over the old one)."""
+        self._settle()
+        shas = sorted(self.rows, key=self.rows.get)
         paths = sorted(self.files)
-        tmp = self.path.with_name(self.path.name + ".tmp.npz")
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp.npz")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(
             tmp,
+            version=np.array(SIMILAR_VERSION),
             shas=np.array(shas, dtype=str),
-            thumbs=np.stack([self.by_sha[s] for s in shas]) if shas else np.zeros((0, THUMB_SIZE, THUMB_SIZE), np.uint8),
+            thumbs=self._thumbs, details=self._details, dims=self._dims,
             paths=np.array(paths, dtype=str),
             sizes=np.array([self.files[p][0] for p in paths], dtype=np.int64),
             mtimes=np.array([self.files[p][1] for p in paths], dtype=np.int64),
-            file_shas=np.array([self.files[p][2] for p in paths], dtype=str),
+            file_rows=np.array([self.rows[self.files[p][2]] for p in paths], dtype=np.int64),
         )
         os.replace(tmp, self.path)
+        self.changed = False
 
     def known(self, path: str) -> str | None:
         """The sha256 of a file whose size and mtime are unchanged and whose
-        thumbnail is cached; None if it must be (re)read."""
+        thumbnails are cached; None if it must be (re)read."""
+        rec = self.files.get(path)
+        if rec is None:
+            return None
         try:
             st = os.stat(path)
         except OSError:
             return None
-        rec = self.files.get(path)
-        if rec and rec[0] == st.st_size and rec[1] == st.st_mtime_ns and rec[2] in self.by_sha:
+        if rec[0] == st.st_size and rec[1] == st.st_mtime_ns and rec[2] in self.rows:
             return rec[2]
         return None
 
+    def row(self, path: str) -> int | None:
+        """The row of a known file's thumbnails, else None."""
+        sha = self.known(path)
+        return None if sha is None else self.rows[sha]
+
     def add(self, rec: dict) -> None:
-        """Remember a hash record's thumbnail (good records only)."""
-        if rec.get("status") != "ok" or rec.get("thumb") is None:
+        """Remember a record's thumbnails (good records of :func:`picture_record` only)."""
+        if rec.get("status") != "ok" or rec.get("detail") is None or rec.get("version") != SIMILAR_VERSION:
             return
-        st = os.stat(rec["path"])
-        self.by_sha[rec["sha256"]] = np.frombuffer(rec["thumb"], np.uint8).reshape(THUMB_SIZE, THUMB_SIZE)
+        try:
+            st = os.stat(rec["path"])
+        except OSError:
+            return
+        if rec["sha256"] not in self.rows:
+            self.rows[rec["sha256"]] = len(self._thumbs) + len(self._new)
+            self._new.append((rec["thumb"], rec["detail"], rec["width"], rec["height"]))
         self.files[rec["path"]] = (st.st_size, st.st_mtime_ns, rec["sha256"])
+        self.changed = True
 
 
-def thumbnails(paths: list[str], cache: ThumbCache | None = None, *, processes: int = 0) -> tuple[list[str], np.ndarray, dict]:
-    """Thumbnails of these pictures, from the cache where possible.
+class Gallery:
+    """The pictures that have thumbnails: ``paths`` and, row for row, ``thumbs``
+    (N, 32, 32), ``details`` (N, DETAIL h, w) uint8 and ``dims`` (N, 2) upright sizes."""
 
-    Returns (the paths that have one, their (N, 32, 32) uint8 thumbnails, stats
+    def __init__(self, paths: list[str], thumbs: np.ndarray, details: np.ndarray, dims: np.ndarray) -> None:
+        self.paths, self.thumbs, self.details, self.dims = paths, thumbs, details, dims
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @classmethod
+    def from_records(cls, recs: list[dict]) -> "Gallery":
+        good = [r for r in recs if r.get("status") == "ok" and r.get("detail") is not None]
+        n = len(good)
+        return cls([r["path"] for r in good],
+                   np.frombuffer(b"".join(r["thumb"] for r in good), np.uint8).reshape(n, THUMB_SIZE, THUMB_SIZE),
+                   np.frombuffer(b"".join(r["detail"] for r in good), np.uint8).reshape(n, DETAIL[1], DETAIL[0]),
+                   np.array([(r["width"], r["height"]) for r in good], np.int32).reshape(n, 2))
+
+    @classmethod
+    def from_cache(cls, paths: list[str], cache: ThumbCache) -> "Gallery":
+        """The pictures of ``paths`` the cache knows (unchanged files), in that order."""
+        keep, rows = [], []
+        for p in paths:
+            r = cache.row(p)
+            if r is not None:
+                keep.append(p)
+                rows.append(r)
+        idx = np.array(rows, dtype=np.int64)
+        return cls(keep, cache.thumbs[idx], cache.details[idx], cache.dims[idx])
+
+
+def thumbnails(paths: list[str], cache: ThumbCache | None = None, *, processes: int = 0,
+               progress: Progress | None = None) -> tuple[Gallery, dict]:
+    """Thumbnails of these pictures, from the cache where possible (new ones are added
+    to it). Returns (the :class:`Gallery` of those that have them, in input order; stats
     ``{files, from_cache, computed, failed, failures: {path: reason}}``)."""
-    known: dict[str, str] = {}
-    todo: list[str] = []
-    for p in paths:
-        sha = cache.known(p) if cache is not None else None
-        if sha is None:
-            todo.append(p)
-        else:
-            known[p] = sha
-    fresh = {r["path"]: r for r in hash_files(todo, processes=processes)} if todo else {}
-    failures = {p: r["error"] for p, r in fresh.items() if r["status"] != "ok"}
+    todo = [p for p in paths if cache is None or cache.known(p) is None]
+    if progress is not None and len(paths) > len(todo):
+        progress(len(paths) - len(todo))
+    fresh = picture_records(todo, processes=processes, progress=progress) if todo else []
+    failures = {r["path"]: r["error"] for r in fresh if r["status"] != "ok"}
     if cache is not None:
-        for r in fresh.values():
+        for r in fresh:
             cache.add(r)
-    keep, stack = [], []
-    for p in paths:
-        if p in known:
-            keep.append(p)
-            stack.append(cache.by_sha[known[p]])
-        elif p in fresh and fresh[p]["status"] == "ok":
-            keep.append(p)
-            stack.append(np.frombuffer(fresh[p]["thumb"], np.uint8).reshape(THUMB_SIZE, THUMB_SIZE))
-    arr = np.stack(stack) if stack else np.zeros((0, THUMB_SIZE, THUMB_SIZE), np.uint8)
-    stats = {"files": len(paths), "from_cache": len(known), "computed": len(todo),
+        gallery = Gallery.from_cache(paths, cache)
+    else:
+        gallery = Gallery.from_records(fresh)
+    stats = {"files": len(paths), "from_cache": len(paths) - len(todo), "computed": len(todo),
              "failed": len(failures), "failures": failures}
-    return keep, arr, stats
+    return gallery, stats
 
 
-# -- comparing ------------------------------------------------------------------------------------
+# -- SSIM, the formula of skimage.metrics.structural_similarity, for many pairs at once ------------
+def _box_mean(a: np.ndarray, k: int = WIN) -> np.ndarray:
+    """The mean of every k x k window lying wholly inside each (h, w) picture of
+    ``a`` (..., h, w): (..., h - k + 1, w - k + 1). Windows that reach the border are
+    not needed: skimage averages the SSIM map without them."""
+    c = np.cumsum(a, axis=-2)
+    c = np.concatenate([c[..., k - 1:k, :], c[..., k:, :] - c[..., :-k, :]], axis=-2)
+    c = np.cumsum(c, axis=-1)
+    c = np.concatenate([c[..., k - 1:k], c[..., k:] - c[..., :-k]], axis=-1)
+    return c / float(k * k)
+
+
+def ssim_batch(x: np.ndarray, y: np.ndarray, *, data_range: float = 1.0) -> np.ndarray:
+    """The mean structural similarity of each pair ``x[i]``, ``y[i]`` of grayscale
+    pictures ((n, h, w) or (h, w) arrays, float): the value
+    ``skimage.metrics.structural_similarity(x[i], y[i], data_range=data_range)``
+    gives with its defaults (a 7 x 7 uniform window, K1 = 0.01, K2 = 0.03, sample
+    covariance, the mean of the SSIM map without the 3 pixels next to each border),
+    computed for all pairs together. ``x`` may also be one picture for every ``y``."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if y.shape[-2] < WIN or y.shape[-1] < WIN:
+        raise ValueError(f"pictures must be at least {WIN} x {WIN} pixels")
+    x = np.broadcast_to(x, y.shape)
+    n = WIN * WIN
+    cov_norm = n / (n - 1.0)
+    ux, uy = _box_mean(x), _box_mean(y)
+    uxx, uyy, uxy = _box_mean(x * x), _box_mean(y * y), _box_mean(x * y)
+    vx = cov_norm * (uxx - ux * ux)
+    vy = cov_norm * (uyy - uy * uy)
+    vxy = cov_norm * (uxy - ux * uy)
+    c1 = (K1 * data_range) ** 2
+    c2 = (K2 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.mean(axis=(-2, -1))
+
+
+def match_light(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Each picture of ``y`` (n, h, w) in [0, 1] with the mean brightness and contrast
+    of its ``x`` (n, h, w), clipped to [0, 1]: a mosaic lightens, darkens and tints its
+    tiles towards the colour it needs there, which says nothing about which picture
+    the tile was. A flat picture becomes the reference's mean."""
+    my, sy = y.mean(axis=(-2, -1), keepdims=True), y.std(axis=(-2, -1), keepdims=True)
+    mx, sx = x.mean(axis=(-2, -1), keepdims=True), x.std(axis=(-2, -1), keepdims=True)
+    flat = sy < 1e-6
+    out = (y - my) / np.where(flat, 1.0, sy) * sx + mx
+    out = np.where(flat, mx, out)
+    return np.clip(out, 0.0, 1.0)
+
+
+# -- references and candidates at the reference's size ---------------------------------------------
+class Reference:
+    """A reference picture, upright, as grayscale in [0, 1] (``pixels``, at most the
+    size of a detail thumbnail: a larger reference is reduced to fit) and as a
+    normalised 32 x 32 thumbnail row (``row``)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        with Image.open(self.path) as im:
+            gray = ImageOps.exif_transpose(im).convert("L")
+        self.row = _normalised_rows(np.asarray(gray.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS))[None])[0]
+        w, h = gray.size
+        scale = min(1.0, DETAIL[0] / w, DETAIL[1] / h)
+        if scale < 1.0:
+            gray = gray.resize((max(WIN, round(w * scale)), max(WIN, round(h * scale))), Image.Resampling.LANCZOS)
+        if min(gray.size) < WIN:
+            gray = gray.resize((max(WIN, gray.size[0]), max(WIN, gray.size[1])), Image.Resampling.LANCZOS)
+        self.size = gray.size  # (w, h) at which it is scored
+        self.pixels = np.asarray(gray, dtype=np.float64) / 255.0
+
+
+def _crop_box(dims: tuple[int, int], size: tuple[int, int]) -> tuple[float, float, float, float] | None:
+    """The box of a detail thumbnail that shows the middle of the picture cut to the
+    aspect of ``size`` (as ``ImageOps.fit`` cuts it), or None when that is (within 1%)
+    the whole picture: then the squashed and the cropped picture are the same."""
+    w0, h0 = int(dims[0]), int(dims[1])
+    if w0 <= 0 or h0 <= 0:
+        return None
+    want = size[0] / size[1]
+    have = w0 / h0
+    if abs(have / want - 1.0) < 0.01:
+        return None
+    dw, dh = DETAIL
+    if have > want:  # wider: cut the sides
+        keep = want / have * dw
+        return ((dw - keep) / 2, 0.0, (dw + keep) / 2, float(dh))
+    keep = have / want * dh
+    return (0.0, (dh - keep) / 2, float(dw), (dh + keep) / 2)
+
+
+def _views(detail: np.ndarray, dims: np.ndarray, size: tuple[int, int]) -> list[np.ndarray]:
+    """A picture at ``size`` (w, h) as grayscale in [0, 1]: squashed, and (when that is
+    another picture) cut to the aspect of ``size``."""
+    img = Image.fromarray(detail)
+    views = [img.resize(size, Image.Resampling.LANCZOS) if img.size != size else img]
+    box = _crop_box(dims, size)
+    if box is not None:
+        views.append(img.resize(size, Image.Resampling.LANCZOS, box=box))
+    return [np.asarray(v, dtype=np.float64) / 255.0 for v in views]
+
+
 def _normalised_rows(x: np.ndarray) -> np.ndarray:
     x = x.reshape(len(x), -1).astype(np.float32)
     x -= x.mean(axis=1, keepdims=True)
@@ -146,112 +404,102 @@ def _normalised_rows(x: np.ndarray) -> np.ndarray:
     return x / np.where(n > 1e-6, n, 1.0)
 
 
-def reference_thumb(img: Image.Image) -> np.ndarray:
-    """A reference picture as the same kind of 32 x 32 thumbnail as the folder's."""
-    gray = ImageOps.exif_transpose(img).convert("L")
-    return np.asarray(gray.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS))
+def shortlists(refs: list[Reference], thumbs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each reference, the indices (R, k) and correlations of the ``k`` thumbnails
+    that correlate best with it (normalised correlation: brightness, contrast and tint
+    do not count), best first: one matrix product for all references."""
+    n = len(thumbs)
+    k = min(k, n)
+    if k <= 0 or not refs:
+        return np.zeros((len(refs), 0), np.int64), np.zeros((len(refs), 0), np.float32)
+    corr = _normalised_rows(thumbs) @ np.stack([r.row for r in refs]).T  # (N, R)
+    corr = np.ascontiguousarray(corr.T)  # (R, N)
+    idx = np.argpartition(-corr, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(refs), 1))
+    part = np.take_along_axis(corr, idx, axis=1)
+    order = np.argsort(-part, axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(part, order, axis=1)
 
 
-def shortlist(ref_thumb: np.ndarray, thumbs: np.ndarray, k: int, *, normalised: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and correlations of the ``k`` thumbnails that correlate best with the
-    reference (normalised correlation: brightness, contrast and tint do not count)."""
-    rows = normalised if normalised is not None else _normalised_rows(thumbs)
-    q = _normalised_rows(ref_thumb[None])[0]
-    corr = rows @ q
-    k = min(k, len(corr))
-    if k <= 0:
-        return np.zeros(0, int), np.zeros(0, np.float32)
-    idx = np.argpartition(-corr, k - 1)[:k]
-    idx = idx[np.argsort(-corr[idx], kind="stable")]
-    return idx, corr[idx]
+def scores(refs: list[Reference], gallery: Gallery, idx: np.ndarray) -> np.ndarray:
+    """SSIM of each reference ``r`` with each of its pictures ``idx[r]`` (R, k): the
+    better of the squashed and the cut picture, light matched, all pairs scored
+    together in chunks of :data:`SSIM_CHUNK` (R, k) float64."""
+    out = np.full(idx.shape, -1.0)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for r, ref in enumerate(refs):
+        by_size.setdefault(ref.size, []).append(r)
+    for size, members in by_size.items():
+        views: list[np.ndarray] = []
+        first: dict[int, tuple[int, int]] = {}  # picture -> (first view, count)
+        pairs: list[tuple[int, int, int]] = []  # (reference, slot, view)
+        for r in members:
+            for slot, i in enumerate(idx[r]):
+                i = int(i)
+                if i not in first:
+                    v = _views(gallery.details[i], gallery.dims[i], size)
+                    first[i] = (len(views), len(v))
+                    views.extend(v)
+                start, count = first[i]
+                pairs.extend((r, slot, start + j) for j in range(count))
+        if not pairs:
+            continue
+        stack = np.stack(views)
+        ref_pix = np.stack([refs[r].pixels for r in members])
+        local = np.zeros(len(refs), np.int64)
+        local[members] = np.arange(len(members))
+        p = np.array(pairs, dtype=np.int64)
+        vals = np.empty(len(p))
+        for a in range(0, len(p), SSIM_CHUNK):
+            b = p[a:a + SSIM_CHUNK]
+            x = ref_pix[local[b[:, 0]]]
+            vals[a:a + SSIM_CHUNK] = ssim_batch(x, match_light(stack[b[:, 2]], x), data_range=1.0)
+        np.maximum.at(out, (p[:, 0], p[:, 1]), vals)
+    return out
 
 
-def _gray01(img: Image.Image, size: tuple[int, int], crop_to_aspect: bool) -> np.ndarray:
-    if crop_to_aspect:
-        img = ImageOps.fit(img, size, Image.Resampling.LANCZOS)
-    else:
-        img = img.resize(size, Image.Resampling.LANCZOS)
-    return np.asarray(img, dtype=np.float64) / 255.0
-
-
-def _open_small(path: str, size: tuple[int, int]) -> Image.Image:
-    """A picture decoded at reduced size (JPEG draft), upright, as grayscale."""
-    img = Image.open(path)
-    if img.format == "JPEG":
-        img.draft("L", (size[0] * 2, size[1] * 2))
-    return ImageOps.exif_transpose(img).convert("L")
-
-
-def _match_light(cand: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """The candidate with the reference's mean brightness and contrast: a mosaic
-    lightens, darkens and tints its tiles towards the colour it needs there, which
-    says nothing about which picture the tile was."""
-    sd = cand.std()
-    if sd < 1e-6:
-        return np.full_like(cand, reference.mean())
-    return np.clip((cand - cand.mean()) / sd * reference.std() + reference.mean(), 0.0, 1.0)
-
-
-def ssim_score(reference: np.ndarray, path: str) -> float:
-    """Structural similarity of a grayscale reference (in [0, 1]) and a picture
-    resized to the reference's size, its brightness and contrast matched to the
-    reference's: the better of squashed and cropped-to-aspect."""
-    from skimage.metrics import structural_similarity
-
-    h, w = reference.shape
-    try:
-        img = _open_small(path, (w, h))
-        best = -1.0
-        for crop in (False, True):
-            cand = _match_light(_gray01(img, (w, h), crop), reference)
-            best = max(best, float(structural_similarity(reference, cand, data_range=1.0)))
-        return best
-    except Exception:  # noqa: BLE001 - a picture that no longer decodes just scores nothing
-        return -1.0
-
-
-def rank(references: list[str | os.PathLike], paths: list[str], thumbs: np.ndarray, *, top: int = 5,
+def rank(references: list[str | os.PathLike], gallery: Gallery, *, top: int = 5,
          shortlist_size: int = 200) -> tuple[dict[str, list[dict]], dict[str, dict]]:
-    """Rank pictures (``paths`` with their ``thumbs``) by similarity to each reference.
+    """Rank the pictures of ``gallery`` by similarity to each reference, all references
+    together.
 
     Returns (rankings ``{reference: [{rank, path, score, correlation}, ...]}`` (the
     ``top`` best), margins ``{reference: {best, best_score, rest_best_score,
     margin}}``). ``margin`` is the best score minus the runner-up's (the best of the
     rest); only the shortlist is scored by SSIM, the others correlate less with the
-    reference."""
-    rows = _normalised_rows(thumbs) if len(thumbs) else thumbs.reshape(0, THUMB_SIZE * THUMB_SIZE).astype(np.float32)
+    reference. A reference that cannot be read raises (``OSError`` and the like)."""
+    refs = [Reference(r) for r in references]
+    idx, corr = shortlists(refs, gallery.thumbs, shortlist_size)
+    sc = scores(refs, gallery, idx) if idx.size else np.zeros(idx.shape)
     rankings: dict[str, list[dict]] = {}
     margins: dict[str, dict] = {}
-    for ref in references:
-        ref = str(ref)
-        ref_img = ImageOps.exif_transpose(Image.open(ref)).convert("L")
-        ref_arr = np.asarray(ref_img, dtype=np.float64) / 255.0
-        idx, corr = shortlist(reference_thumb(ref_img), thumbs, shortlist_size, normalised=rows)
-        scored = [(ssim_score(ref_arr, paths[i]), float(c), paths[i]) for i, c in zip(idx, corr)]
-        scored.sort(key=lambda s: (-s[0], -s[1]))
-        rankings[ref] = [{"rank": r + 1, "path": p, "score": round(s, 4), "correlation": round(c, 4)}
-                         for r, (s, c, p) in enumerate(scored[:top])]
-        rest = [s for s, _, _ in scored[1:]]
-        best = scored[0] if scored else None
-        margins[ref] = {
+    for r, ref in enumerate(refs):
+        order = np.lexsort((-corr[r], -sc[r]))  # by score, then correlation
+        ranked = [(float(sc[r, j]), float(corr[r, j]), gallery.paths[int(idx[r, j])]) for j in order]
+        rankings[ref.path] = [{"rank": n + 1, "path": p, "score": round(s, 4), "correlation": round(c, 4)}
+                              for n, (s, c, p) in enumerate(ranked[:top])]
+        best = ranked[0] if ranked else None
+        rest = ranked[1][0] if len(ranked) > 1 else None
+        margins[ref.path] = {
             "best": best[2] if best else None,
             "best_score": round(best[0], 4) if best else None,
-            "rest_best_score": round(max(rest), 4) if rest else None,
-            "margin": round(best[0] - max(rest), 4) if best and rest else None,
+            "rest_best_score": round(rest, 4) if rest is not None else None,
+            "margin": round(best[0] - rest, 4) if best and rest is not None else None,
         }
     return rankings, margins
 
 
 def find_similar(references: list[str | os.PathLike], folder_paths: list[str], *, top: int = 5,
-                 shortlist_size: int = 200, cache: ThumbCache | None = None, processes: int = 0) -> dict[str, Any]:
+                 shortlist_size: int = 200, cache: ThumbCache | None = None, processes: int = 0,
+                 progress: Progress | None = None) -> dict[str, Any]:
     """Thumbnails of ``folder_paths`` (cached), then :func:`rank`.
 
     Returns ``{"rankings", "margins", "stats"}``: ``stats`` has the thumbnail counts
-    (files, from_cache, computed, failed, failures) and the seconds each step took."""
+    (files, from_cache, computed, failed, failures) and the seconds each step took.
+    ``progress(n)`` is told as pictures get their thumbnails."""
     t0 = time.perf_counter()
-    paths, thumbs, stats = thumbnails(list(folder_paths), cache, processes=processes)
+    gallery, stats = thumbnails(list(folder_paths), cache, processes=processes, progress=progress)
     t1 = time.perf_counter()
-    rankings, margins = rank(references, paths, thumbs, top=top, shortlist_size=shortlist_size)
+    rankings, margins = rank(references, gallery, top=top, shortlist_size=shortlist_size)
     stats.update(seconds_thumbnails=round(t1 - t0, 3), seconds_ranking=round(time.perf_counter() - t1, 3))
     return {"rankings": rankings, "margins": margins, "stats": stats}
 

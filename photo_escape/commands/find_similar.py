@@ -58,9 +58,20 @@ def run(args: argparse.Namespace) -> int:
     cache = None
     if not args.no_cache:
         cache = ThumbCache(args.cache or default_cache_path(args.folders[0]))
-    out = find_similar(args.references, folder_pictures(args.folders), top=args.top,
-                       shortlist_size=args.shortlist, cache=cache, processes=args.processes)
-    if cache is not None and out["stats"]["computed"]:
+    pictures = folder_pictures(args.folders)
+    bar = None
+    if sys.stderr.isatty():  # a progress bar on a terminal, never in a pipe or a log
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pictures), unit="picture", desc="thumbnails", file=sys.stderr, dynamic_ncols=True,
+                   leave=False)
+    try:
+        out = find_similar(args.references, pictures, top=args.top, shortlist_size=args.shortlist, cache=cache,
+                           processes=args.processes, progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    if cache is not None and cache.changed:
         cache.save()
     for ref, ranking in out["rankings"].items():
         m = out["margins"][ref]

@@ -1,150 +1,334 @@
-"""find-similar over a harvested folder (story 2): cached thumbnails against the story's scan.
+"""find-similar against the story's SSIM loop, on a photomosaic of numbered pictures (story 2).
 
-A folder of numbered pictures (real photographs: ``sandbox.photos.picture(i)``,
-200 x 150 JPEGs) and two 72 x 62 mosaic tiles cut from two of them (squashed or
-cropped to the tile, blended 35% towards a colour, JPEG) are the references.
+The data (made once per ``--candidates``/``--seed`` and kept in ``--dir``, under /tmp):
 
-* photo-escape: the whole command, start-up included, ``photo-escape find-similar
-  REF1 REF2 --in DIR --json`` (correlation over all 32x32 thumbnails, SSIM on the best
-  200, both references): first with an empty thumbnail cache (filling it is part of
-  the first search; this is the headline figure), then again with the cache filled.
-* peer: the story's notebook, SSIM of the reference against every picture loaded
-  and resized to 72 x 62, in a Python process of its own: its start-up (imports) is
-  counted once and its scan, timed on the first ``--peer-sample`` pictures, is scaled
-  to the whole folder (it is linear in the folder's size) and to both references.
+* ``N`` numbered candidates of 600 x 516 (the story's size), ``1.jpg`` .. ``N.jpg``: crops
+  of real photographs (scikit-image's and matplotlib's, as ``bench/matching.py`` uses
+  them) at their own position and scale, some mirrored, each with its own colour
+  cast and gamma, JPEG quality 70-92. Many share a photograph, so near misses abound.
+* 24 of them are the *true pictures*; each has 3 *decoys* among the candidates: the
+  same photograph cut a little to the side (6-12%), a little closer or further
+  (10-15%), or both, with another colour cast.
+* A photomosaic (a photograph drawn with 72 x 62 tiles: every tile a candidate,
+  squashed or cut to the tile, blended 30-50% towards the colour the mosaic needs
+  there), saved as one JPEG (quality 75). The 24 references are the mosaic's tiles of
+  the true pictures, cut from the decoded JPEG as the story cut them.
 
-    .venv/bin/python bench/find_similar.py             # quick: 2,000 pictures
-    .venv/bin/python bench/find_similar.py --full      # recorded: 20,000 pictures
+Timed, each in a process of its own, whole command (start-up included), for 2 and for
+24 references:
+
+* photo-escape, cold: ``photo-escape find-similar REF... --in DIR --cache C --top 1
+  --json`` with no cache file (it is filled on the way);
+* photo-escape, warm: the same again, the cache filled;
+* the loop (the story's notebook): ``Image.open(p).resize((72, 62))`` then
+  ``structural_similarity(candidate, reference, channel_axis=2)`` per reference, over
+  every candidate; each reference's ranking sorted by that score.
+
+The pictures are read once before timing, so both sides find them in the page cache.
+Printed: times, the ratios loop / photo-escape, and how many references each ranks
+first (the true picture first), with scores and margins.
+
+    .venv/bin/python bench/find_similar.py                       # recorded: 20,000 candidates
+    .venv/bin/python bench/find_similar.py --candidates 1500 --seed 2024   # a held-out mosaic
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import random
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SIZE = (600, 516)      # the story's pictures
+TILE = (72, 62)        # the story's mosaic tiles
+TRUE = 24              # true pictures (references) in every data set
+DECOYS = 3             # per true picture
+DATA_VERSION = 1
+
+
+# -- the data ---------------------------------------------------------------------------------
+def _bases() -> list[str]:
+    from bench.matching import EXTRA_BASES
+    from sandbox import photos
+
+    return [b for b in (*photos.BASES, *EXTRA_BASES) if b != "motorcycle_right"]
+
+
+def _base(name: str) -> np.ndarray:
+    from bench.matching import base_photo
+
+    return base_photo(name)
+
+
+def _draw_box(rng: random.Random, shape: tuple[int, int]) -> tuple[float, float, float]:
+    """A crop of a photograph at the candidates' aspect: (centre x, centre y, width) as
+    fractions of the photograph."""
+    h, w = shape
+    aspect = SIZE[0] / SIZE[1]
+    frac = rng.uniform(0.3, 0.8)
+    cw = min(w, h * frac * aspect) / w
+    ch = cw * w / aspect / h
+    return rng.uniform(cw / 2, 1 - cw / 2), rng.uniform(ch / 2, 1 - ch / 2), cw
+
+
+def _render(spec: dict) -> Image.Image:
+    img = _base(spec["base"])
+    h, w = img.shape[:2]
+    cx, cy, cw = spec["box"]
+    aspect = SIZE[0] / SIZE[1]
+    bw = cw * w
+    bh = bw / aspect
+    if bh > h:
+        bh, bw = h, h * aspect
+    x0 = min(max(0.0, cx * w - bw / 2), w - bw)
+    y0 = min(max(0.0, cy * h - bh / 2), h - bh)
+    pic = Image.fromarray(img).resize(SIZE, Image.Resampling.LANCZOS, box=(x0, y0, x0 + bw, y0 + bh))
+    if spec["flip"]:
+        pic = ImageOps.mirror(pic)
+    arr = np.asarray(pic, dtype=np.float32) / 255.0
+    arr = np.clip(arr ** spec["gamma"] * np.array(spec["gains"], np.float32), 0, 1)
+    return Image.fromarray((arr * 255 + 0.5).astype(np.uint8))
+
+
+def _write(job: tuple[dict, str]) -> None:
+    spec, path = job
+    _render(spec).save(path, "JPEG", quality=spec["quality"])
+
+
+def _spec(rng: random.Random, bases: list[str], shapes: dict[str, tuple[int, int]], **fixed) -> dict:
+    base = fixed.get("base") or rng.choice(bases)
+    return {"base": base, "box": fixed.get("box") or _draw_box(rng, shapes[base]),
+            "flip": fixed.get("flip", rng.random() < 0.3), "gamma": rng.uniform(0.8, 1.25),
+            "gains": [rng.uniform(0.8, 1.15) for _ in range(3)], "quality": rng.randint(70, 92)}
+
+
+def make_data(root: Path, count: int, seed: int, workers: int) -> dict:
+    """The candidates, the mosaic and the references (kept: made again only when missing)."""
+    folder = root / f"mosaic-{count}-seed{seed}"
+    manifest = folder / "manifest.json"
+    if manifest.exists():
+        data = json.loads(manifest.read_text())
+        if data.get("version") == DATA_VERSION:
+            return data
+    pics = folder / "candidates"
+    pics.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    bases = _bases()
+    shapes = {b: _base(b).shape[:2] for b in bases}
+    numbers = list(range(1, count + 1))
+    rng.shuffle(numbers)
+    specs: dict[int, dict] = {}
+    truth: list[int] = numbers[:TRUE]
+    decoys: dict[int, list[int]] = {}
+    free = iter(numbers[TRUE:TRUE + TRUE * DECOYS])
+    for n in truth:
+        s = _spec(rng, bases, shapes)
+        specs[n] = s
+        decoys[n] = []
+        for _ in range(DECOYS):
+            cx, cy, cw = s["box"]
+            h, w = shapes[s["base"]]
+            ch = cw * w / (SIZE[0] / SIZE[1]) / h
+            kind = rng.choice(["shift", "zoom", "both"])
+            if kind in ("zoom", "both"):  # closer, or further where the photograph has room
+                out = cw * rng.uniform(1.1, 1.15)
+                room = min(cx, 1 - cx) * 2 >= out and min(cy, 1 - cy) * 2 >= out / cw * ch
+                cw = out if room and rng.random() < 0.5 else cw * rng.uniform(0.85, 0.9)
+                ch = cw * w / (SIZE[0] / SIZE[1]) / h
+            if kind in ("shift", "both"):  # to a side where the photograph goes on
+                d = rng.uniform(0.06, 0.12)
+                if rng.random() < 0.5:
+                    d *= cw
+                    cx = cx + d if cx + d + cw / 2 <= 1 else cx - d
+                else:
+                    d *= ch
+                    cy = cy + d if cy + d + ch / 2 <= 1 else cy - d
+            m = next(free)
+            specs[m] = _spec(rng, bases, shapes, base=s["base"], box=(cx, cy, cw), flip=s["flip"])
+            decoys[n].append(m)
+    for n in numbers[TRUE + TRUE * DECOYS:]:
+        specs[n] = _spec(rng, bases, shapes)
+    jobs = [(specs[n], str(pics / f"{n}.jpg")) for n in sorted(specs)]
+    t = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_write, jobs, chunksize=64))
+    made = time.perf_counter() - t
+
+    # the mosaic: a photograph drawn with tiles of candidates, tinted towards it, one JPEG
+    cols, rows = 40, 30
+    target = np.asarray(Image.fromarray(_base("astronaut")).resize((cols, rows), Image.Resampling.BOX), np.float32)
+    cells = [(c, r) for r in range(rows) for c in range(cols)]
+    rng.shuffle(cells)
+    fill = [n for n in numbers if n not in set(truth)]
+    mosaic = Image.new("RGB", (cols * TILE[0], rows * TILE[1]))
+    placed: dict[int, tuple[int, int, int, int]] = {}
+    for k, (c, r) in enumerate(cells):
+        n = truth[k] if k < len(truth) else rng.choice(fill)
+        pic = Image.open(pics / f"{n}.jpg").convert("RGB")
+        tile = ImageOps.fit(pic, TILE, Image.Resampling.LANCZOS) if rng.random() < 0.3 else \
+            pic.resize(TILE, Image.Resampling.LANCZOS)
+        colour = tuple(int(v) for v in target[r, c])
+        tile = Image.blend(tile, Image.new("RGB", TILE, colour), rng.uniform(0.3, 0.5))
+        box = (c * TILE[0], r * TILE[1], (c + 1) * TILE[0], (r + 1) * TILE[1])
+        mosaic.paste(tile, box[:2])
+        if k < len(truth):
+            placed[n] = box
+    buf = io.BytesIO()
+    mosaic.save(buf, "JPEG", quality=75)
+    (folder / "mosaic.jpg").write_bytes(buf.getvalue())
+    decoded = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    refs = folder / "references"
+    refs.mkdir(exist_ok=True)
+    references = []
+    for i, n in enumerate(truth):
+        p = refs / f"tile{i:02d}-{n}.png"
+        decoded.crop(placed[n]).save(p)
+        references.append({"reference": str(p), "truth": str(pics / f"{n}.jpg"),
+                           "decoys": [str(pics / f"{m}.jpg") for m in decoys[n]]})
+    data = {"version": DATA_VERSION, "count": count, "seed": seed, "folder": str(pics),
+            "references": references, "seconds_to_make": round(made, 1)}
+    manifest.write_text(json.dumps(data, indent=1))
+    return data
+
+
+# -- the loop (the story's notebook), as a program of its own ------------------------------------
+LOOP = r'''
+import json, sys
+import numpy as np
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.peers import default_photo_escape  # noqa: E402
-from sandbox import photos  # noqa: E402
-from tasks.similar import folder_pictures  # noqa: E402
-
-
-def make_folder(folder: Path, count: int) -> None:
-    """``count`` numbered pictures (kept between runs)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for n in range(1, count + 1):
-        p = folder / f"{n}.jpg"
-        if not p.exists():
-            photos.picture(1000 + n, (200, 150)).save(p, "JPEG", quality=85)
-
-
-def make_tile(picture: Path, out: Path, tint, crop: bool) -> Path:
-    from PIL import ImageOps
-
-    img = Image.open(picture).convert("RGB")
-    img = ImageOps.fit(img, (72, 62), Image.Resampling.LANCZOS) if crop else img.resize((72, 62), Image.Resampling.LANCZOS)
-    Image.blend(img, Image.new("RGB", img.size, tint), 0.35).save(out, "JPEG", quality=80)
-    return out
+from skimage.metrics import structural_similarity
+refs, truths = json.loads(sys.argv[1])
+paths = open(sys.argv[2]).read().splitlines()
+crops = [np.asarray(Image.open(r).convert("RGB")) for r in refs]
+scores = np.empty((len(refs), len(paths)))
+for j, p in enumerate(paths):
+    current = np.asarray(Image.open(p).resize((72, 62)))
+    for i, crop in enumerate(crops):
+        scores[i, j] = structural_similarity(current, crop, channel_axis=2)
+out = []
+for i, t in enumerate(truths):
+    k = paths.index(t)
+    best = int(np.argmax(scores[i]))
+    others = np.delete(scores[i], k)
+    out.append({"best": paths[best], "best_score": scores[i, best], "truth_score": scores[i, k],
+                "truth_rank": 1 + int((scores[i] > scores[i, k]).sum()), "best_other": float(others.max())})
+print(json.dumps(out))
+'''
 
 
-def story_scan(reference: Path, paths: list[str]) -> list[tuple[float, str]]:
-    """The notebook's way: load every picture, resize to the tile, SSIM."""
-    from skimage.metrics import structural_similarity
+def run_loop(refs: list[str], truths: list[str], listing: Path) -> tuple[float, list[dict]]:
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", LOOP, json.dumps([refs, truths]), str(listing)],
+                          capture_output=True, text=True, check=True)
+    return time.perf_counter() - t, json.loads(proc.stdout)
 
-    ref = np.asarray(Image.open(reference).convert("L"), dtype=np.float64) / 255.0
-    out = []
+
+def run_ours(command: list[str], refs: list[str], folder: str, cache: Path, env: dict) -> tuple[float, dict, str]:
+    t = time.perf_counter()
+    proc = subprocess.run(command + ["find-similar", *refs, "--in", folder, "--cache", str(cache), "--top", "1",
+                                     "--json"], capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"photo-escape find-similar failed:\n{proc.stderr}")
+    lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
+    return seconds, {ln["reference"]: ln for ln in lines if ln.get("rank") == 1}, proc.stderr
+
+
+def read_all(paths: list[str]) -> None:
     for p in paths:
-        img = np.asarray(Image.open(p).convert("L").resize((72, 62)), dtype=np.float64) / 255.0
-        out.append((structural_similarity(ref, img, data_range=1.0), p))
-    return sorted(out, reverse=True)
-
-
-def peer_script() -> str:
-    """The story's scan as a Python program of its own (the notebook's imports, then
-    :func:`story_scan` over the listed pictures), printing how long the scan took."""
-    import inspect
-
-    return "\n".join([
-        "import json, sys, time",
-        "from pathlib import Path",
-        "import numpy as np",
-        "from PIL import Image",
-        "from skimage.metrics import structural_similarity",
-        inspect.getsource(story_scan),
-        "t = time.perf_counter()",
-        "best = story_scan(Path(sys.argv[1]), Path(sys.argv[2]).read_text().splitlines())[0]",
-        "print(json.dumps({'scan': time.perf_counter() - t, 'best_score': best[0]}))",
-    ])
+        with open(p, "rb") as f:
+            while f.read(1 << 20):
+                pass
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--full", action="store_true")
-    ap.add_argument("--count", type=int)
-    ap.add_argument("--peer-sample", type=int, default=1000)
-    ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "photo-escape-bench-find-similar"))
-    ap.add_argument("--photo-escape", help="photo-escape's command (default: the console script beside this Python)")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--candidates", type=int, default=20_000, help="pictures in the folder (default 20,000)")
+    ap.add_argument("--seed", type=int, default=19, help="draws the data (another seed: a held-out mosaic)")
+    ap.add_argument("--references", default="2,24", help="comma-separated reference counts to time (default 2,24)")
+    ap.add_argument("--rounds", type=int, default=1, help="timed rounds (the median is reported)")
+    ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "photo-escape-bench-find-similar"),
+                    help="where the data is made and kept")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes making the data")
+    ap.add_argument("--photo-escape", help="photo-escape's command (default: this checkout's, "
+                                           "python -m photo_escape.cli with it first on PYTHONPATH)")
+    ap.add_argument("--no-loop", action="store_true", help="time photo-escape only")
     args = ap.parse_args(argv)
-    count = args.count or (20_000 if args.full else 2_000)
+    if args.candidates < TRUE * (DECOYS + 1) + 10:
+        ap.error(f"--candidates must be at least {TRUE * (DECOYS + 1) + 10}")
     root = Path(args.dir)
-    folder = root / f"harvest-{count}"
     t = time.perf_counter()
-    make_folder(folder, count)
-    made = time.perf_counter() - t
-    truth = {make_tile(folder / f"{count * 3 // 7}.jpg", root / "forehead.jpg", (200, 140, 90), False): folder / f"{count * 3 // 7}.jpg",
-             make_tile(folder / f"{count * 5 // 6}.jpg", root / "sky.jpg", (90, 120, 220), True): folder / f"{count * 5 // 6}.jpg"}
-    refs = list(truth)
-    paths = folder_pictures([folder])
-    print(f"{count:,} pictures (made in {made:.0f} s, not timed)")
+    data = make_data(root, args.candidates, args.seed, args.workers)
+    print(f"data: {args.candidates:,} candidates of {SIZE[0]} x {SIZE[1]}, seed {args.seed}, in {data['folder']} "
+          f"(ready in {time.perf_counter() - t:.0f} s, not timed); load average {os.getloadavg()[0]:.2f}")
+    from tasks.similar import folder_pictures
 
-    pe = shlex.split(args.photo_escape) if args.photo_escape else default_photo_escape()
-    cache = root / f"thumbs-{count}-{os.getpid()}.npz"
-    cache.unlink(missing_ok=True)
-    command = pe + ["find-similar", *map(str, refs), "--in", str(folder), "--cache", str(cache), "--json"]
-
-    def search() -> tuple[float, dict[str, dict]]:
-        t = time.perf_counter()
-        proc = subprocess.run(command, capture_output=True, text=True, check=True)
-        seconds = time.perf_counter() - t
-        lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
-        return seconds, {ln["reference"]: ln for ln in lines if ln.get("rank") == 1}
-
-    cold, best = search()
-    warm, _ = search()
-    cache.unlink(missing_ok=True)
-    ok = all(best[str(r)]["path"] == str(truth[r]) for r in refs)
-
-    sample = paths[: args.peer_sample]
-    listing = root / "peer-sample.txt"
-    listing.write_text("\n".join(sample))
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", peer_script(), str(refs[0]), str(listing)],
-                          capture_output=True, text=True, check=True)
-    peer_wall = time.perf_counter() - t
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    startup = peer_wall - res["scan"]  # the interpreter, the imports
-    peer = startup + res["scan"] / len(sample) * len(paths) * len(refs)
-
-    print(f"photo-escape find-similar, whole command: {cold:.2f} s with an empty thumbnail cache (filled on the way), "
-          f"{warm:.2f} s with it filled; {len(refs)} references over {count:,} pictures; found both: {ok}")
-    for r in refs:
-        b = best[str(r)]
-        print(f"  {r.name}: best {b['score']:.3f} ({Path(b['path']).name}; truth {truth[r].name}), "
-              f"runner-up {b.get('runner_up_score', float('nan')):.3f}, margin {b.get('margin', float('nan')):.3f}")
-    print(f"story's scan (SSIM of every picture), its own process: {peer:.1f} s for the same ({startup:.1f} s start-up; "
-          f"scan timed on {len(sample):,} pictures and scaled); its best on the sample scored {res['best_score']:.3f}")
-    print(f"ratio peer / photo-escape: {peer / cold:.1f}x with the cache filled on the way (the first search), "
-          f"{peer / warm:.1f}x with it filled")
+    paths = folder_pictures([data["folder"]])
+    read_all(paths)
+    listing = root / f"listing-{args.candidates}-seed{args.seed}.txt"
+    listing.write_text("\n".join(paths))
+    command = shlex.split(args.photo_escape) if args.photo_escape else [sys.executable, "-m", "photo_escape.cli"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    cache = root / f"cache-{os.getpid()}.npz"
+    ok = True
+    for n_refs in [int(x) for x in args.references.split(",")]:
+        chosen = data["references"][:n_refs]
+        refs = [r["reference"] for r in chosen]
+        truth = {r["reference"]: r["truth"] for r in chosen}
+        colds, warms, loops = [], [], []
+        ours = loop = None
+        loads = []
+        for _ in range(args.rounds):
+            loads.append(os.getloadavg()[0])
+            cache.unlink(missing_ok=True)
+            s, ours, _ = run_ours(command, refs, data["folder"], cache, env)
+            colds.append(s)
+            s, warm_out, _ = run_ours(command, refs, data["folder"], cache, env)
+            warms.append(s)
+            assert {k: v["path"] for k, v in warm_out.items()} == {k: v["path"] for k, v in ours.items()}
+            if not args.no_loop:
+                s, loop = run_loop(refs, [truth[r] for r in refs], listing)
+                loops.append(s)
+        cache.unlink(missing_ok=True)
+        cold, warm = statistics.median(colds), statistics.median(warms)
+        ours_first = sum(ours[r]["path"] == truth[r] for r in refs)
+        print(f"\n{n_refs} references over {args.candidates:,} candidates ({args.rounds} round(s), "
+              f"load average {statistics.median(loads):.2f} at the start of each)")
+        print(f"  photo-escape find-similar, whole command: cold (no cache) {cold:.2f} s, warm {warm:.2f} s; "
+              f"true picture first for {ours_first}/{n_refs}")
+        if loops:
+            lp = statistics.median(loops)
+            loop_first = sum(out["best"] == truth[r] for r, out in zip(refs, loop))
+            print(f"  the loop (Image.open().resize((72, 62)), structural_similarity(channel_axis=2)), whole program: "
+                  f"{lp:.2f} s; true picture first for {loop_first}/{n_refs}")
+            print(f"  ratio loop / photo-escape: cold {lp / cold:.1f}x, warm {lp / warm:.1f}x")
+            ok &= ours_first >= loop_first
+        for r, out in zip(refs, loop or [None] * len(refs)):
+            o = ours[r]
+            line = (f"    {Path(r).name}: photo-escape {'first' if o['path'] == truth[r] else 'MISSED'} "
+                    f"score {o['score']:.3f} runner-up {o.get('runner_up_score') or float('nan'):.3f} "
+                    f"margin {o.get('margin') or float('nan'):.3f}")
+            if out is not None:
+                line += (f" | loop: truth ranked {out['truth_rank']}, its score {out['truth_score']:.3f}, "
+                         f"best other {out['best_other']:.3f}")
+            print(line)
+        ok &= ours_first == n_refs or not args.no_loop
     return 0 if ok else 1
 
 

@@ -53,6 +53,7 @@ SIMILAR_VERSION = "pe-similar-2 (draft L >= 72x64, lanczos, thumb 32, detail 72x
 WIN = 7            # skimage's structural_similarity: 7 x 7 uniform window ...
 K1, K2 = 0.01, 0.03  # ... and its constants
 SSIM_CHUNK = 64    # pairs scored at once (their arrays stay in the processor's cache)
+FLAT = 1e-6        # a picture whose standard deviation is below this is flat
 
 Progress = Callable[[int], None]  # told how many more pictures are done
 
@@ -297,15 +298,50 @@ def thumbnails(paths: list[str], cache: ThumbCache | None = None, *, processes: 
 
 
 # -- SSIM, the formula of skimage.metrics.structural_similarity, for many pairs at once ------------
+def _run(f: np.ndarray, step: int, k: int = WIN) -> np.ndarray:
+    """``r[i] = f[i] + f[i + step] + ... + f[i + (k - 1) step]`` of a flat array (for
+    k = 7 by doubling: 4 additions of whole arrays, each one long contiguous loop)."""
+    n = len(f)
+    if k != 7:
+        return sum(f[j * step:n - (k - 1 - j) * step] for j in range(k))
+    s2 = f[:n - step] + f[step:]
+    s4 = s2[:n - 3 * step] + s2[2 * step:n - step]
+    return s4[:n - 6 * step] + s2[4 * step:n - 2 * step] + f[6 * step:]
+
+
 def _box_mean(a: np.ndarray, k: int = WIN) -> np.ndarray:
     """The mean of every k x k window lying wholly inside each (h, w) picture of
-    ``a`` (..., h, w): (..., h - k + 1, w - k + 1). Windows that reach the border are
-    not needed: skimage averages the SSIM map without them."""
-    c = np.cumsum(a, axis=-2)
-    c = np.concatenate([c[..., k - 1:k, :], c[..., k:, :] - c[..., :-k, :]], axis=-2)
-    c = np.cumsum(c, axis=-1)
-    c = np.concatenate([c[..., k - 1:k], c[..., k:] - c[..., :-k]], axis=-1)
-    return c / float(k * k)
+    ``a`` (n, h, w): (n, h - k + 1, w - k + 1), in ``a``'s float type. Windows that
+    reach the border are not needed: skimage averages the SSIM map without them. The
+    sums run over the flat array (along rows, then k rows down); sums that wrap past
+    a row or a picture are computed and left out."""
+    from numpy.lib.stride_tricks import as_strided
+
+    a = np.ascontiguousarray(a)
+    n, h, w = a.shape
+    sums = _run(_run(a.reshape(-1), 1, k), w, k)
+    size = sums.itemsize
+    view = as_strided(sums, shape=(n, h - k + 1, w - k + 1), strides=(h * w * size, w * size, size), writeable=False)
+    return view * a.dtype.type(1.0 / (k * k))
+
+
+def _ssim_with(ux: np.ndarray, vx: np.ndarray, x: np.ndarray, y: np.ndarray, data_range: float) -> np.ndarray:
+    """SSIM of pairs (n, h, w) given the first pictures' window means ``ux`` and
+    variances ``vx`` (sample covariance), as skimage computes it."""
+    n = WIN * WIN
+    cov_norm = n / (n - 1.0)
+    uy = _box_mean(y)
+    vy = cov_norm * (_box_mean(y * y) - uy * uy)
+    vxy = cov_norm * (_box_mean(x * y) - ux * uy)
+    c1 = (K1 * data_range) ** 2
+    c2 = (K2 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.mean(axis=(-2, -1))
+
+
+def _window_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ux = _box_mean(x)
+    return ux, (WIN * WIN / (WIN * WIN - 1.0)) * (_box_mean(x * x) - ux * ux)
 
 
 def ssim_batch(x: np.ndarray, y: np.ndarray, *, data_range: float = 1.0) -> np.ndarray:
@@ -315,35 +351,27 @@ def ssim_batch(x: np.ndarray, y: np.ndarray, *, data_range: float = 1.0) -> np.n
     gives with its defaults (a 7 x 7 uniform window, K1 = 0.01, K2 = 0.03, sample
     covariance, the mean of the SSIM map without the 3 pixels next to each border),
     computed for all pairs together. ``x`` may also be one picture for every ``y``."""
-    x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
+    single = y.ndim == 2
+    y = y.reshape((-1,) + y.shape[-2:])
     if y.shape[-2] < WIN or y.shape[-1] < WIN:
         raise ValueError(f"pictures must be at least {WIN} x {WIN} pixels")
-    x = np.broadcast_to(x, y.shape)
-    n = WIN * WIN
-    cov_norm = n / (n - 1.0)
-    ux, uy = _box_mean(x), _box_mean(y)
-    uxx, uyy, uxy = _box_mean(x * x), _box_mean(y * y), _box_mean(x * y)
-    vx = cov_norm * (uxx - ux * ux)
-    vy = cov_norm * (uyy - uy * uy)
-    vxy = cov_norm * (uxy - ux * uy)
-    c1 = (K1 * data_range) ** 2
-    c2 = (K2 * data_range) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return s.mean(axis=(-2, -1))
+    x = np.ascontiguousarray(np.broadcast_to(np.asarray(x, dtype=np.float64), y.shape))
+    ux, vx = _window_stats(x)
+    out = _ssim_with(ux, vx, x, y, data_range)
+    return out[0] if single else out
 
 
 def match_light(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Each picture of ``y`` (n, h, w) in [0, 1] with the mean brightness and contrast
-    of its ``x`` (n, h, w), clipped to [0, 1]: a mosaic lightens, darkens and tints its
-    tiles towards the colour it needs there, which says nothing about which picture
-    the tile was. A flat picture becomes the reference's mean."""
+    """Each picture of ``y`` (n, h, w) with the mean brightness and contrast (standard
+    deviation) of its ``x`` (n, h, w): a mosaic lightens, darkens and tints its tiles
+    towards the colour it needs there, which says nothing about which picture the
+    tile was. A flat picture becomes the reference's mean. (An affine change of each
+    picture, so :func:`scores` can apply it to the window statistics instead.)"""
     my, sy = y.mean(axis=(-2, -1), keepdims=True), y.std(axis=(-2, -1), keepdims=True)
     mx, sx = x.mean(axis=(-2, -1), keepdims=True), x.std(axis=(-2, -1), keepdims=True)
-    flat = sy < 1e-6
-    out = (y - my) / np.where(flat, 1.0, sy) * sx + mx
-    out = np.where(flat, mx, out)
-    return np.clip(out, 0.0, 1.0)
+    flat = sy < FLAT
+    return np.where(flat, mx, (y - my) / np.where(flat, 1.0, sy) * sx + mx)
 
 
 # -- references and candidates at the reference's size ---------------------------------------------
@@ -394,7 +422,7 @@ def _views(detail: np.ndarray, dims: np.ndarray, size: tuple[int, int]) -> list[
     box = _crop_box(dims, size)
     if box is not None:
         views.append(img.resize(size, Image.Resampling.LANCZOS, box=box))
-    return [np.asarray(v, dtype=np.float64) / 255.0 for v in views]
+    return [np.asarray(v, dtype=np.float32) / np.float32(255.0) for v in views]
 
 
 def _normalised_rows(x: np.ndarray) -> np.ndarray:
@@ -420,40 +448,94 @@ def shortlists(refs: list[Reference], thumbs: np.ndarray, k: int) -> tuple[np.nd
     return np.take_along_axis(idx, order, axis=1), np.take_along_axis(part, order, axis=1)
 
 
-def scores(refs: list[Reference], gallery: Gallery, idx: np.ndarray) -> np.ndarray:
-    """SSIM of each reference ``r`` with each of its pictures ``idx[r]`` (R, k): the
-    better of the squashed and the cut picture, light matched, all pairs scored
-    together in chunks of :data:`SSIM_CHUNK` (R, k) float64."""
+def _view_stats(views: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per view (n, h, w) float32: the view less its mean (``centred``; differences
+    keep float32's precision where sums of squares would lose it), its standard
+    deviation, its window means (less the mean) and window variances (sample
+    covariance), computed in chunks."""
+    n = len(views)
+    centred = views - views.mean(axis=(1, 2), keepdims=True)
+    sy = np.sqrt((centred * centred).mean(axis=(1, 2)))
+    shape = (n, views.shape[1] - WIN + 1, views.shape[2] - WIN + 1)
+    d, vy = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    cov_norm = np.float32(WIN * WIN / (WIN * WIN - 1.0))
+    for a in range(0, n, 4 * SSIM_CHUNK):
+        y = centred[a:a + 4 * SSIM_CHUNK]
+        uy = _box_mean(y)
+        vy[a:a + len(y)] = cov_norm * (_box_mean(y * y) - uy * uy)
+        d[a:a + len(y)] = uy
+    return centred, sy, d, vy
+
+
+def _ssim_light_matched(x: np.ndarray, stats: tuple[np.ndarray, ...], which: np.ndarray) -> np.ndarray:
+    """SSIM (data range 1) of the reference ``x`` (h, w) with each view ``which`` (of
+    :func:`_view_stats`) given the reference's mean and standard deviation
+    (:func:`match_light`), in float32: the change of light is applied to the views'
+    window statistics, so per pair only the cross term is computed."""
+    centred, sy, d, vy = stats
+    cov_norm = np.float32(WIN * WIN / (WIN * WIN - 1.0))
+    c1, c2 = np.float32(K1 ** 2), np.float32(K2 ** 2)
+    mx = float(x.mean())
+    xc = (x - mx).astype(np.float32)
+    mx = np.float32(mx)
+    sx = np.float32(np.sqrt((xc * xc).mean()))
+    uxc = _box_mean(xc[None])[0]
+    vx = cov_norm * (_box_mean((xc * xc)[None])[0] - uxc * uxc)
+    ux = uxc + mx
+    lum_den = ux * ux + c1
+    cs_den = vx + c2
+    two_ux = 2 * ux
+    out = np.empty(len(which))
+    for a in range(0, len(which), SSIM_CHUNK):
+        j = which[a:a + SSIM_CHUNK]
+        s = sy[j]
+        alpha = np.where(s < FLAT, np.float32(0), sx / np.where(s < FLAT, np.float32(1), s))[:, None, None]
+        dj = d[j]
+        vxy = cov_norm * (_box_mean(xc * centred[j]) - uxc * dj)  # covariance of x and y in each window
+        uy = alpha * dj + mx  # the light-matched view's window means; its variances and covariance scale
+        lum = (two_ux * uy + c1) / (lum_den + uy * uy)
+        cs = (2 * alpha * vxy + c2) / (cs_den + alpha * alpha * vy[j])
+        out[a:a + len(j)] = (lum * cs).mean(axis=(1, 2), dtype=np.float64)
+    return out
+
+
+def scores(refs: list[Reference], gallery: Gallery, idx: np.ndarray, *, exact: int = 0) -> np.ndarray:
+    """SSIM of each reference ``r`` with each of its pictures ``idx[r]``: (R, k). Each
+    picture counts by the better of its squashed and its cut view, light matched
+    (:func:`match_light`). All pairs are scored together in float32, the light
+    matching applied to the window statistics; the ``exact`` best of each reference
+    are then scored again by :func:`ssim_batch` (float64, skimage's values)."""
     out = np.full(idx.shape, -1.0)
     by_size: dict[tuple[int, int], list[int]] = {}
     for r, ref in enumerate(refs):
         by_size.setdefault(ref.size, []).append(r)
     for size, members in by_size.items():
         views: list[np.ndarray] = []
-        first: dict[int, tuple[int, int]] = {}  # picture -> (first view, count)
-        pairs: list[tuple[int, int, int]] = []  # (reference, slot, view)
+        first: dict[int, tuple[int, int]] = {}  # picture -> (its first view, how many)
         for r in members:
-            for slot, i in enumerate(idx[r]):
+            for i in idx[r]:
                 i = int(i)
                 if i not in first:
                     v = _views(gallery.details[i], gallery.dims[i], size)
                     first[i] = (len(views), len(v))
                     views.extend(v)
-                start, count = first[i]
-                pairs.extend((r, slot, start + j) for j in range(count))
-        if not pairs:
+        if not views:
             continue
-        stack = np.stack(views)
-        ref_pix = np.stack([refs[r].pixels for r in members])
-        local = np.zeros(len(refs), np.int64)
-        local[members] = np.arange(len(members))
-        p = np.array(pairs, dtype=np.int64)
-        vals = np.empty(len(p))
-        for a in range(0, len(p), SSIM_CHUNK):
-            b = p[a:a + SSIM_CHUNK]
-            x = ref_pix[local[b[:, 0]]]
-            vals[a:a + SSIM_CHUNK] = ssim_batch(x, match_light(stack[b[:, 2]], x), data_range=1.0)
-        np.maximum.at(out, (p[:, 0], p[:, 1]), vals)
+        stack = np.stack(views).astype(np.float32)
+        stats = _view_stats(stack)
+        for r in members:
+            slots = [(slot, first[int(i)]) for slot, i in enumerate(idx[r])]
+            which = np.array([start + j for _, (start, count) in slots for j in range(count)], np.int64)
+            owner = np.array([slot for slot, (_, count) in slots for _ in range(count)], np.int64)
+            vals = _ssim_light_matched(refs[r].pixels, stats, which)
+            np.maximum.at(out[r], owner, vals)
+            if exact > 0:
+                best = np.argsort(-out[r], kind="stable")[:exact]
+                for slot in best:
+                    start, count = first[int(idx[r, slot])]
+                    y = stack[start:start + count].astype(np.float64)
+                    x = np.broadcast_to(refs[r].pixels, y.shape)
+                    out[r, slot] = float(ssim_batch(x, match_light(y, x)).max())
     return out
 
 
@@ -469,7 +551,7 @@ def rank(references: list[str | os.PathLike], gallery: Gallery, *, top: int = 5,
     reference. A reference that cannot be read raises (``OSError`` and the like)."""
     refs = [Reference(r) for r in references]
     idx, corr = shortlists(refs, gallery.thumbs, shortlist_size)
-    sc = scores(refs, gallery, idx) if idx.size else np.zeros(idx.shape)
+    sc = scores(refs, gallery, idx, exact=max(top, 2)) if idx.size else np.zeros(idx.shape)
     rankings: dict[str, list[dict]] = {}
     margins: dict[str, dict] = {}
     for r, ref in enumerate(refs):

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         bar = tqdm(total=len(pictures), unit="picture", desc="thumbnails", file=sys.stderr, dynamic_ncols=True,
-                   leave=False)
+                   leave=True)
     try:
         out = find_similar(args.references, pictures, top=args.top, shortlist_size=args.shortlist, cache=cache,
                            processes=args.processes, progress=bar.update if bar is not None else None)

@@ -38,6 +38,8 @@ How close this stays to imagehash on the full-size image is measured in
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import os
 import warnings
 from contextlib import contextmanager
@@ -54,6 +56,7 @@ HASH_VERSION = "pe-hash-1 (draft>=256, lanczos, phash 32/8, dhash 9x8, thumb 32 
 THUMB_SIZE = 32          # side of the grayscale thumbnail kept for reranking
 DECODE_MIN_SIDE = 256    # decode at reduced size, but never smaller than this
 REDUCING_GAP = 3.0       # resize: box-reduce first while the picture is 3x the target
+READ_WHOLE = 64 << 20   # files up to this size are read into memory once (sha256 and decoding)
 REASONS = ("empty", "truncated", "corrupt", "not_an_image", "too_large", "unreadable")
 
 RECORD_KEYS = ("path", "status", "error", "message", "sha256", "bytes", "phash", "dhash",
@@ -254,17 +257,24 @@ def decode_checked(path: str | os.PathLike, decode: Any, rec: dict[str, Any], *,
         rec["bytes"] = size
         if size > max_bytes:
             return _fail(rec, "too_large", f"{size} bytes is more than the limit of {max_bytes}")
-        rec["sha256"], rec["bytes"] = sha256_file(p)
+        data = None
+        if size <= READ_WHOLE:  # a photo: read once, for its sha256 and its pixels
+            with open(p, "rb") as fh:
+                data = fh.read()
+            rec["sha256"], rec["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+            head = data[:32]
+        else:  # a large file is streamed, never held whole in memory
+            rec["sha256"], rec["bytes"] = sha256_file(p)
+            head = read_head(p)
         if rec["bytes"] == 0:
             return _fail(rec, "empty", "the file has zero bytes")
-        head = read_head(p)
     except OSError as exc:
         return _fail(rec, "unreadable", f"cannot read the file: {exc.strerror or exc}")
     kind = sniff_image(head)
     if kind in ("heif", "avif"):
         _register_heif()
     try:
-        with _pixel_limit(max_pixels), Image.open(p) as img:
+        with _pixel_limit(max_pixels), Image.open(p if data is None else io.BytesIO(data)) as img:
             rec["format"] = img.format
             w, h = img.size
             if w <= 0 or h <= 0:

@@ -8,8 +8,9 @@ How a folder is ranked:
 
 1. **Thumbnails, once.** Every picture is decoded once, at 1/8 of its size where it
    is a JPEG (libjpeg scales in the DCT domain and decodes only the luma channel),
-   turned upright, and reduced to two grayscale thumbnails: 32 x 32 for the shortlist
-   and :data:`DETAIL` (72 x 64) for the scoring, both the whole picture squashed.
+   turned upright, and reduced to two grayscale thumbnails: 32 x 32 (box filter) for
+   the shortlist and :data:`DETAIL` (72 x 64, Lanczos) for the scoring, both the whole
+   picture squashed.
    They are kept in a cache file keyed by sha256 (:class:`ThumbCache`; a file's
    sha256 is re-read only when its size or modification time changed). The decoding
    runs on a pool of worker processes (:func:`tasks.isolation.isolated_map`), so a
@@ -49,7 +50,7 @@ from tasks.files import sha256_file
 
 CACHE_NAME = ".photo-escape-thumbs.npz"
 DETAIL = (72, 64)  # (width, height) of the thumbnail kept for scoring: a story tile (72 x 62) and a bit
-SIMILAR_VERSION = "pe-similar-2 (draft L >= 72x64, lanczos, thumb 32, detail 72x64)"
+SIMILAR_VERSION = "pe-similar-2 (draft L >= 72x64; thumb 32 box, detail 72x64 lanczos)"
 WIN = 7            # skimage's structural_similarity: 7 x 7 uniform window ...
 K1, K2 = 0.01, 0.03  # ... and its constants
 SSIM_CHUNK = 64    # pairs scored at once (their arrays stay in the processor's cache)
@@ -70,7 +71,7 @@ def _thumbnails_of(img: Image.Image) -> dict[str, Any]:
     w, h = img.size
     if orientation in (5, 6, 7, 8):
         w, h = h, w
-    thumb = gray.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS)
+    thumb = gray.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BOX)  # for the shortlist, a box will do
     detail = gray.resize(DETAIL, Image.Resampling.LANCZOS)
     return {"width": w, "height": h, "thumb": thumb.tobytes(), "detail": detail.tobytes()}
 
@@ -130,6 +131,14 @@ class ThumbCache:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self._empty()
+        if self.path.exists():
+            try:
+                self._load()
+            except Exception:  # a damaged cache is rebuilt, never trusted
+                self._empty()
+
+    def _empty(self) -> None:
         self.rows: dict[str, int] = {}  # sha256 -> row of the arrays
         self.files: dict[str, tuple[int, int, str]] = {}
         self._thumbs = np.zeros((0, THUMB_SIZE, THUMB_SIZE), np.uint8)
@@ -137,17 +146,11 @@ class ThumbCache:
         self._dims = np.zeros((0, 2), np.int32)
         self._new: list[tuple[bytes, bytes, int, int]] = []
         self.changed = False
-        if self.path.exists():
-            try:
-                self._load()
-            except Exception:  # a damaged cache is rebuilt, never trusted
-                self.__init__(os.devnull)  # type: ignore[misc]
-                self.path = Path(path)
 
     def _load(self) -> None:
         with np.load(self.path, allow_pickle=False) as z:
-            if str(z["version"]) != SIMILAR_VERSION:
-                return
+            if "version" not in z.files or str(z["version"]) != SIMILAR_VERSION:
+                return  # another version's thumbnails: made again
             shas = [str(s) for s in z["shas"]]
             thumbs, details, dims = z["thumbs"], z["details"], z["dims"]
             if not (len(shas) == len(thumbs) == len(details) == len(dims)):
@@ -384,7 +387,7 @@ class Reference:
         self.path = str(path)
         with Image.open(self.path) as im:
             gray = ImageOps.exif_transpose(im).convert("L")
-        self.row = _normalised_rows(np.asarray(gray.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS))[None])[0]
+        self.row = _normalised_rows(np.asarray(gray.resize((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BOX))[None])[0]
         w, h = gray.size
         scale = min(1.0, DETAIL[0] / w, DETAIL[1] / h)
         if scale < 1.0:
@@ -414,15 +417,69 @@ def _crop_box(dims: tuple[int, int], size: tuple[int, int]) -> tuple[float, floa
     return (0.0, (dh - keep) / 2, float(dw), (dh + keep) / 2)
 
 
+@functools.lru_cache(maxsize=256)
+def _lanczos(n_in: int, n_out: int, lo: float, hi: float) -> np.ndarray:
+    """The (n_out, n_in) matrix that resamples ``[lo, hi)`` of a line of ``n_in``
+    pixels to ``n_out`` with Pillow's Lanczos filter (a = 3, widened by the reduction,
+    weights normalised, as ``Image.resize`` computes them), float32."""
+    scale = (hi - lo) / n_out
+    widen = max(scale, 1.0)
+    support = 3.0 * widen
+    m = np.zeros((n_out, n_in), np.float64)
+    for i in range(n_out):
+        centre = lo + (i + 0.5) * scale
+        first, last = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n_in)
+        x = (np.arange(first, last) - centre + 0.5) / widen
+        w = np.where(np.abs(x) < 3.0, np.sinc(x) * np.sinc(x / 3.0), 0.0)
+        m[i, first:last] = w / w.sum() if w.sum() else 0.0
+    return m.astype(np.float32)
+
+
+def _resampled(details: np.ndarray, box: tuple[float, float, float, float] | None,
+               size: tuple[int, int]) -> np.ndarray:
+    """Detail thumbnails (n, DETAIL h, w) uint8, their ``box`` (all of them if None)
+    resampled to ``size`` (w, h) with Lanczos: (n, h, w) float32 in [0, 1]."""
+    dw, dh = DETAIL
+    x0, y0, x1, y1 = box or (0.0, 0.0, float(dw), float(dh))
+    out = details.astype(np.float32) * np.float32(1 / 255.0)
+    if (y0, y1, size[1]) != (0.0, float(dh), dh):
+        out = np.matmul(_lanczos(dh, size[1], y0, y1), out)
+    if (x0, x1, size[0]) != (0.0, float(dw), dw):
+        out = np.matmul(out, _lanczos(dw, size[0], x0, x1).T)
+    return np.ascontiguousarray(out)
+
+
+def views_of(details: np.ndarray, dims: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The pictures at ``size`` (w, h) as grayscale in [0, 1] (float32), each squashed
+    and, where that is another picture, cut to the aspect of ``size``: (views (m, h, w),
+    which picture each view shows (m,)), a picture's views next to each other."""
+    n = len(details)
+    boxes = [_crop_box(d, size) for d in dims]
+    squashed = _resampled(details, None, size)
+    cut: dict[int, np.ndarray] = {}
+    groups: dict[tuple, list[int]] = {}
+    for i, b in enumerate(boxes):
+        if b is not None:
+            groups.setdefault(b, []).append(i)
+    for b, members in groups.items():  # pictures of one shape share their box
+        for i, v in zip(members, _resampled(details[members], b, size)):
+            cut[i] = v
+    if not cut:
+        return squashed, np.arange(n)
+    views, owner = [], []
+    for i in range(n):
+        views.append(squashed[i])
+        owner.append(i)
+        if i in cut:
+            views.append(cut[i])
+            owner.append(i)
+    return np.stack(views), np.array(owner, np.int64)
+
+
 def _views(detail: np.ndarray, dims: np.ndarray, size: tuple[int, int]) -> list[np.ndarray]:
-    """A picture at ``size`` (w, h) as grayscale in [0, 1]: squashed, and (when that is
-    another picture) cut to the aspect of ``size``."""
-    img = Image.fromarray(detail)
-    views = [img.resize(size, Image.Resampling.LANCZOS) if img.size != size else img]
-    box = _crop_box(dims, size)
-    if box is not None:
-        views.append(img.resize(size, Image.Resampling.LANCZOS, box=box))
-    return [np.asarray(v, dtype=np.float32) / np.float32(255.0) for v in views]
+    """One picture's views (:func:`views_of`)."""
+    views, _ = views_of(detail[None], np.asarray(dims)[None], size)
+    return list(views)
 
 
 def _normalised_rows(x: np.ndarray) -> np.ndarray:
@@ -454,16 +511,20 @@ def _view_stats(views: np.ndarray) -> tuple[np.ndarray, ...]:
     deviation, its window means (less the mean) and window variances (sample
     covariance), computed in chunks."""
     n = len(views)
-    centred = views - views.mean(axis=(1, 2), keepdims=True)
-    sy = np.sqrt((centred * centred).mean(axis=(1, 2)))
+    centred = np.empty_like(views)
+    sy = np.empty(n, np.float32)
     shape = (n, views.shape[1] - WIN + 1, views.shape[2] - WIN + 1)
     d, vy = np.empty(shape, np.float32), np.empty(shape, np.float32)
     cov_norm = np.float32(WIN * WIN / (WIN * WIN - 1.0))
-    for a in range(0, n, 4 * SSIM_CHUNK):
-        y = centred[a:a + 4 * SSIM_CHUNK]
+    step = 4 * SSIM_CHUNK
+    for a in range(0, n, step):
+        y = views[a:a + step] - views[a:a + step].mean(axis=(1, 2), keepdims=True)
+        centred[a:a + step] = y
+        yy = y * y
+        sy[a:a + step] = np.sqrt(yy.mean(axis=(1, 2)))
         uy = _box_mean(y)
-        vy[a:a + len(y)] = cov_norm * (_box_mean(y * y) - uy * uy)
-        d[a:a + len(y)] = uy
+        vy[a:a + step] = cov_norm * (_box_mean(yy) - uy * uy)
+        d[a:a + step] = uy
     return centred, sy, d, vy
 
 
@@ -510,32 +571,28 @@ def scores(refs: list[Reference], gallery: Gallery, idx: np.ndarray, *, exact: i
     for r, ref in enumerate(refs):
         by_size.setdefault(ref.size, []).append(r)
     for size, members in by_size.items():
-        views: list[np.ndarray] = []
-        first: dict[int, tuple[int, int]] = {}  # picture -> (its first view, how many)
-        for r in members:
-            for i in idx[r]:
-                i = int(i)
-                if i not in first:
-                    v = _views(gallery.details[i], gallery.dims[i], size)
-                    first[i] = (len(views), len(v))
-                    views.extend(v)
-        if not views:
+        pictures = np.unique(idx[members].ravel())
+        if not len(pictures):
             continue
-        stack = np.stack(views).astype(np.float32)
+        stack, owner = views_of(gallery.details[pictures], gallery.dims[pictures], size)
         stats = _view_stats(stack)
+        where = np.searchsorted(pictures, idx)  # shortlist slot -> position in ``pictures``
+        starts = np.searchsorted(owner, np.arange(len(pictures)))
+        counts = np.bincount(owner, minlength=len(pictures))
         for r in members:
-            slots = [(slot, first[int(i)]) for slot, i in enumerate(idx[r])]
-            which = np.array([start + j for _, (start, count) in slots for j in range(count)], np.int64)
-            owner = np.array([slot for slot, (_, count) in slots for _ in range(count)], np.int64)
+            first, many = starts[where[r]], counts[where[r]]
+            which = np.concatenate([first + j for j in range(int(many.max()))])
+            slot = np.concatenate([np.arange(len(first))] * int(many.max()))
+            keep = np.concatenate([many > j for j in range(int(many.max()))])
+            which, slot = which[keep], slot[keep]
             vals = _ssim_light_matched(refs[r].pixels, stats, which)
-            np.maximum.at(out[r], owner, vals)
+            np.maximum.at(out[r], slot, vals)
             if exact > 0:
-                best = np.argsort(-out[r], kind="stable")[:exact]
-                for slot in best:
-                    start, count = first[int(idx[r, slot])]
-                    y = stack[start:start + count].astype(np.float64)
-                    x = np.broadcast_to(refs[r].pixels, y.shape)
-                    out[r, slot] = float(ssim_batch(x, match_light(y, x)).max())
+                x = refs[r].pixels
+                for s in np.argsort(-out[r], kind="stable")[:exact]:
+                    y = stack[first[s]:first[s] + many[s]].astype(np.float64)
+                    xs = np.broadcast_to(x, y.shape)
+                    out[r, s] = float(ssim_batch(xs, match_light(y, xs)).max())
     return out
 
 

@@ -249,13 +249,20 @@ class ThumbCache:
 
 class Gallery:
     """The pictures that have thumbnails: ``paths`` and, row for row, ``thumbs``
-    (N, 32, 32), ``details`` (N, DETAIL h, w) uint8 and ``dims`` (N, 2) upright sizes."""
+    (N, 32, 32) uint8, ``dims`` (N, 2) upright sizes, and their detail thumbnails
+    (:meth:`details_of`; kept where they are, in the cache, until a few are wanted)."""
 
-    def __init__(self, paths: list[str], thumbs: np.ndarray, details: np.ndarray, dims: np.ndarray) -> None:
-        self.paths, self.thumbs, self.details, self.dims = paths, thumbs, details, dims
+    def __init__(self, paths: list[str], thumbs: np.ndarray, details: np.ndarray, dims: np.ndarray,
+                 rows: np.ndarray | None = None) -> None:
+        self.paths, self.thumbs, self.dims = paths, thumbs, dims
+        self._details, self._rows = details, rows
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def details_of(self, idx: np.ndarray) -> np.ndarray:
+        """The detail thumbnails (n, DETAIL h, w) uint8 of the pictures ``idx``."""
+        return self._details[idx if self._rows is None else self._rows[idx]]
 
     @classmethod
     def from_records(cls, recs: list[dict]) -> "Gallery":
@@ -276,7 +283,7 @@ class Gallery:
                 keep.append(p)
                 rows.append(r)
         idx = np.array(rows, dtype=np.int64)
-        return cls(keep, cache.thumbs[idx], cache.details[idx], cache.dims[idx])
+        return cls(keep, cache.thumbs[idx], cache.details, cache.dims[idx], rows=idx)
 
 
 def thumbnails(paths: list[str], cache: ThumbCache | None = None, *, processes: int = 0,
@@ -574,7 +581,7 @@ def scores(refs: list[Reference], gallery: Gallery, idx: np.ndarray, *, exact: i
         pictures = np.unique(idx[members].ravel())
         if not len(pictures):
             continue
-        stack, owner = views_of(gallery.details[pictures], gallery.dims[pictures], size)
+        stack, owner = views_of(gallery.details_of(pictures), gallery.dims[pictures], size)
         stats = _view_stats(stack)
         where = np.searchsorted(pictures, idx)  # shortlist slot -> position in ``pictures``
         starts = np.searchsorted(owner, np.arange(len(pictures)))

@@ -142,7 +142,7 @@ def test_shortlist_scores_are_skimages_ssim_of_the_light_matched_pictures(crowd)
     exact = scores(refs, gallery, idx, exact=30)
     for r, ref in enumerate(refs):
         for slot, i in enumerate(idx[r]):
-            views = _views(gallery.details[i], gallery.dims[i], ref.size)
+            views = _views(gallery.details_of(np.array([i]))[0], gallery.dims[i], ref.size)
             theirs = max(structural_similarity(ref.pixels, match_light(v.astype(np.float64)[None], ref.pixels[None])[0],
                                                data_range=1.0) for v in views)
             assert abs(exact[r, slot] - theirs) < 1e-6

@@ -58,7 +58,7 @@ SIZE = (600, 516)      # the story's pictures
 TILE = (72, 62)        # the story's mosaic tiles
 TRUE = 24              # true pictures (references) in every data set
 DECOYS = 3             # per true picture
-DATA_VERSION = 1
+DATA_VERSION = 2
 
 
 # -- the data ---------------------------------------------------------------------------------
@@ -86,18 +86,33 @@ def _draw_box(rng: random.Random, shape: tuple[int, int]) -> tuple[float, float,
     return rng.uniform(cw / 2, 1 - cw / 2), rng.uniform(ch / 2, 1 - ch / 2), cw
 
 
-def _render(spec: dict) -> Image.Image:
-    img = _base(spec["base"])
-    h, w = img.shape[:2]
-    cx, cy, cw = spec["box"]
+def _pixel_box(box: tuple[float, float, float], shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The crop of a photograph of ``shape`` (h, w) that ``box`` (centre x, centre y,
+    width, as fractions) gives, kept inside the photograph."""
+    h, w = shape
+    cx, cy, cw = box
     aspect = SIZE[0] / SIZE[1]
-    bw = cw * w
+    bw = min(cw * w, w)
     bh = bw / aspect
     if bh > h:
         bh, bw = h, h * aspect
     x0 = min(max(0.0, cx * w - bw / 2), w - bw)
     y0 = min(max(0.0, cy * h - bh / 2), h - bh)
-    pic = Image.fromarray(img).resize(SIZE, Image.Resampling.LANCZOS, box=(x0, y0, x0 + bw, y0 + bh))
+    return (x0, y0, x0 + bw, y0 + bh)
+
+
+def _iou(a: tuple, b: tuple) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def _render(spec: dict) -> Image.Image:
+    img = _base(spec["base"])
+    box = _pixel_box(spec["box"], img.shape[:2])
+    pic = Image.fromarray(img).resize(SIZE, Image.Resampling.LANCZOS, box=box)
     if spec["flip"]:
         pic = ImageOps.mirror(pic)
     arr = np.asarray(pic, dtype=np.float32) / 255.0
@@ -115,6 +130,25 @@ def _spec(rng: random.Random, bases: list[str], shapes: dict[str, tuple[int, int
     return {"base": base, "box": fixed.get("box") or _draw_box(rng, shapes[base]),
             "flip": fixed.get("flip", rng.random() < 0.3), "gamma": rng.uniform(0.8, 1.25),
             "gains": [rng.uniform(0.8, 1.15) for _ in range(3)], "quality": rng.randint(70, 92)}
+
+
+def _decoy_box(rng: random.Random, box: tuple[float, float, float], shape: tuple[int, int], *,
+               zoom_in_only: bool = False) -> tuple[float, float, float]:
+    """The true picture's crop moved 6-12% to a side, or 10-15% closer or further, or both."""
+    cx, cy, cw = box
+    h, w = shape
+    aspect = SIZE[0] / SIZE[1]
+    kind = "zoom" if zoom_in_only else rng.choice(["shift", "zoom", "both"])
+    if kind in ("zoom", "both"):
+        cw *= rng.uniform(0.85, 0.9) if zoom_in_only or rng.random() < 0.5 else rng.uniform(1.1, 1.15)
+    ch = cw * w / aspect / h
+    if kind in ("shift", "both"):
+        d = rng.uniform(0.06, 0.12)
+        if rng.random() < 0.5:
+            cx = cx + d * cw if cx + d * cw + cw / 2 <= 1 else cx - d * cw
+        else:
+            cy = cy + d * ch if cy + d * ch + ch / 2 <= 1 else cy - d * ch
+    return (cx, cy, cw)
 
 
 def make_data(root: Path, count: int, seed: int, workers: int) -> dict:
@@ -141,23 +175,11 @@ def make_data(root: Path, count: int, seed: int, workers: int) -> dict:
         specs[n] = s
         decoys[n] = []
         for _ in range(DECOYS):
-            cx, cy, cw = s["box"]
-            h, w = shapes[s["base"]]
-            ch = cw * w / (SIZE[0] / SIZE[1]) / h
-            kind = rng.choice(["shift", "zoom", "both"])
-            if kind in ("zoom", "both"):  # closer, or further where the photograph has room
-                out = cw * rng.uniform(1.1, 1.15)
-                room = min(cx, 1 - cx) * 2 >= out and min(cy, 1 - cy) * 2 >= out / cw * ch
-                cw = out if room and rng.random() < 0.5 else cw * rng.uniform(0.85, 0.9)
-                ch = cw * w / (SIZE[0] / SIZE[1]) / h
-            if kind in ("shift", "both"):  # to a side where the photograph goes on
-                d = rng.uniform(0.06, 0.12)
-                if rng.random() < 0.5:
-                    d *= cw
-                    cx = cx + d if cx + d + cw / 2 <= 1 else cx - d
-                else:
-                    d *= ch
-                    cy = cy + d if cy + d + ch / 2 <= 1 else cy - d
+            for attempt in range(20):  # a decoy shows the scene differently: never (nearly) the same crop
+                box = _decoy_box(rng, s["box"], shapes[s["base"]], zoom_in_only=attempt >= 10)
+                if _iou(_pixel_box(box, shapes[s["base"]]), _pixel_box(s["box"], shapes[s["base"]])) <= 0.85:
+                    break
+            cx, cy, cw = box
             m = next(free)
             specs[m] = _spec(rng, bases, shapes, base=s["base"], box=(cx, cy, cw), flip=s["flip"])
             decoys[n].append(m)

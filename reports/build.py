@@ -403,32 +403,25 @@ def _short(value: Any, width: int = 160) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-BREAK_AT = re.compile(r"(?<=[/~_?&=])(?=[^/~_?&=])|(?<=[^.])(?=\.[A-Za-z])")
-LONG_RUN = re.compile(r"[A-Za-z0-9]{24,}")
+LONG_WORD = re.compile(r"\S{25,}")
 NUMBER_CELL = re.compile(r"[+\-\u2212]?\d[\d,]*(?:\.\d+)?%?(?: [KMGT]?B)?|—")
 DATE_CELL = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2})?)?(?: UTC)?|[+\-]\d{2}:\d{2}")
 
 
 def breakable(value: Any) -> Markup:
-    """Text of a long identifier (a path, a URL, a file name, an id, a detail) for HTML,
-    escaped, with line-break opportunities (``<wbr>``) after ``/ ~ _ ? & =``, before a
-    file's extension and every 12 characters of a long run of letters and digits: it
-    wraps in a narrow column instead of widening it, and the column never has to cut
-    the numbers beside it (``overflow-wrap: anywhere`` would). A number standing alone
-    in the text gets none."""
+    """Text that may hold long identifiers (paths, URLs, file names, ids, details) for
+    HTML, escaped, each word of 25 characters or more in a ``<span class="id">`` that
+    may break anywhere: it wraps in a narrow column instead of widening it. Shorter
+    words (every number, percentage and date among them) keep the page's rule: never
+    broken, and a table column is never narrower than the longest of them. The text
+    itself is unchanged (a search of the page still finds it)."""
     text = "" if value is None else str(value)
-    pieces: list[str] = []
-    for part in BREAK_AT.split(text):
-        at = 0
-        for m in LONG_RUN.finditer(part):
-            if m.group().isdigit():
-                continue
-            run = m.group()
-            pieces.append(part[at:m.start()] + run[:12])
-            pieces += [run[i:i + 12] for i in range(12, len(run) - 12, 12)]
-            at = m.start() + 12 * max(1, (len(run) - 1) // 12)
-        pieces.append(part[at:])
-    return Markup("<wbr>".join(str(escape(p)) for p in pieces if p))
+    out, at = [], 0
+    for m in LONG_WORD.finditer(text):
+        out += [str(escape(text[at:m.start()])), '<span class="id">', str(escape(m.group())), "</span>"]
+        at = m.end()
+    out.append(str(escape(text[at:])))
+    return Markup("".join(out))
 
 
 def cell_class(value: Any) -> str:

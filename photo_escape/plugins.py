@@ -141,6 +141,11 @@ class Destination:
         per photo later (S3: one listing of the bucket's prefixes, left in the run's work
         folder for every batch's deliveries and for :meth:`inventory`). Nothing by default."""
 
+    def survey_early(self) -> None:
+        """Take :meth:`survey`'s look now, in this process, for the run about to start here
+        to use (``photo-escape run`` calls it while a temporary Prefect server starts, time
+        the command would otherwise spend waiting). Nothing by default; never raises."""
+
     def inventory(self, targets: list[str]) -> dict[str, tuple[int, str | None]] | None:
         """What of ``targets`` is at the destination now: ``{target: (size in bytes, version)}``,
         the version being what the destination changes on every write (a file's

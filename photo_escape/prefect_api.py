@@ -17,8 +17,10 @@ own process (seconds of imports on both sides, overlapped on two cores). The run
 process then never imports Prefect's server code. What the server skips compared with
 Prefect's own temporary server: registering the block types of installed collections at
 each start (``PREFECT_SERVER_REGISTER_BLOCKS_ON_START``; a block type is registered when
-a block of it is saved), a garbage collection it runs only to reclaim memory, and the
-garbage collector during its imports.
+a block of it is saved), a garbage collection it runs only to reclaim memory, the
+garbage collector during its imports, and Prefect's database migrations when this
+Prefect's migrations already brought the database to the revision it is at (recorded in
+``$PREFECT_HOME/photo-escape-migrated.json``; only for the default SQLite database).
 
 The server dies with the process that started it (``PR_SET_PDEATHSIG``): a run killed
 with SIGKILL leaves no server behind. Processes the run starts (Dask workers) inherit
@@ -97,6 +99,102 @@ def _default(env: dict[str, str], names: tuple[str, ...], value: str) -> None:
         env[names[0]] = value
 
 
+MIGRATED_FILE = "photo-escape-migrated.json"  # under PREFECT_HOME: the database a temporary server left at head
+
+
+def _prefect_home() -> Path:
+    return Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+
+
+def _active_profile() -> dict[str, Any]:
+    """The active Prefect profile's settings, read without importing Prefect."""
+    import tomllib
+
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or _prefect_home() / "profiles.toml").expanduser()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
+    return (data.get("profiles") or {}).get(active) or {}
+
+
+def _default_database() -> Path | None:
+    """The SQLite file a Prefect server uses when nothing names another database, or None
+    when something might (an environment variable, the profile, a prefect.toml, .env or
+    pyproject.toml here): then the server decides everything itself."""
+    if any(k.startswith("PREFECT_") and "DATABASE" in k for k in os.environ):
+        return None
+    if any("DATABASE" in str(k) for k in _active_profile()):
+        return None
+    for name in ("prefect.toml", ".env"):
+        if Path(name).exists():
+            return None
+    try:
+        if "tool.prefect" in Path("pyproject.toml").read_text(encoding="utf-8"):
+            return None
+    except (OSError, UnicodeDecodeError):
+        pass
+    return _prefect_home() / "prefect.db"
+
+
+def _schema_version(db: Path) -> str | None:
+    """The Alembic revision a Prefect database is at (read-only; None if it has none)."""
+    import sqlite3
+
+    if not db.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
+        try:
+            row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
+
+
+def _migration_state(db: Path) -> dict[str, str] | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        prefect = version("prefect")
+    except PackageNotFoundError:
+        return None
+    revision = _schema_version(db)
+    return {"prefect": prefect, "database": str(db), "revision": revision} if revision else None
+
+
+def _migrated_already(db: Path | None) -> bool:
+    """Whether this Prefect's migrations already ran on ``db`` to the revision it is at now:
+    a temporary server then skips them (Alembic loads every migration script of Prefect's
+    to find that there is nothing to do). A database at another revision (new, dropped,
+    touched by another Prefect version) is migrated as Prefect always does."""
+    if db is None:
+        return False
+    try:
+        recorded = json.loads((_prefect_home() / MIGRATED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return recorded == _migration_state(db)
+
+
+def _record_migrated(db: Path | None) -> None:
+    if db is None:
+        return
+    state = _migration_state(db)
+    if state is None:
+        return
+    path = _prefect_home() / MIGRATED_FILE
+    try:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 class TemporaryServer:
     """Prefect's server app for one run: a subprocess on a socket bound here, so its
     address is known at once and no other process can take the port meanwhile."""
@@ -109,6 +207,7 @@ class TemporaryServer:
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.proc: subprocess.Popen | None = None
         self._ready = False
+        self._database: Path | None = None  # the default database, when this server migrates it
 
     def start(self) -> "TemporaryServer":
         env = dict(os.environ, PREFECT__SERVER_EPHEMERAL="1", PREFECT_UI_ENABLED="0")
@@ -117,6 +216,11 @@ class TemporaryServer:
         _default(env, ("PREFECT_SERVER_REGISTER_BLOCKS_ON_START", "PREFECT_API_BLOCKS_REGISTER_ON_START"), "false")
         _default(env, ("PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION", "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION"),
                  "false")  # else the memo would say "registered" to a later `prefect server start`
+        database = _default_database()
+        if _migrated_already(database):
+            env["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] = "false"
+        else:
+            self._database = database  # recorded as migrated once the server answers
         fd = self.sock.fileno()
         # the death signal follows the thread that starts the server: only the main thread lasts
         parent = os.getpid() if threading.current_thread() is threading.main_thread() else 0
@@ -148,6 +252,7 @@ class TemporaryServer:
                 raise ServerUnavailable(f"the temporary Prefect server exited at start (status {code}); see above")
             if answers(self.api_url, timeout=1.0):
                 self._ready = True
+                _record_migrated(self._database)  # it answers after its migrations: at head now
                 return self.api_url
             time.sleep(0.05)
         self.stop()
@@ -264,17 +369,7 @@ _lock = threading.Lock()
 def _profile_api_url() -> str | None:
     """The API URL of the active Prefect profile, read without importing Prefect (the common
     way to name a server: ``prefect config set PREFECT_API_URL=...``)."""
-    import tomllib
-
-    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
-    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    active = os.environ.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
-    profile = (data.get("profiles") or {}).get(active) or {}
-    return profile.get("PREFECT_API_URL") or None
+    return _active_profile().get("PREFECT_API_URL") or None
 
 
 def choose() -> Api:

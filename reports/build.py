@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup, escape
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -351,7 +352,7 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
                              autoescape=jinja2.select_autoescape(["html", "html.j2"], default_for_string=False),
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.filters.update(num=_num, pct=_pct, size=_size, when=_when, short=_short)
+    env.filters.update(num=_num, pct=_pct, size=_size, when=_when, short=_short, ids=breakable, cell=cell_class)
     return env
 
 
@@ -400,6 +401,36 @@ def _short(value: Any, width: int = 160) -> str:
         return ""
     text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+LONG_WORD = re.compile(r"\S{25,}")
+NUMBER_CELL = re.compile(r"[+\-\u2212]?\d[\d,]*(?:\.\d+)?%?(?: [KMGT]?B)?|—")
+DATE_CELL = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2})?)?(?: UTC)?|[+\-]\d{2}:\d{2}")
+
+
+def breakable(value: Any) -> Markup:
+    """Text that may hold long identifiers (paths, URLs, file names, ids, details) for
+    HTML, escaped, each word of 25 characters or more in a ``<span class="id">`` that
+    may break anywhere: it wraps in a narrow column instead of widening it. Shorter
+    words (every number, percentage and date among them) keep the page's rule: never
+    broken, and a table column is never narrower than the longest of them. The text
+    itself is unchanged (a search of the page still finds it)."""
+    text = "" if value is None else str(value)
+    out, at = [], 0
+    for m in LONG_WORD.finditer(text):
+        out += [str(escape(text[at:m.start()])), '<span class="id">', str(escape(m.group())), "</span>"]
+        at = m.end()
+    out.append(str(escape(text[at:])))
+    return Markup("".join(out))
+
+
+def cell_class(value: Any) -> str:
+    """The class of a table cell that holds just a number ("num": right-aligned, never
+    wrapped) or just a date, time or offset ("nb": never wrapped); "" otherwise."""
+    text = "" if value is None else str(value).strip()
+    if isinstance(value, (int, float)) and not isinstance(value, bool) or NUMBER_CELL.fullmatch(text):
+        return "num"
+    return "nb" if DATE_CELL.fullmatch(text) else ""
 
 
 def _isfinite(x: Any) -> bool:

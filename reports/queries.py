@@ -621,3 +621,61 @@ def fetch_details(con, reasons: tuple[str, ...], limit: int = 200) -> list[dict]
                          JOIN events e ON e.seq = l.seq LEFT JOIN _rep_items i ON i.item_id = l.item_id
                          WHERE l.stage = 'fetch' AND l.reason IN ({marks})
                          ORDER BY l.item_id LIMIT {int(limit)}""", list(reasons))
+
+
+def arrived_sample(con, size: int) -> tuple[int, list[dict]]:
+    """A sample of what arrived, for the report's contact sheet: ``size`` of the scope's
+    delivered items (status done), spread evenly over them in the order they were
+    delivered (the first, the last, and evenly between; all of them when there are no
+    more), each with its name, content hash, where it was delivered (the deliver event's
+    ``target``, the run that delivered it), the path a fetch left it at, and its capture
+    time (``_rep_ct``). Returns (how many arrived, the sample)."""
+    con.execute("""CREATE OR REPLACE TEMP TABLE _rep_arrived AS
+        SELECT i.item_id, i.name, i.source_ref, d.seq, d.sha256, d.run_id,
+               row_number() OVER (ORDER BY d.seq, i.item_id) - 1 AS n
+        FROM _rep_items i JOIN _rep_stage_latest d ON d.item_id = i.item_id AND d.stage = 'deliver'
+        WHERE i.status = 'done' AND d.outcome = 'ok'""")
+    try:
+        total = int(con.execute("SELECT count(*) FROM _rep_arrived").fetchall()[0][0])
+        if not total or size <= 0:
+            return total, []
+        picks = sorted({round(k * (total - 1) / (size - 1)) for k in range(size)} if total > size and size > 1
+                       else set(range(min(total, size))))
+        found = rows(con, f"""
+            SELECT a.item_id, a.name, a.source_ref, a.sha256, a.run_id, a.n,
+                   json_extract_string(e.detail, '$.target') AS target,
+                   (SELECT json_extract_string(f.detail, '$.local_path') FROM events f
+                    WHERE f.seq = (SELECT max(s.seq) FROM _rep_stage_latest s
+                                   WHERE s.item_id = a.item_id AND s.stage = 'fetch')) AS local_path,
+                   c.local, c.utc, c.offset_minutes, c.tz
+            FROM _rep_arrived a JOIN events e ON e.seq = a.seq
+            LEFT JOIN _rep_ct c ON c.item_id = a.item_id
+            WHERE a.n IN ({', '.join(str(int(p)) for p in picks)})
+            ORDER BY a.n""")
+        return total, found
+    finally:
+        con.execute("DROP TABLE IF EXISTS _rep_arrived")
+
+
+def top_candidates(con, queries: list[str], higher_is_closer: bool, k: int = 3) -> dict[str, list[dict]]:
+    """``{query: [{candidate, distance, rank, chosen}]}``: each query's ``k`` best candidates
+    in the scope's matches (``_rep_matches``), best first (the chosen one leading, as
+    :func:`query_margins` ranks them), each with the query's ``source_ref`` (``query_ref``)."""
+    if not queries:
+        return {}
+    import pyarrow as pa
+
+    order = "DESC" if higher_is_closer else "ASC"
+    con.register("_rep_q", pa.table({"query": queries}))
+    try:
+        found = rows(con, f"""SELECT m.query, m.candidate, m.distance, m.rank, m.chosen, m.detail,
+                   (SELECT any_value(i.source_ref) FROM _rep_items i WHERE i.item_id = m.query) AS query_ref
+            FROM _rep_matches m SEMI JOIN _rep_q USING (query) WHERE m.distance IS NOT NULL
+            QUALIFY row_number() OVER (PARTITION BY m.query ORDER BY m.chosen DESC, m.distance {order}, m.candidate) <= {int(k)}
+            ORDER BY m.query, m.chosen DESC, m.distance {order}, m.candidate""")
+    finally:
+        con.unregister("_rep_q")
+    out: dict[str, list[dict]] = {}
+    for r in found:
+        out.setdefault(r["query"], []).append(r)
+    return out

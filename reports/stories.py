@@ -20,6 +20,7 @@ from typing import Any
 from reports import charts, common, thumbs
 from reports import queries as q
 
+CONTACT_SHEET = 12     # photos of what arrived shown in an escape run's contact sheet
 PLAN_LIMIT = 2000      # photos shown in the HTML's dry-run plan (plan.csv has them all)
 GALLERY_LIMIT = 200    # side-by-side rows in a story's list for a person
 HIRES_REASONS = {"matched_direct", "matched_album", "not_in_album", "no_master", "no_larger_version",
@@ -78,6 +79,7 @@ def sections(con, facts: dict) -> tuple[list[dict], list[str]]:
             if section:
                 lines.extend(section.pop("lines", []))
                 out.append(section)
+        facts["arrived"] = contact_sheet(con, facts, ctx)
         return out, lines
     finally:
         q.release_stories(con)
@@ -117,6 +119,47 @@ def _section(id_: str, title: str, **kw: Any) -> dict:
 def _by_reason(ctx: dict, reason: str, stage: str | None = None, outcome: str | None = None) -> int:
     return sum(n for (s, o, r), n in ctx["reasons"].items()
                if r == reason and (stage is None or s == stage) and (outcome is None or o == outcome))
+
+
+# -- what arrived: the contact sheet of an escape ----------------------------------------------
+def contact_sheet(con, facts: dict, ctx: dict) -> dict | None:
+    """A sample of the photos that arrived (a rescue is about photos coming back): a
+    dozen spread evenly over the delivered ones in the order they arrived, each as a
+    thumbnail with its name and capture date. The picture is the delivered file at a
+    local destination, else the source's file on this machine (either only while it
+    holds the content the ledger recorded), else the small thumbnail the ledger kept when
+    it was hashed. Only files on this machine are read: a report fetches nothing."""
+    if ctx["flow"] not in ("escape", None) or not facts["summary"]["done"]:
+        return None
+    total, sample = q.arrived_sample(con, CONTACT_SHEET)
+    if not sample:
+        return None
+    assets = q.asset_thumbs(con, [r["sha256"] for r in sample])
+    roots = _local_roots(facts)
+    photos = []
+    for r in sample:
+        delivered = _inside(roots.get(r["run_id"], roots.get(None)), r["target"])
+        src = (thumbs.from_original(delivered, r["sha256"]) or thumbs.from_original(r["local_path"], r["sha256"])
+               or thumbs.from_original(_local_path(r["source_ref"]), r["sha256"])
+               or common.asset_src(assets.get(r["sha256"])))
+        date, iso = _capture_date(r)
+        photos.append({"name": r["name"] or thumbs.short_name(r["item_id"]), "src": src, "date": date, "iso": iso,
+                       "offset": _offset(r["offset_minutes"]) if r["local"] is not None else "",
+                       "link": thumbs.link(str(delivered)) if delivered else thumbs.link(r["source_ref"]),
+                       "where": r["target"] or "", "position": int(r["n"]) + 1})
+    return {"total": total, "shown": len(photos), "photos": photos}
+
+
+def _capture_date(r: dict) -> tuple[str, str]:
+    """(the capture time as people read it, as an ISO 8601 value) from a capture_times row:
+    the camera's local time (its offset beside it), else the UTC time; ("", "") if none."""
+    local, utc, minutes = r.get("local"), r.get("utc"), r.get("offset_minutes")
+    if local is not None:
+        iso = local.strftime("%Y-%m-%dT%H:%M:%S") + (_offset(minutes) if minutes is not None else "")
+        return local.strftime("%Y-%m-%d %H:%M"), iso
+    if utc is not None:
+        return utc.strftime("%Y-%m-%d %H:%M UTC"), utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return "", ""
 
 
 # -- fixity: the archive as it is -------------------------------------------------------------
@@ -362,7 +405,7 @@ def find_my_photo(con, facts: dict, ctx: dict) -> dict | None:
     if not (numbered or (ctx["matches"] and _higher_is_closer(ctx))):
         return None
     s, summ = facts["summary"], facts["run_summary"] or {}
-    items, lines, table = [], [], None
+    items, lines, table, gallery = [], [], None, None
     if numbered:
         items += [_fact("numbers tried", s["listed"], key="find-tried",
                         note=f"numbers {summ['numbers']}" if summ.get("numbers") else None),
@@ -395,7 +438,43 @@ def find_my_photo(con, facts: dict, ctx: dict) -> dict | None:
                  "rows": [[r["name"], _base(r["best"]), _num(r["best_distance"]), _base(r["runner_up"]),
                            _num(r["runner_up_distance"]), _num(r["margin"])] for r in per],
                  "more": max(0, int(totals["queries"]) - len(per))}
-    return _section("find", "Find my photo", facts=items, table=table, lines=lines)
+        gallery = _references_beside_candidates(con, per[:GALLERY_LIMIT], higher)
+        if gallery:
+            gallery["more"] = max(0, int(totals["queries"]) - len(gallery["rows"]))
+    return _section("find", "Find my photo", facts=items, table=table, lines=lines, gallery=gallery)
+
+
+FIND_CANDIDATES = 3    # best candidates shown beside each reference
+
+
+def _references_beside_candidates(con, per: list[dict], higher: bool) -> dict | None:
+    """Rows of [reference, its picture, its best candidates with their scores] and the
+    margin (the best's score minus the runner-up's), for a person to see each find."""
+    if not per:
+        return None
+    top = q.top_candidates(con, [r["query"] for r in per], higher, FIND_CANDIDATES)
+    wanted = [c["candidate"] for ranked in top.values() for c in ranked]
+    known = q.shas_of(con, [c for c in wanted if not Path(str(c)).is_absolute()])
+    assets = q.asset_thumbs(con, list(known.values()))
+    rows = []
+    for r in per:
+        ranked = top.get(r["query"], [])
+        ref = ranked[0]["query_ref"] if ranked else None
+        cells = [{"src": thumbs.from_file(_local_path(ref)), "caption": "reference", "link": thumbs.link(ref)}]
+        for place, c in enumerate((ranked + [None] * FIND_CANDIDATES)[:FIND_CANDIDATES], start=1):
+            if c is None:
+                cells.append({"src": None, "caption": "no candidate", "link": None})
+                continue
+            src = thumbs.from_file(_local_path(c["candidate"])) or common.asset_src(assets.get(known.get(c["candidate"])))
+            label = "best" if place == 1 else f"#{place}"
+            cells.append({"src": src, "link": thumbs.link(c["candidate"]), "score": f"{c['distance']:.3f}" if isinstance(c["distance"], float) else _num(c["distance"]),
+                          "caption": f"{label}{' (chosen)' if c.get('chosen') and place == 1 else ''}: "
+                                     f"{thumbs.short_name(c['candidate'])}"})
+        margin = r.get("margin")
+        rows.append({"label": r["name"], "link": thumbs.link(ref),
+                     "verdict": "no runner-up" if margin is None else f"margin {margin:+.2f}",
+                     "margin": None if margin is None else float(margin), "thumbs": cells})
+    return {"head": ["reference", "its picture", "best candidate", "second", "third"], "rows": rows, "more": 0}
 
 
 # -- hi-res replacement ---------------------------------------------------------------------

@@ -216,3 +216,46 @@ def _environ(pid: int) -> bytes:
         return Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return b""
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_a_temporary_server_migrates_the_database_once_per_prefect_version(tmp_path, monkeypatch):
+    """The first temporary server on a PREFECT_HOME runs Prefect's migrations and records the
+    revision they left; the next skips them (the database is at that revision) and still
+    records its flow run. A database at another revision is migrated again."""
+    job = _job_file(tmp_path, count=1)
+    env = _env(tmp_path)
+    home = tmp_path / "prefect-home"
+    skipped = []
+    for _ in range(2):
+        run = subprocess.Popen([sys.executable, "-m", "photo_escape.cli", "run", str(job), "--json"], env=env,
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seen: set[bool] = set()
+        while run.poll() is None:
+            for child in _children(run.pid):
+                environ = _environ(child)
+                if b"PREFECT__SERVER_EPHEMERAL=1" in environ:
+                    seen.add(b"PREFECT_SERVER_DATABASE_MIGRATE_ON_START=false" in environ)
+            time.sleep(0.02)
+        out, err = run.communicate()
+        assert run.returncode == 0, err[-3000:]
+        skipped.append(seen)
+        marker = json.loads((home / prefect_api.MIGRATED_FILE).read_text())
+    assert skipped == [{False}, {True}]
+    assert _flow_runs(home) == 2
+    con = sqlite3.connect(home / "prefect.db")
+    try:
+        assert marker["revision"] == con.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+    finally:
+        con.close()
+
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    for k in [k for k in os.environ if k.startswith("PREFECT_") and "DATABASE" in k]:
+        monkeypatch.delenv(k)
+    assert prefect_api._migrated_already(home / "prefect.db")
+    (home / prefect_api.MIGRATED_FILE).write_text(json.dumps(dict(marker, revision="an-older-one")))
+    assert not prefect_api._migrated_already(home / "prefect.db")
+    assert prefect_api._default_database() == home / "prefect.db"
+    monkeypatch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{tmp_path}/other.db")
+    assert prefect_api._default_database() is None  # another database: the server decides

@@ -489,6 +489,38 @@ def test_a_listing_in_the_work_folder_spares_the_heads_of_a_rerun(s3_server, s3_
     assert fix[camera[0]["item_id"]]["method"] == "etag_md5" and fix[camera[2]["item_id"]]["method"] == "put_md5"
 
 
+def test_a_listing_taken_early_is_the_runs_survey_once(s3_server, s3_bucket, s3_credentials, s3_client, camera,
+                                                       tmp_path):
+    """``photo-escape run`` lets the destination list the bucket while the temporary Prefect
+    server starts (survey_early); the run's survey then takes that listing instead of
+    listing again, once: a later survey lists the bucket anew. Credentials in a Prefect
+    Secret block (which needs the API) are not read early."""
+    def dest(url: str, workdir: Path, **kw) -> S3Destination:
+        config = S3DestinationConfig(kind="s3", bucket=s3_bucket, endpoint_url=url, thumbnails=None,
+                                     **({"credentials": {"env": s3_credentials}} | kw))
+        return S3Destination(config, workdir=workdir, options=FAST)
+
+    dest(s3_server.url, tmp_path / "a").deliver(camera[:2])
+    with FaultProxy(s3_server.port) as proxy:
+        dest(proxy.url, tmp_path / "early").survey_early()
+        early = len(proxy.requests)
+        s3_client.put_object(Bucket=s3_bucket, Key="originals/late.jpg", Body=b"stored after the early look")
+        run = dest(proxy.url, tmp_path / "run")
+        run.survey()
+        after_survey = len(proxy.requests)
+        listing = json.loads((tmp_path / "run" / "s3-destination-listing.json").read_text())
+        dest(proxy.url, tmp_path / "later").survey()
+    assert early == 1 and after_survey == 1  # the run's survey made no request of its own
+    assert sorted(listing["objects"]) == sorted(set(_keys(s3_client, s3_bucket)) - {"originals/late.jpg"})
+    assert len(proxy.requests) == 2  # taken once: the next survey lists again
+    later = json.loads((tmp_path / "later" / "s3-destination-listing.json").read_text())
+    assert "originals/late.jpg" in later["objects"]
+
+    with FaultProxy(s3_server.port) as proxy:
+        dest(proxy.url, tmp_path / "block", credentials={"block": "no-such-block"}).survey_early()
+    assert proxy.requests == []
+
+
 def test_what_arrived_after_the_listing_is_never_overwritten(s3_server, s3_bucket, s3_credentials, s3_client, camera):
     """The listing is old news: another writer stored something under two of the keys
     since. The conditional PUT (If-None-Match: *, which moto honours) is refused, and

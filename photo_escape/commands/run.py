@@ -40,6 +40,7 @@ def run_flow(job, *, as_json: bool, **params) -> int:
     story_flow = story_of(spec.dump()).flow_for(spec)
     if api.server is not None:  # a temporary server is still starting, most likely
         _import_what_the_run_needs_later()
+        _survey_early(spec)  # after the imports: a thread importing beside them could deadlock on their locks
     _resume_gc()
     try:
         with connected(api):
@@ -65,6 +66,29 @@ NEEDED_LATER = ("reports.build", "prefect.flow_engine", "prefect.task_engine", "
                 "prefect.utilities.visualization", "fastapi.encoders")
 
 
+def _survey_early(spec) -> None:
+    """Let the job's destination take its first look (S3: the run's one listing of the
+    bucket) in a thread now, while the temporary server starts; the run's survey then
+    uses it (:meth:`photo_escape.plugins.Destination.survey_early`)."""
+    import threading
+
+    config = getattr(spec, "destination", None)
+    if config is None:
+        return
+
+    def look() -> None:
+        try:
+            from photo_escape.plugins import destination_kinds
+
+            kind = destination_kinds().get(config.kind)
+            if kind is not None and kind.surveys:
+                kind(config, workdir=spec.work_path, options=spec.options).survey_early()
+        except Exception:  # noqa: BLE001 - the run's own survey looks again and says why
+            pass
+
+    threading.Thread(target=look, name="survey-early", daemon=True).start()
+
+
 def _import_what_the_run_needs_later() -> None:
     """Import now what the run will import anyway: while a temporary server starts, this
     process would otherwise sit waiting for it."""
@@ -75,6 +99,12 @@ def _import_what_the_run_needs_later() -> None:
             importlib.import_module(name)
         except ImportError:  # the run will say what is missing when it gets there
             pass
+    try:  # and the report's first chart reads matplotlib's fonts: now, not at the end of the run
+        from reports.charts import warm_up
+
+        warm_up()
+    except Exception:  # noqa: BLE001 - the report says what is wrong when it gets there
+        pass
 
 
 _gc_paused = False

@@ -254,13 +254,56 @@ class S3Destination(Destination):
     def take_listing(self) -> Path:
         """List the bucket once into the work folder (:data:`LISTING_FILE`), where every
         destination made with the same work folder (one per batch, in any process of the
-        run) finds it. Returns the file's path."""
+        run) finds it (the listing :meth:`survey_early` took for this run, if it did).
+        Returns the file's path."""
+        objects = self._early_listing()
+        if objects is None:
+            objects = self.listing()
         path = self.workdir / LISTING_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"bucket": self.config.bucket, "objects": self.listing()}))
+        tmp.write_text(json.dumps({"bucket": self.config.bucket, "objects": objects}))
         os.replace(tmp, path)
         return path
+
+    def _listing_identity(self) -> tuple:
+        c = self.config
+        return (c.endpoint_url, c.bucket, c.originals, c.thumbnails)
+
+    def survey_early(self) -> None:
+        """List the bucket now for the run about to start in this process (see
+        :meth:`Destination.survey_early`); its survey takes this listing instead of
+        listing again. Not when the credentials are in a Prefect Secret block (reading it
+        needs the API the caller is waiting for). A listing that fails is left for the
+        survey to take (and to say why)."""
+        c = self.config
+        if c.credentials is not None and c.credentials.block:
+            return
+        early = _EarlyListing()
+        with _EARLY_LOCK:
+            if self._listing_identity() in _EARLY:
+                return
+            _EARLY[self._listing_identity()] = early
+        try:
+            early.objects = self.listing()
+            early.taken = time.monotonic()
+        except Exception:  # noqa: BLE001 - the survey lists again and says why
+            pass
+        finally:
+            early.done.set()
+            self.close()
+
+    def _early_listing(self) -> dict[str, dict] | None:
+        """The listing :meth:`survey_early` took in this process for this bucket, once (then
+        forgotten), if it succeeded in the last :data:`EARLY_LISTING_MAX_AGE` seconds."""
+        with _EARLY_LOCK:
+            early = _EARLY.pop(self._listing_identity(), None)
+        if early is None:
+            return None
+        early.done.wait(self.config.timeout_seconds * 4 + 60)  # the same listing: better than taking it twice
+        if early.objects is None or early.taken is None or time.monotonic() - early.taken > EARLY_LISTING_MAX_AGE:
+            return None
+        return early.objects
 
     def _listed(self, key: str) -> dict | bool | None:
         """What the listing says of ``key``: its entry, False (not there), None (no listing)."""
@@ -882,6 +925,20 @@ class S3Destination(Destination):
 
 #: where :meth:`S3Destination.take_listing` leaves a run's listing, in its work folder
 LISTING_FILE = "s3-destination-listing.json"
+EARLY_LISTING_MAX_AGE = 120.0  # seconds: a listing taken before the run's flow started, used by its survey
+
+
+class _EarlyListing:
+    """A bucket listing :meth:`S3Destination.survey_early` is taking or took."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.objects: dict[str, dict] | None = None
+        self.taken: float | None = None
+
+
+_EARLY: dict[tuple, _EarlyListing] = {}
+_EARLY_LOCK = threading.Lock()
 _SAVED: dict[str, tuple[float, dict | None]] = {}
 
 

@@ -35,7 +35,7 @@ from photo_escape.outcomes import Item, Outcome
 from photo_escape.plugins import DestinationUnreadable, Unreadable, make_destination, make_source
 from photo_escape.secrets import scrubbed_exceptions
 from photo_escape.stories import load_job
-from reports.artifacts import artifact_key
+from reports.artifacts import create as create_artifact
 from tasks import fixity
 from tasks.hashing import cached_assets, int_to_hex
 from tasks.ledger import new_run_id
@@ -73,12 +73,11 @@ class _Progress:
         self.updated = time.monotonic()
         self.artifact_id = None
         self.bar = None
-        try:
-            from prefect.artifacts import create_progress_artifact
-
-            self.artifact_id = create_progress_artifact(
-                0.0, key=artifact_key(f"{job}-progress"), description=f"{job}: photos finished in run {run_id}"
-            )
+        try:  # on the run a person watches (the deployment's, around this flow's)
+            self.artifact_id = create_artifact(
+                "progress", progress=0.0, key=f"{job}-progress",
+                description=f"Photos finished (delivered, skipped or failed) of those listed, in percent "
+                            f"({job}, run {run_id})")
         except Exception:  # no API (plain call outside Prefect): the bar alone
             self.artifact_id = None
         if sys.stderr.isatty():

@@ -12,6 +12,7 @@ the ledger shows done and redoes the rest.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, tags
@@ -37,6 +38,17 @@ class JobInput(BaseModel):
         default_factory=dict, title="Job written here",
         description="The job itself, with the fields of a job file (name, source, destination, options); "
                     "only when no job file is given.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_path_or_spec(cls, data: Any) -> Any:
+        """Python callers may give the job as they give it to the story flows: the path of
+        its file, or the job itself."""
+        if isinstance(data, (str, Path)):
+            return {"job_file": str(data)}
+        if isinstance(data, dict) and data and not set(data) <= {"job_file", "spec"}:
+            return {"spec": data}
+        return data
 
     @field_validator("job_file", "spec", mode="before")
     @classmethod

@@ -146,6 +146,16 @@ def _subflow_states(env, flow_run_id) -> list:
     return _api(env, ask)
 
 
+def _slots_taken(env, deployment: str) -> int:
+    """The active slots of a deployment's concurrency limit (a global limit named
+    ``deployment:<id>``, as *Concurrency* in the UI lists it)."""
+    async def ask(client):
+        dep = await client.read_deployment_by_name(f"photo-escape-job/{deployment}")
+        return (await client.read_global_concurrency_limit_by_name(f"deployment:{dep.id}")).active_slots
+
+    return _api(env, ask)
+
+
 def _heartbeat_recorded(env, flow_run_id) -> bool:
     import requests
 
@@ -191,6 +201,7 @@ def test_a_killed_run_is_marked_crashed_and_its_retry_finishes_the_job(tmp_path,
                 pass
         _wait(lambda: not _processes_of(flow_run_id), 30, "the flow run's processes to die")
         assert _flow_run_state(env, flow_run_id).is_running()  # nobody left to say otherwise
+        assert _slots_taken(env, "find-my-photo") == 1  # and it still holds the deployment's one slot
 
         state = _wait(lambda: (s := _flow_run_state(env, flow_run_id)).is_crashed() and s, 150,
                       "the automation to mark the run Crashed")
@@ -199,6 +210,7 @@ def test_a_killed_run_is_marked_crashed_and_its_retry_finishes_the_job(tmp_path,
         subflows = _wait(lambda: (s := _subflow_states(env, flow_run_id)) and all(x.is_crashed() for x in s) and s,
                          150, "the automation to mark the escape flow's run Crashed")
         assert all("No heartbeat" in (s.message or "") for s in subflows), subflows
+        assert _slots_taken(env, "find-my-photo") == 0  # Crashed, it has left its slot
 
         host.faults.clear()
         worker = start_worker(env, tmp_path / "worker-2.log")  # another machine, same ledger folder

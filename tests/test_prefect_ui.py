@@ -15,7 +15,7 @@ Only through the UI's pages (the API is read afterwards, to check what the pages
 4. Retry: the retried run asks the gallery only for the three photos that failed and
    ends Completed; the ledger shows every photo delivered once over both runs;
 5. a scheduled deployment: its schedule switched on shows its next runs under
-   Upcoming, switched off again it has none (checked through the API).
+   Upcoming, and is switched off again (each checked through the API).
 
 A screenshot of every step is saved in ``PHOTO_ESCAPE_UI_SCREENSHOTS`` (a folder), or
 else in the test's own temporary folder (``ui-screenshots``).
@@ -40,8 +40,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 90_000  # the longest wait for one thing on a page (a run's end on a busy machine)
-FAILING = (5, 48, 101)
-COUNTS = ("listed", "done", "skipped", "failed", "pending", "needs_review")  # the gallery's photos whose originals answer 503 on the first run
+FAILING = (5, 48, 101)  # the gallery's photos whose originals answer 503 on the first run
+COUNTS = ("listed", "done", "skipped", "failed", "pending", "needs_review")
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and not shutil.which("chromium"),
                                 reason="Debian's chromium is not installed (make browser)")
@@ -59,7 +59,8 @@ def browser_page(tmp_path):
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        # times as prefect.yaml writes them (its schedules are in UTC), in English
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, timezone_id="UTC", locale="en-US")
         page.set_default_timeout(TIMEOUT_MS)
         expect.set_options(timeout=TIMEOUT_MS)
 
@@ -73,6 +74,7 @@ def browser_page(tmp_path):
         try:
             yield page, shot
         finally:
+            expect.set_options(timeout=5_000)  # Playwright's default, for whoever comes next
             browser.close()
     print(f"\nUI screenshots: {shots}")
 
@@ -216,6 +218,14 @@ def test_run_rerun_and_read_it_from_the_prefect_ui(deployed, gallery, browser_pa
         expect(page.get_by_text(re.compile(r"^job ui-gallery-rescue: the escape story")).first).to_be_visible()
         assert gallery.password not in page.locator("body").inner_text()
         shot("run-logs")
+        # the story's own flow run, with the logs of its batches
+        page.get_by_role("tab", name="Subflow Runs").click()
+        page.get_by_role("tabpanel").locator('a[href*="/runs/flow-run/"]').first.click()
+        page.get_by_role("tab", name="Logs").click()
+        expect(page.get_by_text(re.compile(r"^run \S+ of job ui-gallery-rescue: gallery -> local")).first).to_be_visible()
+        assert gallery.password not in page.locator("body").inner_text()
+        shot("story-run-logs")
+        page.goto(run_page)
         page.get_by_role("tab", name="Artifacts").click()
         for key in ("progress", "counts", "report", "report-html"):
             expect(_artifact_card(page, f"ui-gallery-rescue-{key}")).to_be_visible()

@@ -17,7 +17,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
-from prefect.states import Failed
+from prefect.states import Cancelled, Failed
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from photo_escape.stories import load_job, story_of
@@ -98,7 +98,7 @@ def run_job(job: JobInput, dry_run: bool = False, only_failed: bool = False,
     if not state.is_completed():
         # this run ends as the story's did, with its one-line message and no second traceback
         log.error("%s: %s", spec.name, state.message)
-        return Failed(message=state.message)
+        return (Cancelled if state.is_cancelled() else Failed)(message=state.message)
     summary = state.result()
     log.info("%s: %s listed = %s done + %s skipped + %s failed + %s pending; report: %s", spec.name,
              *(summary.get(k) for k in ("listed", "done", "skipped", "failed", "pending", "report")))

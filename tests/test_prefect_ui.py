@@ -261,6 +261,11 @@ def test_run_rerun_and_read_it_from_the_prefect_ui(deployed, gallery, browser_pa
         shot("retry-dialog")
         dialog.get_by_role("button", name="Retry").click()
         expect(_state(page)).to_have_text("Completed")
+        page.reload()
+        page.get_by_role("tab", name="Logs").click()
+        expect(page.get_by_text(re.compile(
+            rf"^ui-gallery-rescue: {gallery.count} listed = \d+ done \+ \d+ skipped \+ 0 failed \+ 0 pending")).first
+        ).to_be_visible()
         shot("run-completed")
     finally:
         os.killpg(worker.pid, 15)

@@ -100,6 +100,12 @@ def _scheduled_runs(env: dict, deployment_id: str) -> list[dict]:
         "sort": "EXPECTED_START_TIME_ASC"})
 
 
+def _logged(env: dict, flow_run_id: str, start: str) -> bool:
+    """Whether the server has a log line of the flow run beginning with ``start``."""
+    logs = _api(env, "POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
+    return any(log["message"].startswith(start) for log in logs)
+
+
 def _gallery_job(tmp_path: Path, gallery) -> Path:
     """A job file for the sandbox gallery, everything it writes under ``tmp_path``."""
     job = {
@@ -212,7 +218,12 @@ def test_run_rerun_and_read_it_from_the_prefect_ui(deployed, gallery, browser_pa
         run_page = f"{base}/runs/flow-run/{flow_run_id}"
         expect(_state(page)).to_have_text("Failed")
         shot("run-failed")
-        page.reload()  # the Logs tab does not fetch again by itself once the run has ended
+        # the run's last lines reach the server a moment after its state (logs are sent in
+        # batches) and the Logs tab does not fetch again by itself: once they are there, reload
+        wait_for(lambda: _logged(env, flow_run_id, f"ui-gallery-rescue: Flow run encountered an exception: "
+                                                   f"PhotosFailed: {len(FAILING)} of {gallery.count} photos failed"),
+                 60, "the run's last log lines")
+        page.reload()
         page.get_by_role("tab", name="Logs").click()
         expect(page.get_by_text(f"{len(FAILING)} of {gallery.count} photos failed").first).to_be_visible()
         expect(page.get_by_text(re.compile(r"^job ui-gallery-rescue: the escape story")).first).to_be_visible()
@@ -261,6 +272,8 @@ def test_run_rerun_and_read_it_from_the_prefect_ui(deployed, gallery, browser_pa
         shot("retry-dialog")
         dialog.get_by_role("button", name="Retry").click()
         expect(_state(page)).to_have_text("Completed")
+        wait_for(lambda: _logged(env, flow_run_id, f"ui-gallery-rescue: {gallery.count} listed = "), 60,
+                 "the retried run's last log lines")
         page.reload()
         page.get_by_role("tab", name="Logs").click()
         expect(page.get_by_text(re.compile(

@@ -211,7 +211,10 @@ def test_run_rerun_and_read_it_from_the_prefect_ui(deployed, gallery, browser_pa
         page.get_by_role("button", name="Submit").click()
 
         # 3. the run, watched to its end: Failed, readable logs without the password, artifacts
-        # (the UI goes back to the deployment, whose Runs tab lists the new run)
+        # (the UI goes back to the deployment, whose Runs tab lists the new run once the
+        # page is loaded again: the list it had may predate the run)
+        page.wait_for_url(re.compile(rf"/deployments/deployment/{gallery_dep['id']}"))
+        page.reload()
         page.get_by_role("tabpanel").get_by_role("link", name=run_name, exact=True).click()
         page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
         flow_run_id = re.search(r"/flow-run/([0-9a-f-]{36})", page.url).group(1)
@@ -276,6 +279,9 @@ def test_run_rerun_and_read_it_from_the_prefect_ui(deployed, gallery, browser_pa
                  "the retried run's last log lines")
         page.reload()
         page.get_by_role("tab", name="Logs").click()
+        # the list shows what fits on the page: the newest lines first, as a person would ask
+        page.get_by_role("combobox", name="log sort order").click()
+        page.get_by_role("option", name="Newest to oldest").click()
         expect(page.get_by_text(re.compile(
             rf"^ui-gallery-rescue: {gallery.count} listed = \d+ done \+ \d+ skipped \+ 0 failed \+ 0 pending")).first
         ).to_be_visible()

@@ -213,7 +213,7 @@ def test_run_rerun_and_read_it_from_the_prefect_ui(deployed, gallery, browser_pa
         # 3. the run, watched to its end: Failed, readable logs without the password, artifacts
         # (the UI goes back to the deployment, whose Runs tab lists the new run once the
         # page is loaded again: the list it had may predate the run)
-        page.wait_for_url(re.compile(rf"/deployments/deployment/{gallery_dep['id']}"))
+        page.wait_for_url(re.compile(rf"/deployments/deployment/{gallery_dep['id']}(\?|$)"))
         page.reload()
         page.get_by_role("tabpanel").get_by_role("link", name=run_name, exact=True).click()
         page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))

@@ -105,7 +105,7 @@ def find_my_photo(job: dict | str, dry_run: bool = False, only_failed: bool = Fa
         refs = [{"item_id": f"reference:{Path(r).name}", "source_ref": str(r), "name": Path(r).name}
                 for r in spec.references]
         run.listed(refs)
-        progress = Progress(spec.name, run.run_id, unit="picture", what="pictures with thumbnails")
+        progress = Progress(spec.name, run.run_id, unit="picture", what="Pictures given thumbnails, of those listed")
         try:
             # 2. thumbnails, in batches, only for pictures the cache does not know
             progress.add_listed(len(pictures))

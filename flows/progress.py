@@ -7,6 +7,7 @@ import sys
 import time
 
 from reports.artifacts import artifact_key
+from reports.artifacts import create as create_artifact
 
 
 class Progress:
@@ -16,17 +17,17 @@ class Progress:
 
     EVERY_SECONDS = 3.0  # the UI's bar moves every few seconds: one API call per batch would cost more than it shows
 
-    def __init__(self, job: str, run_id: str, *, unit: str = "photo", what: str = "photos finished") -> None:
+    def __init__(self, job: str, run_id: str, *, unit: str = "photo",
+                 what: str = "Photos finished (delivered, skipped or failed) of those listed") -> None:
         self.listed = 0
         self.finished = 0
         self.updated = time.monotonic()
         self.artifact_id = None
         self.bar = None
         self.key = artifact_key(f"{job}-progress")
-        try:
-            from prefect.artifacts import create_progress_artifact
-
-            self.artifact_id = create_progress_artifact(0.0, key=self.key, description=f"{job}: {what} in run {run_id}")
+        try:  # on the run a person watches (a deployment's run_job, around the story's flow run)
+            self.artifact_id = create_artifact("progress", progress=0.0, key=self.key,
+                                               description=f"{what}, in percent ({job}, run {run_id})")
         except Exception:  # no API (plain call outside Prefect): the bar alone
             self.artifact_id = None
         if sys.stderr.isatty():

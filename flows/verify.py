@@ -25,6 +25,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
+from flows.run_job import JobInput
 from flows.run_record import RunRecord, stopped
 from photo_escape.plugins import DestinationUnreadable, make_destination
 from photo_escape.secrets import scrubbed_exceptions
@@ -34,16 +35,26 @@ from tasks.stages import repair_batch, verify_batch
 
 
 @flow(name="verify", log_prints=True)
-def verify(job: dict | str, sample_percent: float | None = None, repair: bool = False,
-           run_id: str | None = None, fail_on_failed_items: bool = False) -> dict:
+def verify(job: JobInput, sample_percent: float = 100.0, repair: bool = False, run_id: str = "",
+           fail_on_failed_items: bool = False) -> dict:
     """Check the photos an escape job delivered, at its destination; returns the summary
     (``checked``, ``ok``, ``missing``, ``changed``; with ``repair``, ``repaired``).
 
-    ``job`` is the escape job (a dict, or the path of its YAML file). ``sample_percent``:
-    sizes of all, full reads of a random share (default: full reads of all). With
-    ``fail_on_failed_items`` a run that finds problems it did not mend ends Failed."""
+    Args:
+        job: The escape job whose destination is checked: the path of its job file on the
+            worker, or the job written inline (Python callers may pass either directly).
+        sample_percent: The share of the photos read back whole, in percent (the others
+            only have their presence and size checked); 100 reads every one.
+        repair: Deliver again, from the source, the photos found missing or changed (a
+            changed copy is kept beside, never destroyed).
+        run_id: Leave empty: a new run id is made (for callers that name the run).
+        fail_on_failed_items: End the run Failed when it finds problems it did not mend.
+    """
     log = get_run_logger()
-    spec = load_job(job)
+    job = JobInput.model_validate(job)
+    spec = load_job(job.job())
+    sample_percent = None if sample_percent >= 100 else sample_percent
+    run_id = run_id or None
     if spec.flow != "escape":
         raise ValueError(f"verify checks what an escape job delivered; {spec.name} is a {spec.flow} job")
     settings = make_destination(spec.destination, workdir=spec.work_path, options=spec.options).settings_key()

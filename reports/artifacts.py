@@ -1,14 +1,23 @@
 """Publishing a report to Prefect: the markdown, a table of the counts, a link to the HTML.
 
-The escape flow calls :func:`publish` inside its flow run with what
+The run record calls :func:`publish` inside a flow run with what
 :func:`reports.build.write_reports` returned. Outside a flow run it does nothing
 (and raises nothing), so the same code path serves ``photo-escape report``.
+
+The artifacts belong to the flow run a person looks at: the outermost one. A deployment
+starts ``photo-escape-job``, which runs the story's flow (``escape``...) inside it; its
+artifacts go on the deployment's run, whose *Artifacts* tab is the one people open.
+Keys are the job's name and what the artifact is (``<job>-report``, ``<job>-counts``,
+``<job>-report-html``, ``<job>-progress``): the Artifacts page lists the latest of each
+key, so every job has its latest report, counts and progress there.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 from photo_escape.secrets import redact
 
@@ -20,8 +29,33 @@ def artifact_key(text: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-")[:100] or "report"
 
 
+def outermost_flow_run() -> UUID | None:
+    """The flow run a person started and watches: the outermost one around the current
+    flow run (itself when it is not a subflow); None outside a flow run."""
+    try:
+        from prefect.context import FlowRunContext
+        from prefect.runtime import flow_run
+
+        if FlowRunContext.get() is None:
+            return None
+        return UUID(str(flow_run.root_flow_run_id))
+    except Exception:  # noqa: BLE001 - an API hiccup: Prefect then files the artifact under the current run
+        return None
+
+
+def create(kind: str, *, key: str, description: str, **data: Any) -> UUID:
+    """Create a Prefect artifact (``kind``: markdown, table, link, progress) on the
+    outermost flow run; its id."""
+    from prefect import artifacts
+
+    cls = {"markdown": artifacts.MarkdownArtifact, "table": artifacts.TableArtifact,
+           "link": artifacts.LinkArtifact, "progress": artifacts.ProgressArtifact}[kind]
+    return cls(key=artifact_key(key), description=description, flow_run_id=outermost_flow_run(), **data).create().id
+
+
 def publish(result: dict, *, key_prefix: str) -> list[str]:
-    """Create the markdown, table and link artifacts for a written report.
+    """Create the markdown, table and link artifacts for a written report, keyed
+    ``<key_prefix>-report``, ``-counts`` and ``-report-html``.
 
     Returns the keys created (empty outside a flow or task run).
     """
@@ -31,21 +65,24 @@ def publish(result: dict, *, key_prefix: str) -> list[str]:
         return []
     if FlowRunContext.get() is None and TaskRunContext.get() is None:
         return []
-    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
-
     key = artifact_key(key_prefix)
     summary = result.get("summary", {})
+    job, scope = summary.get("job"), summary.get("scope")
     md = redact(Path(result["report_md"]).read_text(encoding="utf-8"))
-    reconciles = "reconciles" if summary.get("reconciles") else "DOES NOT reconcile"
-    create_markdown_artifact(markdown=md, key=f"{key}-report",
-                             description=f"Report for {summary.get('job')} ({summary.get('scope')})")
-    create_table_artifact(
-        table=[{k: summary.get(k, 0) for k in COUNT_KEYS}], key=f"{key}-counts",
-        description=f"listed = done + skipped + failed + pending: {reconciles}")
+    reconciles = "they add up" if summary.get("reconciles") else "they DO NOT add up"
     html = Path(result["report_html"]).resolve()
-    create_link_artifact(link=html.as_uri(), link_text=f"report.html ({summary.get('scope')})",
-                         key=f"{key}-html", description="The full report (self-contained HTML)")
-    return [f"{key}-report", f"{key}-counts", f"{key}-html"]
+    create("markdown", key=f"{key}-report", markdown=md,
+           description=f"The report: what was listed, delivered, skipped and failed, and what needs a person "
+                       f"({job}, {scope})")
+    create("table", key=f"{key}-counts", table=[{k: summary.get(k, 0) for k in COUNT_KEYS}],
+           description=f"Photos by outcome; listed = done + skipped + failed + pending: {reconciles} "
+                       f"({job}, {scope})")
+    # the path itself is the link's text: Prefect's UI shows a file:// link as plain text (a
+    # browser does not follow one from a web page), so the person copies it from there
+    create("link", key=f"{key}-report-html", link=html.as_uri(), link_text=str(html),
+           description=f"Link to report.html, the full report with charts and thumbnails ({job}, {scope}): "
+                       "a file on the worker's disk")
+    return [f"{key}-report", f"{key}-counts", f"{key}-report-html"]
 
 
 def report_run(ledger, *, job: str, run_id: str, reports_dir: str | Path, log=None) -> str | None:
@@ -66,7 +103,7 @@ def report_run(ledger, *, job: str, run_id: str, reports_dir: str | Path, log=No
             log.error("report could not be written: %s", redact(str(exc)))
         return None
     try:
-        publish(result, key_prefix=f"{job}-report")
+        publish(result, key_prefix=job)
     except Exception as exc:  # noqa: BLE001
         if log is not None:
             log.warning("report artifacts not published: %s", redact(str(exc)))

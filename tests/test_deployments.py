@@ -11,77 +11,13 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import pytest
 
 from sandbox.numbered import NumberedHost
-
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """A real Prefect server on 127.0.0.1 with its own SQLite database, for this module."""
-    import requests
-
-    tmp_path = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
-    home = tmp_path / "prefect-home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db",
-        PREFECT_LOGGING_LEVEL="WARNING",
-        PREFECT_WORKER_QUERY_SECONDS="1",
-        PHOTO_ESCAPE_DIR=str(ROOT),
-        PHOTO_ESCAPE_HOME=str(tmp_path / "pe-home"),
-    )
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def healthy():
-        try:
-            return requests.get(f"http://127.0.0.1:{port}/api/health", timeout=2).ok
-        except requests.RequestException:
-            return server.poll() is not None and pytest.fail((tmp_path / "server.log").read_text()[-3000:])
-
-    try:
-        _wait(healthy, 120, "the Prefect server")
-        yield env
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+from tests.fixtures.prefect_server import ROOT, prefect_cli as _cli, start_worker, wait_for as _wait
 
 
 def _api(env, ask) -> Any:
@@ -104,22 +40,6 @@ def _flow_run_state(env, flow_run_id):
     return _api(env, ask)
 
 
-def _cli(env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=180)
-
-
-@pytest.fixture(scope="module")
-def deployed(prefect_server):
-    """The work pool, every deployment of prefect.yaml and the automations, as the README says."""
-    env = prefect_server
-    for args in (("work-pool", "create", "photo-escape", "--type", "process"), ("--no-prompt", "deploy", "--all"),
-                 ("automation", "create", "--from-file", "prefect-automations.yaml")):
-        out = _cli(env, *args)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return env
-
-
 def _harvest(tmp_path: Path, host: NumberedHost, name: str, **options) -> dict:
     """A job harvesting the host's 24 numbers into a folder, in batches of 8."""
     return {
@@ -131,11 +51,6 @@ def _harvest(tmp_path: Path, host: NumberedHost, name: str, **options) -> dict:
         "destination": {"kind": "local", "path": str(tmp_path / "found"), "layout": "{name}"},
         "options": {"batch_size": 8, **options},
     }
-
-
-def _start_worker(env, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "photo-escape"], env=env, cwd=ROOT,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _trigger(env, job: dict, job_variables: dict | None = None) -> Any:
@@ -163,7 +78,7 @@ def _retry(env, flow_run_id) -> None:
 def test_deploy_trigger_fail_retry(tmp_path, deployed):
     env = deployed
     host = NumberedHost(count=24, missing={7, 19}, cache_dir=tmp_path / "host-cache").start()
-    worker = _start_worker(env, tmp_path / "worker.log")
+    worker = start_worker(env, tmp_path / "worker.log")
     try:
         # a sandbox fault: three pictures answer 503 however often they are asked
         host.faults.add("error", status=503, match=r"/(5|11|23)\.jpg$", times=None)
@@ -231,6 +146,16 @@ def _subflow_states(env, flow_run_id) -> list:
     return _api(env, ask)
 
 
+def _slots_taken(env, deployment: str) -> int:
+    """The active slots of a deployment's concurrency limit (a global limit named
+    ``deployment:<id>``, as *Concurrency* in the UI lists it)."""
+    async def ask(client):
+        dep = await client.read_deployment_by_name(f"photo-escape-job/{deployment}")
+        return (await client.read_global_concurrency_limit_by_name(f"deployment:{dep.id}")).active_slots
+
+    return _api(env, ask)
+
+
 def _heartbeat_recorded(env, flow_run_id) -> bool:
     import requests
 
@@ -259,7 +184,7 @@ def test_a_killed_run_is_marked_crashed_and_its_retry_finishes_the_job(tmp_path,
     host = NumberedHost(count=24, missing=set(), cache_dir=tmp_path / "host-cache").start()
     slow = host.faults.add("slow", delay=1.5, match=r"\.jpg$", times=None)  # a run of about 20 s
     job = _harvest(tmp_path, host, "deployed-lost-machine", concurrency=2)
-    worker = _start_worker(env, tmp_path / "worker.log")
+    worker = start_worker(env, tmp_path / "worker.log")
     try:
         flow_run_id = _trigger(env, job, {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}})
         # under way: downloading, and its first heartbeat is on the server
@@ -276,6 +201,7 @@ def test_a_killed_run_is_marked_crashed_and_its_retry_finishes_the_job(tmp_path,
                 pass
         _wait(lambda: not _processes_of(flow_run_id), 30, "the flow run's processes to die")
         assert _flow_run_state(env, flow_run_id).is_running()  # nobody left to say otherwise
+        assert _slots_taken(env, "find-my-photo") == 1  # and it still holds the deployment's one slot
 
         state = _wait(lambda: (s := _flow_run_state(env, flow_run_id)).is_crashed() and s, 150,
                       "the automation to mark the run Crashed")
@@ -284,9 +210,10 @@ def test_a_killed_run_is_marked_crashed_and_its_retry_finishes_the_job(tmp_path,
         subflows = _wait(lambda: (s := _subflow_states(env, flow_run_id)) and all(x.is_crashed() for x in s) and s,
                          150, "the automation to mark the escape flow's run Crashed")
         assert all("No heartbeat" in (s.message or "") for s in subflows), subflows
+        assert _slots_taken(env, "find-my-photo") == 0  # Crashed, it has left its slot
 
         host.faults.clear()
-        worker = _start_worker(env, tmp_path / "worker-2.log")  # another machine, same ledger folder
+        worker = start_worker(env, tmp_path / "worker-2.log")  # another machine, same ledger folder
         _retry(env, flow_run_id)
         state = _wait(lambda: (s := _flow_run_state(env, flow_run_id)).is_final() and not s.is_crashed() and s,
                       240, "the retried run")

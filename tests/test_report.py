@@ -192,10 +192,10 @@ def test_the_escape_flow_writes_and_publishes_its_report(tmp_path):
     # the Prefect artifacts: markdown, table of counts, link to the HTML
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(like_=f"{job['name']}-report")))
+            key=ArtifactFilterKey(like_=job["name"])))
     kinds = {a.key: a for a in arts}
-    assert {"report-flow-report-report", "report-flow-report-counts", "report-flow-report-html"} <= set(kinds)
-    table = kinds["report-flow-report-counts"].data
+    assert {"report-flow-report", "report-flow-counts", "report-flow-report-html", "report-flow-progress"} <= set(kinds)
+    table = kinds["report-flow-counts"].data
     table = json.loads(table) if isinstance(table, str) else table
     assert table[0]["listed"] == s["listed"] and table[0]["failed"] == s["failed"]
     assert "file://" in kinds["report-flow-report-html"].data

@@ -48,3 +48,26 @@ def test_the_hires_story_runs_through_the_same_form(flickr_account, tmp_path, fl
     summary = run_job(JobInput(spec=acct.job(tmp_path)))
     assert summary["replaced"] > 0 and summary["failed"] == 0
     assert summary["listed"] == summary["done"] + summary["skipped"] + summary["failed"] + summary["pending"]
+
+
+def test_the_forms_fields_are_plain_and_described():
+    """What the Prefect UI builds its Custom run form from: no union (shown as a choice of
+    types, "str" / "None") and a description for every field, in both deployed flows."""
+    import json
+
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.run_job import JobInput, run_job
+    from flows.verify import verify
+
+    for fl in (run_job, verify):
+        schema = parameter_schema(fl.fn).model_dump()
+        assert "anyOf" not in json.dumps(schema)
+        fields = list(schema["properties"].values()) + [
+            f for d in schema.get("definitions", {}).values() for f in d["properties"].values()]
+        assert all(f.get("description") for f in fields), fl.name
+    assert run_job.fn.__defaults__ == (False, False, True)  # dry_run, only_failed, fail_on_failed_items
+    # Python callers may name the job as they name it to the story flows
+    assert JobInput.model_validate("jobs/s3.yaml").job() == "jobs/s3.yaml"
+    assert JobInput.model_validate({"name": "x"}).job() == {"name": "x"}
+    assert JobInput.model_validate({"job_file": None, "spec": {"name": "x"}}).job() == {"name": "x"}

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         from flows.verify import verify
 
         with connected(api):
-            state = verify(spec.dump(), sample_percent=args.sample, repair=args.repair, return_state=True)
+            state = verify(spec.dump(), sample_percent=args.sample or 100.0, repair=args.repair,
+                           return_state=True)
         summary = state.result(raise_on_failure=False)
         if not isinstance(summary, dict):
             print(f"photo-escape verify: {state.message or summary}", file=sys.stderr)

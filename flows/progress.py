@@ -6,8 +6,7 @@ from __future__ import annotations
 import sys
 import time
 
-from reports.artifacts import artifact_key
-from reports.artifacts import create as create_artifact
+from reports.artifacts import artifact_key, create as create_artifact
 
 
 class Progress:

@@ -277,16 +277,22 @@ def best_matches(con, query_ids: list[str], per_query: int = 2) -> dict[str, lis
     """The best ``per_query`` candidates of each query (latest run's matches), best first."""
     if not query_ids:
         return {}
-    import pyarrow as pa
-
-    con.register("_rep_q", pa.table({"query": query_ids}))
-    try:
-        found = rows(con, f"""WITH latest AS (
+    return _grouped_by_query(con, query_ids, f"""WITH latest AS (
                 SELECT m.*, dense_rank() OVER (PARTITION BY m.query ORDER BY m."at" DESC) AS r
                 FROM matches m SEMI JOIN _rep_q USING (query))
             SELECT query, candidate, distance, rank, chosen, method, detail FROM latest
             WHERE r = 1 QUALIFY row_number() OVER (PARTITION BY query ORDER BY chosen DESC, rank, distance, candidate) <= {int(per_query)}
             ORDER BY query, chosen DESC, rank, distance, candidate""")
+
+
+def _grouped_by_query(con, queries: list[str], sql: str) -> dict[str, list[dict]]:
+    """The rows of ``sql``, which reads the wanted queries from the table ``_rep_q``
+    (``query``), grouped by their ``query`` in the order ``sql`` gives them."""
+    import pyarrow as pa
+
+    con.register("_rep_q", pa.table({"query": queries}))
+    try:
+        found = rows(con, sql)
     finally:
         con.unregister("_rep_q")
     out: dict[str, list[dict]] = {}
@@ -663,19 +669,9 @@ def top_candidates(con, queries: list[str], higher_is_closer: bool, k: int = 3) 
     :func:`query_margins` ranks them), each with the query's ``source_ref`` (``query_ref``)."""
     if not queries:
         return {}
-    import pyarrow as pa
-
     order = "DESC" if higher_is_closer else "ASC"
-    con.register("_rep_q", pa.table({"query": queries}))
-    try:
-        found = rows(con, f"""SELECT m.query, m.candidate, m.distance, m.rank, m.chosen, m.detail,
+    return _grouped_by_query(con, queries, f"""SELECT m.query, m.candidate, m.distance, m.rank, m.chosen, m.detail,
                    (SELECT any_value(i.source_ref) FROM _rep_items i WHERE i.item_id = m.query) AS query_ref
             FROM _rep_matches m SEMI JOIN _rep_q USING (query) WHERE m.distance IS NOT NULL
             QUALIFY row_number() OVER (PARTITION BY m.query ORDER BY m.chosen DESC, m.distance {order}, m.candidate) <= {int(k)}
             ORDER BY m.query, m.chosen DESC, m.distance {order}, m.candidate""")
-    finally:
-        con.unregister("_rep_q")
-    out: dict[str, list[dict]] = {}
-    for r in found:
-        out.setdefault(r["query"], []).append(r)
-    return out

@@ -10,6 +10,10 @@ concurrency as photo-escape (8):
                server), originals only, then the same again (nothing to do), against
                ``rclone copy --checksum --transfers 8``; photo-escape also with thumbnails.
                photo-escape hashes, reads capture times and keeps its ledger on the way.
+``first``      the fixed cost: ONE photo from a folder to S3 (originals only), a whole
+               command against ``rclone copy`` of the same photo; photo-escape's note
+               says when the photo was delivered, counted from the shell's start of the
+               command (its ledger's deliver event), i.e. start-up to the first photo.
 ``folder``     the same folder to another folder: ``photo-escape run`` (local to local)
                against ``rclone copy --checksum --transfers 8``, first copy and rerun.
 ``numbered``   a numbered host (a quarter of the numbers missing) answering after
@@ -23,6 +27,8 @@ concurrency as photo-escape (8):
     .venv/bin/python bench/peers.py --quick                 # a tiny smoke run of every race
     .venv/bin/python bench/peers.py                         # 1,000 photos, 3 rounds
     .venv/bin/python bench/peers.py --photos 2000 --races s3,numbered --rounds 5
+    .venv/bin/python bench/peers.py --races first --rounds 5  # start-up to the first photo delivered
+    .venv/bin/python bench/peers.py --races s3 --photos 20000 --no-thumbnails --rounds 1  # the rerun at 20,000
     .venv/bin/python bench/peers.py --photo-escape "env PYTHONPATH=$PWD .venv/bin/python -m photo_escape.cli"
     .venv/bin/python bench/peers.py --prefect-api http://127.0.0.1:4200/api   # a running Prefect server
 
@@ -58,7 +64,7 @@ if str(ROOT) not in sys.path:
 
 CONCURRENCY = 8
 SIZES = [(640, 480), (1024, 768), (1280, 960), (1600, 1200)]
-RACES = ("s3", "folder", "numbered", "numbered-loopback", "gallery", "capture")
+RACES = ("s3", "first", "folder", "numbered", "numbered-loopback", "gallery", "capture")
 S3_KEYS_VAR = "PEERS_S3_KEYS"
 
 
@@ -120,6 +126,7 @@ class Command:
     env: dict[str, str] = field(default_factory=dict)
     stdout: Path | None = None
     ok_codes: tuple[int, ...] = (0,)
+    started: float | None = None  # wall-clock time (epoch seconds) the shell started it
 
 
 @dataclass
@@ -146,6 +153,7 @@ def timed(cmd: Command, timeout: float) -> tuple[float, str]:
     env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # plain-HTTP endpoints only
     env.update(cmd.env)
     out = open(cmd.stdout, "wb") if cmd.stdout else subprocess.DEVNULL
+    cmd.started = time.time()
     t = time.perf_counter()
     try:
         proc = subprocess.run(cmd.argv, env=env, stdout=out, stderr=subprocess.PIPE, timeout=timeout, cwd=ROOT)
@@ -255,6 +263,24 @@ class Bench:
             self._s3 = self.servers.start("sandbox.s3")
         return self._s3
 
+    def s3_keys(self) -> dict[str, str]:
+        """The environment variable photo-escape's jobs name for the S3 keys."""
+        return {S3_KEYS_VAR: json.dumps({k: v for k, v in self.s3().items() if k != "url"})}
+
+    def buckets(self, prefix: str) -> tuple[Callable[[str, int], str], Callable[[str], Callable[[int], None]]]:
+        """``bucket(who, round)``: a bucket name of its own per contender and round; and
+        ``fresh(who)``: a contender's ``prepare`` that creates its round's bucket."""
+        names: dict[tuple[str, int], str] = {}
+
+        def bucket(who: str, r: int) -> str:
+            return names.setdefault((who, r), f"{prefix}-{who}-{r}-{uuid.uuid4().hex[:6]}")
+
+        def fresh(who: str) -> Callable[[int], None]:
+            def prepare(r: int) -> None:
+                self.s3_client().create_bucket(Bucket=bucket(who, r))
+            return prepare
+        return bucket, fresh
+
     def s3_client(self):
         import boto3
 
@@ -279,16 +305,8 @@ class Bench:
     def race_s3(self) -> Race:
         folder = camera_folder(self.data, self.args.photos)
         n = self.args.photos
-        keys = {S3_KEYS_VAR: json.dumps({k: v for k, v in self.s3().items() if k != "url"})}
-        buckets: dict[tuple[str, int], str] = {}
-
-        def bucket(who: str, r: int) -> str:
-            return buckets.setdefault((who, r), f"peers-{who}-{r}-{uuid.uuid4().hex[:6]}")
-
-        def fresh(who: str) -> Callable[[int], None]:
-            def prepare(r: int) -> None:
-                self.s3_client().create_bucket(Bucket=bucket(who, r))
-            return prepare
+        keys = self.s3_keys()
+        bucket, fresh = self.buckets("peers")
 
         def ours(who: str, thumbnails: bool) -> Contender:
             def command(r: int, phase: str) -> Command:
@@ -318,8 +336,65 @@ class Bench:
             return "" if got == n else f"{got} of {n} objects"
 
         peer = Contender("rclone", rclone, rclone_check, fresh("rclone"), ("first copy", "rerun"))
+        contenders = [ours("pe", False), peer] + ([] if self.args.no_thumbnails else [ours("pet", True)])
         return Race("s3", f"{n} JPEGs from a folder to S3 (moto), originals only; then again (nothing to do)",
-                    "rclone", [ours("pe", False), peer, ours("pet", True)], ("first copy", "rerun"))
+                    "rclone", contenders, ("first copy", "rerun"))
+
+    # the fixed cost: one photo, shell to delivered
+    def race_first(self) -> Race:
+        folder = camera_folder(self.data, 1)
+        keys = self.s3_keys()
+        bucket, fresh = self.buckets("peers-first")
+        issued: dict[int, Command] = {}
+
+        def ours(r: int, phase: str) -> Command:
+            dest = {"kind": "s3", "bucket": bucket("pe", r), "endpoint_url": self.s3()["url"],
+                    "credentials": {"env": S3_KEYS_VAR}, "thumbnails": None}
+            job = self.job(f"first-pe-{r}", {"kind": "local", "path": str(folder)}, dest)
+            cmd = self.photo_escape(job, f"first-pe-{r}", stdout=self.work / f"first-pe-{r}.out")
+            cmd.env.update(keys)
+            issued[r] = cmd
+            return cmd
+
+        def delivered_after(r: int) -> float | None:
+            """Seconds from the shell's start of round ``r``'s command to its photo's deliver
+            event in the ledger (written as the upload's answer is in)."""
+            import duckdb
+
+            cmd = issued.get(r)
+            if cmd is None or cmd.started is None:
+                return None
+            with duckdb.connect(str(self.work / f"first-pe-{r}" / "ledger.duckdb"), read_only=True) as con:
+                at = con.execute("SELECT epoch(min(\"at\")) FROM events WHERE stage = 'deliver' "
+                                 "AND outcome = 'ok'").fetchone()[0]
+            return None if at is None else at - cmd.started
+
+        firsts: list[float] = []
+
+        def ours_check(r: int, phase: str) -> str:
+            got = self.count_objects(bucket("pe", r), "originals/")
+            after = delivered_after(r)
+            if after is not None:
+                firsts.append(after)
+            return self.summary_check(self.work / f"first-pe-{r}.out", 1) or ("" if got == 1 else f"{got} of 1 in the bucket")
+
+        def note(seconds: float) -> str:
+            if not firsts:
+                return ""
+            return f"photo delivered {firsts[-1]:.2f} s after the shell started the command " \
+                   f"(median so far {statistics.median(firsts):.2f} s)"
+
+        def rclone(r: int, phase: str) -> Command:
+            return Command(["rclone", "copy", "--checksum", "--transfers", str(CONCURRENCY), str(folder),
+                            f"peers3:{bucket('rclone', r)}/originals"], self.rclone_env())
+
+        def rclone_check(r: int, phase: str) -> str:
+            got = self.count_objects(bucket("rclone", r), "originals/")
+            return "" if got == 1 else f"{got} of 1 objects"
+
+        return Race("first", "one JPEG from a folder to S3 (moto): start-up to the first photo delivered", "rclone",
+                    [Contender("photo-escape", ours, ours_check, fresh("pe"), note=note),
+                     Contender("rclone", rclone, rclone_check, fresh("rclone"))])
 
     # folder -> folder
     def race_folder(self) -> Race:
@@ -494,7 +569,7 @@ def default_photo_escape() -> list[str]:
 
 
 def missing_tools(race: str, args: argparse.Namespace) -> str:
-    need = {"s3": ["rclone"], "folder": ["rclone"], "numbered": [shlex.split(args.gallery_dl)[0]],
+    need = {"s3": ["rclone"], "first": ["rclone"], "folder": ["rclone"], "numbered": [shlex.split(args.gallery_dl)[0]],
             "numbered-loopback": [shlex.split(args.gallery_dl)[0]], "capture": ["exiftool"]}.get(race, [])
     return ", ".join(t for t in need if not shutil.which(t))
 
@@ -511,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-ms", type=float, default=30.0, help="the numbered host's delay before each answer")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
     ap.add_argument("--timeout", type=float, default=1800.0, help="time limit of one command, seconds")
+    ap.add_argument("--no-thumbnails", action="store_true",
+                    help="s3: leave out photo-escape's run with thumbnails (e.g. for the rerun at 20,000 photos)")
     ap.add_argument("--quick", action="store_true", help="a tiny smoke run: 12 photos, 40 URLs, 60 pictures, 1 round")
     ap.add_argument("--photo-escape", help="photo-escape's command (default: the console script beside this Python)")
     ap.add_argument("--gallery-dl", default=os.environ.get("GALLERY_DL", "/tmp/gdl-venv/bin/gallery-dl"),
@@ -545,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
                 skipped[name] = f"not installed: {missing}"
                 print(f"{name}: skipped ({skipped[name]})", flush=True)
                 continue
-            race = {"s3": bench.race_s3, "folder": bench.race_folder, "gallery": bench.race_gallery,
+            race = {"s3": bench.race_s3, "first": bench.race_first, "folder": bench.race_folder, "gallery": bench.race_gallery,
                     "capture": bench.race_capture, "numbered": lambda: bench.race_numbered(args.latency_ms),
                     "numbered-loopback": lambda: bench.race_numbered(0)}[name]()
             print(f"{race.name}: {race.what}", flush=True)

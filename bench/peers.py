@@ -281,6 +281,19 @@ class Bench:
             return prepare
         return bucket, fresh
 
+    def rclone_to_s3(self, folder: Path, n: int, bucket: Callable[[str, int], str],
+                     fresh: Callable[[str], Callable[[int], None]], phases: tuple[str, ...] = ("run",)) -> Contender:
+        """rclone as the S3 races' peer: ``copy --checksum --transfers 8`` of ``folder`` into
+        its round's bucket (from :meth:`buckets`) under ``originals/``; checked by counting ``n`` objects."""
+        def command(r: int, phase: str) -> Command:
+            return Command(["rclone", "copy", "--checksum", "--transfers", str(CONCURRENCY), str(folder),
+                            f"peers3:{bucket('rclone', r)}/originals"], self.rclone_env())
+
+        def check(r: int, phase: str) -> str:
+            got = self.count_objects(bucket("rclone", r), "originals/")
+            return "" if got == n else f"{got} of {n} objects"
+        return Contender("rclone", command, check, fresh("rclone"), phases)
+
     def s3_client(self):
         import boto3
 
@@ -327,15 +340,7 @@ class Bench:
             name = "photo-escape" + (" +thumbnails" if thumbnails else "")
             return Contender(name, command, check, fresh(who), phases)
 
-        def rclone(r: int, phase: str) -> Command:
-            return Command(["rclone", "copy", "--checksum", "--transfers", str(CONCURRENCY), str(folder),
-                            f"peers3:{bucket('rclone', r)}/originals"], self.rclone_env())
-
-        def rclone_check(r: int, phase: str) -> str:
-            got = self.count_objects(bucket("rclone", r), "originals/")
-            return "" if got == n else f"{got} of {n} objects"
-
-        peer = Contender("rclone", rclone, rclone_check, fresh("rclone"), ("first copy", "rerun"))
+        peer = self.rclone_to_s3(folder, n, bucket, fresh, ("first copy", "rerun"))
         contenders = [ours("pe", False), peer] + ([] if self.args.no_thumbnails else [ours("pet", True)])
         return Race("s3", f"{n} JPEGs from a folder to S3 (moto), originals only; then again (nothing to do)",
                     "rclone", contenders, ("first copy", "rerun"))
@@ -384,17 +389,9 @@ class Bench:
             return f"photo delivered {firsts[-1]:.2f} s after the shell started the command " \
                    f"(median so far {statistics.median(firsts):.2f} s)"
 
-        def rclone(r: int, phase: str) -> Command:
-            return Command(["rclone", "copy", "--checksum", "--transfers", str(CONCURRENCY), str(folder),
-                            f"peers3:{bucket('rclone', r)}/originals"], self.rclone_env())
-
-        def rclone_check(r: int, phase: str) -> str:
-            got = self.count_objects(bucket("rclone", r), "originals/")
-            return "" if got == 1 else f"{got} of 1 objects"
-
         return Race("first", "one JPEG from a folder to S3 (moto): start-up to the first photo delivered", "rclone",
                     [Contender("photo-escape", ours, ours_check, fresh("pe"), note=note),
-                     Contender("rclone", rclone, rclone_check, fresh("rclone"))])
+                     self.rclone_to_s3(folder, 1, bucket, fresh)])
 
     # folder -> folder
     def race_folder(self) -> Race:

@@ -356,6 +356,16 @@ def environment() -> jinja2.Environment:
     return env
 
 
+def warm_up() -> None:
+    """Do now what the first report of a process would do at the end of its run: compile
+    the templates (jinja2 keeps them, one environment per process) and draw one small
+    chart (:func:`reports.charts.warm_up`)."""
+    env = environment()
+    for name in ("report.md.j2", "report.html.j2"):
+        env.get_template(name)
+    charts.warm_up()
+
+
 def render(facts: dict, out: Path) -> dict:
     """Write report.md and report.html; text goes through ``redact`` first."""
     env = environment()

@@ -99,8 +99,8 @@ def _import_what_the_run_needs_later() -> None:
             importlib.import_module(name)
         except ImportError:  # the run will say what is missing when it gets there
             pass
-    try:  # and the report's first chart reads matplotlib's fonts: now, not at the end of the run
-        from reports.charts import warm_up
+    try:  # and the report's templates and first chart (matplotlib's fonts): now, not at the end of the run
+        from reports.build import warm_up
 
         warm_up()
     except Exception:  # noqa: BLE001 - the report says what is wrong when it gets there

@@ -2,7 +2,10 @@
 
 Adding a source is adding a file: a module in ``tasks/sources/`` (or
 ``tasks/destinations/``) defines a pydantic ``Config`` with ``kind: Literal[...]`` and a
-subclass of :class:`Source` (or :class:`Destination`) naming it. The job spec finds
+subclass of :class:`Source` (or :class:`Destination`) naming it. The module is named
+after its kind (``tasks/sources/gallery.py`` for ``kind: gallery``): a job imports only
+the modules of its own source and destination, not every plugin and what each imports
+(an unknown kind imports them all, to list the kinds there are). The job spec finds
 the class by the ``kind`` the user wrote. Modules here must not import Prefect at
 import time: the command line and the plain code stay Prefect-free.
 
@@ -199,27 +202,58 @@ def settings_key(config: BaseModel, *, exclude: set[str] | None = None, **extra:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _load_all() -> None:
-    for pkg_name in ("tasks.sources", "tasks.destinations"):
-        pkg = importlib.import_module(pkg_name)
-        for mod in pkgutil.iter_modules(pkg.__path__):
-            if not mod.name.startswith("_"):
-                importlib.import_module(f"{pkg_name}.{mod.name}")
+_PACKAGES = {"source": "tasks.sources", "destination": "tasks.destinations"}
+
+
+def _modules(pkg_name: str) -> list[str]:
+    pkg = importlib.import_module(pkg_name)
+    return [m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")]
+
+
+def _load(what: str, kind: str | None = None) -> None:
+    """Import the module of one ``kind`` of source or destination (named after it), or,
+    when there is none of that name (or no kind is given), every module of them."""
+    pkg_name = _PACKAGES[what]
+    names = _modules(pkg_name)
+    for name in [kind] if kind in names else names:
+        importlib.import_module(f"{pkg_name}.{name}")
+
+
+def source_kind(kind: Any) -> type[Source] | None:
+    """The source class of ``kind`` (None when there is none), importing only its module."""
+    if isinstance(kind, str) and kind not in _SOURCES:
+        _load("source", kind)
+    return _SOURCES.get(kind) if isinstance(kind, str) else None
+
+
+def destination_kind(kind: Any) -> type[Destination] | None:
+    """The destination class of ``kind`` (None when there is none), importing only its module."""
+    if isinstance(kind, str) and kind not in _DESTINATIONS:
+        _load("destination", kind)
+    return _DESTINATIONS.get(kind) if isinstance(kind, str) else None
 
 
 def source_kinds() -> dict[str, type[Source]]:
-    _load_all()
+    """Every source kind (imports every source module)."""
+    _load("source")
     return dict(_SOURCES)
 
 
 def destination_kinds() -> dict[str, type[Destination]]:
-    _load_all()
+    """Every destination kind (imports every destination module)."""
+    _load("destination")
     return dict(_DESTINATIONS)
 
 
 def make_source(config: KindConfig, **kw: Any) -> Source:
-    return source_kinds()[config.kind](config, **kw)
+    kind = source_kind(config.kind)
+    if kind is None:
+        raise KeyError(config.kind)
+    return kind(config, **kw)
 
 
 def make_destination(config: KindConfig, **kw: Any) -> Destination:
-    return destination_kinds()[config.kind](config, **kw)
+    kind = destination_kind(config.kind)
+    if kind is None:
+        raise KeyError(config.kind)
+    return kind(config, **kw)

@@ -3,6 +3,7 @@
 import pytest
 
 from photo_escape.jobspec import JobSpecError, load_job, parse_job
+from tests.fixtures.fresh import in_a_fresh_process
 
 
 def _spec(tmp_path, **over):
@@ -86,3 +87,39 @@ def test_a_password_written_into_the_job_is_refused_without_echoing_it(tmp_path)
         parse_job(spec)
     assert "source.login.secret_fields.password" in str(err.value)
     assert "hunter2-Plain-Text" not in str(err.value)
+
+
+def test_a_job_imports_only_its_own_source_and_destination(tmp_path):
+    """A job's kinds are found by their modules' names: loading a folder-to-S3 job
+    imports tasks.sources.local and tasks.destinations.s3 and no other plugin (nor what
+    they import: requests, parsel); an unknown kind still lists every kind there is."""
+    import json
+
+    spec = _spec(tmp_path, destination={"kind": "s3", "bucket": "b"})
+    code = (
+        "import json, sys\n"
+        "from photo_escape.jobspec import parse_job, JobSpecError\n"
+        f"parse_job(json.loads({json.dumps(json.dumps(spec))}))\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('tasks.sources.', 'tasks.destinations.')))\n"
+        "third = [m for m in ('requests', 'parsel', 'flickrapi') if m in sys.modules]\n"
+        "try:\n"
+        "    parse_job(dict(json.loads(" + repr(json.dumps(spec)) + "), source={'kind': 'ftp'}))\n"
+        "except JobSpecError as exc:\n"
+        "    error = str(exc)\n"
+        "print(json.dumps({'loaded': loaded, 'third': third, 'error': error}))\n"
+    )
+    got = in_a_fresh_process(code)
+    assert got["loaded"] == ["tasks.destinations.s3", "tasks.sources.local"]
+    assert got["third"] == []
+    assert "kind 'ftp' is not known; expected one of:" in got["error"]
+    assert all(k in got["error"] for k in ("gallery", "numbered", "takeout", "flickr", "s3", "local"))
+
+
+def test_every_plugin_module_is_named_after_its_kind():
+    """The convention that lets a job import only its own plugins."""
+    from photo_escape.plugins import _modules, destination_kinds, source_kinds
+
+    for pkg, kinds in (("tasks.sources", source_kinds()), ("tasks.destinations", destination_kinds())):
+        assert sorted(kinds) == sorted(_modules(pkg))
+        for kind, cls in kinds.items():
+            assert cls.__module__ == f"{pkg}.{kind}"

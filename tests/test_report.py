@@ -16,6 +16,7 @@ from photo_escape import secrets
 from reports.build import write_reports
 from tasks.ledger import Ledger
 from photo_escape.outcomes import outcome
+from tests.fixtures.fresh import in_a_fresh_process
 from tests.fixtures.reports import counts, ledger_view
 
 KEYS = ("listed", "done", "skipped", "failed", "pending")
@@ -237,10 +238,7 @@ def test_the_report_is_prepared_in_a_thread_while_a_run_goes_on():
         "    'after': [m in sys.modules for m in ('reports.build', 'matplotlib', 'pyarrow.compute')],\n"
         "    'templates': sorted(key[1] for key in environment().cache)}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
-                          cwd=Path(__file__).resolve().parent.parent)
-    assert proc.returncode == 0, proc.stderr
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = in_a_fresh_process(code)
     assert got["before"] == [False, False, False]
     assert got["name"] == "report-warm-up" and got["again"] and not got["alive"]
     assert got["after"] == [True, True, True]

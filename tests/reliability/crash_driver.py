@@ -26,9 +26,10 @@ import photo_escape.commands.run  # noqa: E402,F401
 import flows.escape  # noqa: E402,F401
 import tasks.capture_time  # noqa: E402,F401
 import tasks.hashing  # noqa: E402,F401
-from photo_escape.plugins import source_kinds  # noqa: E402
+from photo_escape.plugins import destination_kinds, source_kinds  # noqa: E402
 
 source_kinds()  # import every source and destination module now
+destination_kinds()
 
 
 def child(cmd: dict) -> None:

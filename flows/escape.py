@@ -34,7 +34,6 @@ from photo_escape.outcomes import Item, Outcome
 from photo_escape.plugins import DestinationUnreadable, Unreadable, make_destination, make_source
 from photo_escape.secrets import scrubbed_exceptions
 from photo_escape.stories import load_job
-from reports.artifacts import prepare_in_background
 from tasks import fixity
 from tasks.hashing import cached_assets, int_to_hex
 from tasks.ledger import new_run_id
@@ -296,7 +295,6 @@ class EscapeRun:
         batch.items = going_on
         if not going_on:
             self._unstage(batch)
-            prepare_in_background()  # a batch went through every step: the run has imported what it needs
             return None
         return self._advance(batch)
 

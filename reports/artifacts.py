@@ -85,38 +85,6 @@ def publish(result: dict, *, key_prefix: str) -> list[str]:
     return [f"{key}-report", f"{key}-counts", f"{key}-report-html"]
 
 
-_preparing = None  # the thread of prepare_in_background, once started
-
-
-def prepare_in_background() -> None:
-    """Import the report's libraries and warm them (:func:`reports.build.warm_up`) in a
-    thread, once a process, while the run's batches still wait on the network or the
-    store: the report at the end of the run then starts at once (about a second of one
-    core otherwise: matplotlib, pyarrow's compute functions, the templates).
-
-    Call it only once the run's own code has imported what it needs (after a batch has
-    been through every step): two threads importing the same packages for the first
-    time can meet in Python's import locks, and then one of them fails. The report
-    imports what it needs again at the end if this thread did not get there."""
-    global _preparing
-    import sys
-    import threading
-
-    if _preparing is not None or "reports.build" in sys.modules:
-        return
-
-    def warm() -> None:
-        try:
-            from reports.build import warm_up
-
-            warm_up()
-        except Exception:  # noqa: BLE001 - the report says what is wrong when it gets there
-            pass
-
-    _preparing = threading.Thread(target=warm, name="report-warm-up", daemon=True)
-    _preparing.start()
-
-
 def report_run(ledger, *, job: str, run_id: str, reports_dir: str | Path, log=None) -> str | None:
     """Write a finished run's report and publish it to Prefect; the path of report.html.
 

@@ -219,30 +219,18 @@ def test_a_dry_run_report_shows_the_plan_of_every_photo(tmp_path):
         assert p["name"] in html and p["provenance"]
 
 
-def test_the_report_is_prepared_in_a_thread_while_a_run_goes_on():
-    """A run that has been through its first batch prepares its report beside the
-    remaining batches: a thread imports the report's libraries, compiles its templates
-    and lays out a chart (matplotlib's fonts), once a process. Checked in a process of
-    its own, where nothing of the report was imported yet."""
-    code = (
+def test_warming_up_compiles_the_templates_and_loads_the_fonts():
+    """What ``photo-escape run`` does while a temporary Prefect server starts, so that the
+    run's report does not do it at the end: compile the report's templates (kept in the
+    process's one environment) and lay out a first chart (matplotlib's font list)."""
+    got = in_a_fresh_process(
         "import json, sys\n"
-        "from reports import artifacts\n"
-        "before = [m in sys.modules for m in ('reports.build', 'matplotlib', 'jinja2')]\n"
-        "artifacts.prepare_in_background()\n"
-        "thread = artifacts._preparing\n"
-        "artifacts.prepare_in_background()\n"
-        "again = artifacts._preparing is thread\n"
-        "thread.join(120)\n"
-        "from reports.build import environment\n"
-        "print(json.dumps({'before': before, 'name': thread.name, 'again': again, 'alive': thread.is_alive(),\n"
-        "    'after': [m in sys.modules for m in ('reports.build', 'matplotlib', 'pyarrow.compute')],\n"
-        "    'templates': sorted(key[1] for key in environment().cache)}))\n"
-    )
-    got = in_a_fresh_process(code)
-    assert got["before"] == [False, False, False]
-    assert got["name"] == "report-warm-up" and got["again"] and not got["alive"]
-    assert got["after"] == [True, True, True]
-    assert {"report.md.j2", "report.html.j2"} <= set(got["templates"])
+        "from reports.build import environment, warm_up\n"
+        "before = sorted(key[1] for key in environment().cache)\n"
+        "warm_up()\n"
+        "print(json.dumps({'before': before, 'after': sorted(key[1] for key in environment().cache)}))\n")
+    assert got["before"] == []
+    assert {"report.md.j2", "report.html.j2"} <= set(got["after"])
 
 
 def test_artifacts_publish_is_a_no_op_outside_a_flow_run(story_ledger, tmp_path):

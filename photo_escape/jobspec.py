@@ -15,13 +15,13 @@ from __future__ import annotations
 import re
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from photo_escape import home
-from photo_escape.plugins import KindConfig, destination_kind, destination_kinds, source_kind, source_kinds
+from photo_escape.plugins import KindConfig, all_kinds, find_kind
 
 
 class Options(BaseModel):
@@ -120,12 +120,12 @@ class JobSpec(JobBase):
     @field_validator("source", mode="before")
     @classmethod
     def _source(cls, v: Any) -> KindConfig:
-        return _by_kind(v, source_kind, source_kinds, "source")
+        return _by_kind(v, "source")
 
     @field_validator("destination", mode="before")
     @classmethod
     def _destination(cls, v: Any) -> KindConfig:
-        return _by_kind(v, destination_kind, destination_kinds, "destination")
+        return _by_kind(v, "destination")
 
     def dump(self) -> dict[str, Any]:
         """The spec as plain data (secret references, never secret values); the source and
@@ -140,18 +140,17 @@ class _KindError(ValueError):
     pass
 
 
-def _by_kind(v: Any, one: Callable[[Any], type | None], every: Callable[[], dict[str, type]],
-             what: str) -> KindConfig:
-    """The config of the kind ``v`` names: only that kind's module is imported (``one``);
-    every kind's, to list them, when ``v`` names none (``every``)."""
+def _by_kind(v: Any, what: str) -> KindConfig:
+    """The config of the ``what`` (source or destination) kind ``v`` names: only that
+    kind's module is imported; every kind's, to list them, when ``v`` names none."""
     if isinstance(v, KindConfig):
         return v
     if not isinstance(v, dict):
-        raise ValueError(f"expected a mapping with a 'kind' (one of: {', '.join(sorted(every()))})")
+        raise ValueError(f"expected a mapping with a 'kind' (one of: {', '.join(sorted(all_kinds(what)))})")
     kind = v.get("kind")
-    cls = one(kind)
+    cls = find_kind(what, kind)
     if cls is None:
-        raise ValueError(f"kind {kind!r} is not known; expected one of: {', '.join(sorted(every()))}")
+        raise ValueError(f"kind {kind!r} is not known; expected one of: {', '.join(sorted(all_kinds(what)))}")
     try:
         return cls.Config.model_validate(v)
     except ValidationError as exc:

@@ -203,6 +203,7 @@ def settings_key(config: BaseModel, *, exclude: set[str] | None = None, **extra:
 
 
 _PACKAGES = {"source": "tasks.sources", "destination": "tasks.destinations"}
+_REGISTRIES: dict[str, dict[str, type]] = {"source": _SOURCES, "destination": _DESTINATIONS}
 
 
 def _modules(pkg_name: str) -> list[str]:
@@ -219,41 +220,41 @@ def _load(what: str, kind: str | None = None) -> None:
         importlib.import_module(f"{pkg_name}.{name}")
 
 
-def source_kind(kind: Any) -> type[Source] | None:
-    """The source class of ``kind`` (None when there is none), importing only its module."""
-    if isinstance(kind, str) and kind not in _SOURCES:
-        _load("source", kind)
-    return _SOURCES.get(kind) if isinstance(kind, str) else None
+def find_kind(what: str, kind: Any) -> type | None:
+    """The class of ``kind`` of ``what`` ("source" or "destination"), None when there is
+    none; imports only that kind's module."""
+    if not isinstance(kind, str):
+        return None
+    registry = _REGISTRIES[what]
+    if kind not in registry:
+        _load(what, kind)
+    return registry.get(kind)
 
 
-def destination_kind(kind: Any) -> type[Destination] | None:
-    """The destination class of ``kind`` (None when there is none), importing only its module."""
-    if isinstance(kind, str) and kind not in _DESTINATIONS:
-        _load("destination", kind)
-    return _DESTINATIONS.get(kind) if isinstance(kind, str) else None
+def all_kinds(what: str) -> dict[str, type]:
+    """Every kind of ``what`` ("source" or "destination"); imports every module of them."""
+    _load(what)
+    return dict(_REGISTRIES[what])
 
 
 def source_kinds() -> dict[str, type[Source]]:
-    """Every source kind (imports every source module)."""
-    _load("source")
-    return dict(_SOURCES)
+    return all_kinds("source")
 
 
 def destination_kinds() -> dict[str, type[Destination]]:
-    """Every destination kind (imports every destination module)."""
-    _load("destination")
-    return dict(_DESTINATIONS)
+    return all_kinds("destination")
+
+
+def _make(what: str, config: KindConfig, **kw: Any) -> Any:
+    cls = find_kind(what, config.kind)
+    if cls is None:
+        raise KeyError(config.kind)
+    return cls(config, **kw)
 
 
 def make_source(config: KindConfig, **kw: Any) -> Source:
-    kind = source_kind(config.kind)
-    if kind is None:
-        raise KeyError(config.kind)
-    return kind(config, **kw)
+    return _make("source", config, **kw)
 
 
 def make_destination(config: KindConfig, **kw: Any) -> Destination:
-    kind = destination_kind(config.kind)
-    if kind is None:
-        raise KeyError(config.kind)
-    return kind(config, **kw)
+    return _make("destination", config, **kw)

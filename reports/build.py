@@ -344,6 +344,9 @@ def write_outcomes(con, facts: dict, out: Path) -> dict:
 
 
 # -- rendering ------------------------------------------------------------------------
+MD_TEMPLATE, HTML_TEMPLATE = "report.md.j2", "report.html.j2"  # under TEMPLATES
+
+
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     """Jinja2 with the report's filters (numbers, percentages, byte sizes); one per
@@ -361,7 +364,7 @@ def warm_up() -> None:
     the templates (jinja2 keeps them, one environment per process) and draw one small
     chart (:func:`reports.charts.warm_up`)."""
     env = environment()
-    for name in ("report.md.j2", "report.html.j2"):
+    for name in (MD_TEMPLATE, HTML_TEMPLATE):
         env.get_template(name)
     charts.warm_up()
 
@@ -369,8 +372,8 @@ def warm_up() -> None:
 def render(facts: dict, out: Path) -> dict:
     """Write report.md and report.html; text goes through ``redact`` first."""
     env = environment()
-    md = redact(env.get_template("report.md.j2").render(**facts))
-    html = redact(env.get_template("report.html.j2").render(**facts))
+    md = redact(env.get_template(MD_TEMPLATE).render(**facts))
+    html = redact(env.get_template(HTML_TEMPLATE).render(**facts))
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text(md, encoding="utf-8")
     html_path.write_text(html, encoding="utf-8")

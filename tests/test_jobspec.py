@@ -95,15 +95,16 @@ def test_a_job_imports_only_its_own_source_and_destination(tmp_path):
     they import: requests, parsel); an unknown kind still lists every kind there is."""
     import json
 
-    spec = _spec(tmp_path, destination={"kind": "s3", "bucket": "b"})
+    spec = json.dumps(_spec(tmp_path, destination={"kind": "s3", "bucket": "b"}))
     code = (
         "import json, sys\n"
         "from photo_escape.jobspec import parse_job, JobSpecError\n"
-        f"parse_job(json.loads({json.dumps(json.dumps(spec))}))\n"
+        f"spec = json.loads({spec!r})\n"
+        "parse_job(spec)\n"
         "loaded = sorted(m for m in sys.modules if m.startswith(('tasks.sources.', 'tasks.destinations.')))\n"
         "third = [m for m in ('requests', 'parsel', 'flickrapi') if m in sys.modules]\n"
         "try:\n"
-        "    parse_job(dict(json.loads(" + repr(json.dumps(spec)) + "), source={'kind': 'ftp'}))\n"
+        "    parse_job(dict(spec, source={'kind': 'ftp'}))\n"
         "except JobSpecError as exc:\n"
         "    error = str(exc)\n"
         "print(json.dumps({'loaded': loaded, 'third': third, 'error': error}))\n"

@@ -219,7 +219,7 @@ def test_a_dry_run_report_shows_the_plan_of_every_photo(tmp_path):
         assert p["name"] in html and p["provenance"]
 
 
-def test_warming_up_compiles_the_templates_and_loads_the_fonts():
+def test_warming_up_compiles_the_report_templates():
     """What ``photo-escape run`` does while a temporary Prefect server starts, so that the
     run's report does not do it at the end: compile the report's templates (kept in the
     process's one environment) and lay out a first chart (matplotlib's font list)."""

@@ -78,9 +78,9 @@ def _survey_early(spec) -> None:
 
     def look() -> None:
         try:
-            from photo_escape.plugins import destination_kind
+            from photo_escape.plugins import find_kind
 
-            kind = destination_kind(config.kind)
+            kind = find_kind("destination", config.kind)
             if kind is not None and kind.surveys:
                 kind(config, workdir=spec.work_path, options=spec.options).survey_early()
         except Exception:  # noqa: BLE001 - the run's own survey looks again and says why

@@ -21,6 +21,7 @@ imports no Prefect).
 
     .venv/bin/python bench/overhead.py              # 2,000 images
     .venv/bin/python bench/overhead.py --images 300 # quick look
+    .venv/bin/python bench/overhead.py --server     # with `photo-escape server start` (warm runner) up
 
 Target (issues 9 and 21): flow / plain pipelined at most 1.15.
 """
@@ -82,6 +83,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="alternating rounds; medians are reported")
     ap.add_argument("--photo-escape", help="photo-escape's command (default: the console script beside this Python)")
     ap.add_argument("--prefect-api", help="PREFECT_API_URL of a running Prefect server (default: a temporary one)")
+    ap.add_argument("--server", action="store_true",
+                    help="with `photo-escape server start` up (its Prefect server and warm runner)")
     ap.add_argument("--worker", nargs=2, metavar=("JOB", "IN_FLIGHT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -102,6 +105,7 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, "-m", "sandbox.numbered", "--count", str(args.images),
                                "--missing-rate", "0", "--cache-dir", str(work / "host")],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    warm = None
     pe = shlex.split(args.photo_escape) if args.photo_escape else default_photo_escape()
     pe_env = {"PREFECT_HOME": str(work / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
               "PREFECT_LOGGING_LEVEL": "WARNING", **({"PREFECT_API_URL": args.prefect_api} if args.prefect_api else {})}
@@ -133,6 +137,11 @@ def main() -> None:
                                        str(BATCHES_IN_FLIGHT)], {"PYTHONPATH": str(ROOT)}),
             "flow": lambda r: Command(pe + ["run", str(job(f"flow-{r}")), "--json"], pe_env),
         }
+        if args.server:
+            from bench.peers import WarmServer
+
+            pe_env["PHOTO_ESCAPE_HOME"] = str(work / "pe-home")
+            warm = WarmServer(pe, pe_env).__enter__()
         timed(Command(pe + ["run", str(job("warm-up")), "--json"], pe_env), 1800)  # Prefect's database, caches
         times: dict[str, list[float]] = {k: [] for k in sides}
         counts: dict[str, int] = {}
@@ -147,6 +156,8 @@ def main() -> None:
             print(f"round {r + 1}: plain sequential {times['seq'][-1]:.2f} s, plain pipelined "
                   f"{times['pipe'][-1]:.2f} s, photo-escape run {times['flow'][-1]:.2f} s", flush=True)
     finally:
+        if warm is not None:
+            warm.__exit__()
         server.terminate()
         server.wait(timeout=10)
     med = {k: statistics.median(v) for k, v in times.items()}

@@ -31,6 +31,7 @@ concurrency as photo-escape (8):
     .venv/bin/python bench/peers.py --races s3 --photos 20000 --no-thumbnails --rounds 1  # the rerun at 20,000
     .venv/bin/python bench/peers.py --photo-escape "env PYTHONPATH=$PWD .venv/bin/python -m photo_escape.cli"
     .venv/bin/python bench/peers.py --prefect-api http://127.0.0.1:4200/api   # a running Prefect server
+    .venv/bin/python bench/peers.py --server      # with `photo-escape server start` (its warm runner) up
 
 Needs ``rclone`` and ``exiftool`` (Debian: ``apt-get install rclone libimage-exiftool-perl``)
 and gallery-dl in its own environment (``python3 -m venv /tmp/gdl-venv &&
@@ -559,6 +560,38 @@ class Bench:
                     [Contender("photo-escape", ours, check("pe")), Contender("exiftool", exiftool, check("exiftool"))])
 
 
+class WarmServer:
+    """``photo-escape server start`` for a benchmark (its Prefect server and its warm runner),
+    in the benchmark's own PHOTO_ESCAPE_HOME, with the environment the timed runs get (the
+    runner serves only runs with its Prefect settings); stopped at the end."""
+
+    def __init__(self, pe: list[str], env: dict[str, str]) -> None:
+        self.pe, self.env = pe, env
+
+    def _cli(self, *words: str) -> dict:
+        full = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+        full.update(self.env)
+        out = subprocess.run(self.pe + ["server", *words, "--json"], env=full, cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+        lines = out.stdout.strip().splitlines()
+        return json.loads(lines[-1]) if lines else {"error": out.stderr[-2000:]}
+
+    def __enter__(self) -> "WarmServer":
+        state = self._cli("start", "--port", "0")
+        if not state.get("running"):
+            raise SystemExit(f"photo-escape server start failed: {state}")
+        deadline = time.monotonic() + 120
+        while not self._cli("status").get("runner"):
+            if time.monotonic() > deadline:
+                raise SystemExit("the warm runner did not become ready in 120 s")
+            time.sleep(0.5)
+        print(f"photo-escape server running (warm runner ready): {state['ui_url']}", flush=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cli("stop")
+
+
 def default_photo_escape() -> list[str]:
     """The installed console script beside this interpreter, else ``python -m photo_escape.cli``."""
     script = Path(sys.executable).with_name("photo-escape")
@@ -591,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="gallery-dl's command (installed in its own environment)")
     ap.add_argument("--prefect-api", help="PREFECT_API_URL of a running Prefect server (default: a temporary one per run)")
     ap.add_argument("--prefect-home", help="PREFECT_HOME for photo-escape (default: <data>/prefect-home)")
+    ap.add_argument("--server", action="store_true",
+                    help="run with `photo-escape server start` up (its Prefect server and warm runner), "
+                         "started and stopped by the benchmark in its own PHOTO_ESCAPE_HOME")
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "photo-escape-bench-peers"),
                     help="where the pictures are made once and kept")
     ap.add_argument("--work", help="where each run's folders, ledgers and outputs go (default: a temporary folder)")
@@ -611,7 +647,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rounds} round(s)", flush=True)
     bench = Bench(args)
     results, skipped = [], {}
+    server = None
     try:
+        if args.server:
+            bench.pe_env["PHOTO_ESCAPE_HOME"] = str(bench.work / "pe-home")
+            server = WarmServer(bench.pe, bench.pe_env).__enter__()
         bench.warm_up()
         for name in races:
             missing = missing_tools(name, args)
@@ -625,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{race.name}: {race.what}", flush=True)
             results.append(run_race(race, args.rounds, args.timeout))
     finally:
+        if server is not None:
+            server.__exit__()
         bench.servers.stop()
         if not args.keep:
             shutil.rmtree(bench.work, ignore_errors=True)
@@ -644,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     report = {"rounds": args.rounds, "photos": args.photos, "numbered": args.numbered, "gallery": args.gallery,
               "latency_ms": args.latency_ms, "load_before": load, "load_after": load_after,
-              "prefect_api": args.prefect_api, "results": results, "skipped": skipped}
+              "prefect_api": args.prefect_api, "server": args.server, "results": results, "skipped": skipped}
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=1))
     print(json.dumps(report))

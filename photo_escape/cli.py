@@ -82,6 +82,13 @@ def _command(module: str):
 def main(argv: list[str] | None = None) -> int:
     global _exit_status
     words = sys.argv[1:] if argv is None else argv
+    if argv is None and words[:1] == ["run"] and not {"-h", "--help"} & set(words):
+        from photo_escape.runner import run_in_runner
+
+        status = run_in_runner(words)  # the warm runner of `photo-escape server start`, when it is up
+        if status is not None:
+            _exit_status = status
+            return status
     if argv is None and words[:1] and words[0] in FLOW_COMMANDS and not {"-h", "--help"} & set(words):
         from photo_escape.prefect_api import choose
 

@@ -23,6 +23,7 @@ import yaml
 from photo_escape import prefect_api
 from sandbox import photos
 from tests.fixtures.jobs import local_job
+from tests.fixtures.procs import children
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,13 +63,6 @@ def _group(pgid: int) -> list[str]:
     return found
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 def _flow_runs(prefect_home: Path) -> int:
     con = sqlite3.connect(prefect_home / "prefect.db")
     try:
@@ -93,7 +87,7 @@ def test_a_run_without_a_server_reports_to_a_temporary_one_and_leaves_no_process
                             start_new_session=True)
     servers: set[int] = set()
     while proc.poll() is None:  # watch the run's children while it runs
-        for child in _children(proc.pid):
+        for child in children(proc.pid):
             try:
                 if b"PREFECT__SERVER_EPHEMERAL=1" in Path(f"/proc/{child}/environ").read_bytes():
                     servers.add(child)
@@ -184,16 +178,17 @@ def test_the_server_command_starts_a_server_that_runs_report_to_and_stops_it(tmp
         assert status.returncode == 0 and _last_json(status.stdout)["api_url"] == state["api_url"]
 
         job = _job_file(tmp_path, count=2)
-        run = subprocess.Popen([sys.executable, "-m", "photo_escape.cli", "run", str(job), "--json"], env=env,
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        children: set[int] = set()
+        # in this process, not the warm runner's (tests/test_runner.py): its children are watched here
+        run = subprocess.Popen([sys.executable, "-m", "photo_escape.cli", "run", str(job), "--json"],
+                               env=dict(env, PHOTO_ESCAPE_RUNNER="off"), cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        temporary: set[int] = set()
         while run.poll() is None:
-            children.update(c for c in _children(run.pid)
-                            if b"PREFECT__SERVER_EPHEMERAL=1" in _environ(c))
+            temporary.update(c for c in children(run.pid) if b"PREFECT__SERVER_EPHEMERAL=1" in _environ(c))
             time.sleep(0.05)
         out, err = run.communicate()
         assert run.returncode == 0, err[-3000:]
-        assert not children  # no temporary server
+        assert not temporary  # no temporary server
         req = urllib.request.Request(f"{state['api_url']}/flow_runs/filter", data=b"{}", method="POST",
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -232,7 +227,7 @@ def test_a_temporary_server_migrates_the_database_once_per_prefect_version(tmp_p
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         seen: set[bool] = set()
         while run.poll() is None:
-            for child in _children(run.pid):
+            for child in children(run.pid):
                 environ = _environ(child)
                 if b"PREFECT__SERVER_EPHEMERAL=1" in environ:
                     seen.add(b"PREFECT_SERVER_DATABASE_MIGRATE_ON_START=false" in environ)

@@ -57,8 +57,10 @@ def status(args: argparse.Namespace) -> int:
     if state is None:
         _report(None, args.json, "no photo-escape Prefect server is running (start one: photo-escape server start)")
         return NOT_RUNNING
+    state["runner"] = _runner_ready(state)
     _report(state, args.json, f"Prefect server running: UI at {state['ui_url']}, API at {state['api_url']} "
-                              f"(pid {state['pid']})")
+                              f"(pid {state['pid']}); warm runner "
+                              f"{'ready' if state['runner'] else 'not ready (runs import for themselves)'}")
     return 0
 
 
@@ -108,12 +110,63 @@ def start(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
         time.sleep(0.2)
+    state["runner_pid"] = _start_runner(env, log)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state), encoding="utf-8")
     tmp.replace(path)
     _report(state, args.json, f"Prefect server started: UI at {state['ui_url']}; runs report to it until "
                               f"`photo-escape server stop`")
     return 0
+
+
+def _start_runner(env: dict[str, str], log: Path) -> int | None:
+    """The warm runner (:mod:`photo_escape.runner`) beside the server: it imports what a
+    run needs once, and ``photo-escape run`` hands it its command while it is up. It is
+    ready a few seconds later; until then runs import for themselves."""
+    if not Path("/proc").is_dir() or not hasattr(socket, "send_fds"):
+        return None  # Linux only
+    from photo_escape import home
+
+    _stop_runner({})  # one left by a server that ended without `stop` (it would hold on to nothing)
+    runner_home = home().resolve()
+    with open(log.with_name("runner.log"), "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "photo_escape.runner", "--home", str(runner_home)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                cwd=runner_home, start_new_session=True)
+    return proc.pid
+
+
+def _stop_runner(state: dict) -> None:
+    """Stop the warm runner (the one in ``state``, and the one its own state file names)."""
+    from photo_escape.runner import state_path as runner_state
+
+    pids = {state.get("runner_pid")}
+    try:
+        pids.add(json.loads(runner_state().read_text(encoding="utf-8"))["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    for pid in pids - {None}:
+        if _is_runner(int(pid)):
+            _end(int(pid))
+    runner_state().unlink(missing_ok=True)
+
+
+def _runner_ready(state: dict) -> bool:
+    """Whether the warm runner is up and taking commands."""
+    from photo_escape.runner import state_path as runner_state
+
+    try:
+        pid = int(json.loads(runner_state().read_text(encoding="utf-8"))["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return _is_runner(pid)
+
+
+def _is_runner(pid: int) -> bool:
+    try:
+        return b"photo_escape.runner" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _end(pid: int, timeout: float = 15.0) -> None:
@@ -154,6 +207,7 @@ def stop(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError, TypeError):
         _report(None, args.json, "no photo-escape Prefect server is running")
         return 0
+    _stop_runner(state)
     if is_server_process(pid):
         _end(pid)
     path.unlink(missing_ok=True)

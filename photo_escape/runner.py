@@ -22,9 +22,10 @@ The runner serves a command only when the run would be the same as in the comman
 own process, and declines otherwise (the command then runs in its own process, as
 without the runner):
 
-* the same Python (``sys.executable``) and the same Prefect environment (every
-  ``PREFECT_*`` variable, after photo-escape's defaults): Prefect reads its settings when
-  it is imported, so a run with other Prefect settings must import it itself;
+* the same Python (``sys.executable``), the same photo-escape checkout, and the same
+  environment where it is read at start-up: every ``PREFECT_*`` variable (after
+  photo-escape's defaults; Prefect reads its settings when it is imported), every
+  ``PYTHON*`` variable and ``HOME``;
 * no ``prefect.toml``, ``.env`` or ``pyproject.toml`` with Prefect settings in the
   command's working folder (Prefect reads those at import too);
 * photo-escape's code, the installed packages and the Prefect profile unchanged since
@@ -32,9 +33,15 @@ without the runner):
   again (re-executes), so it never runs stale code;
 * ``PHOTO_ESCAPE_RUNNER=off`` in the command's environment turns it off for that command.
 
-Only this user can use it: the socket is in a folder only this user can open, and the
-runner checks the peer's user id (``SO_PEERCRED``). The environment it receives is never
-logged. It reaps every process it forked (and, as Linux's child subreaper, whatever
+Only this user can use it: the socket is in a folder only this user can open, and both
+ends check the other's user id (``SO_PEERCRED``); the client computes the socket's path
+itself and checks the folder before it hands anything over. The environment it receives
+is never logged.
+
+What a run in the runner does not take from the command: its resource limits
+(``ulimit``), niceness, CPU affinity and cgroup are the runner's (those of
+``server start``), and Ctrl-Z stops only the command. Set ``PHOTO_ESCAPE_RUNNER=off``
+for a run that needs its own. It reaps every process it forked (and, as Linux's child subreaper, whatever
 those leave behind), so finished runs leave no defunct processes. Linux only; elsewhere
 ``server start`` starts no runner and every run imports for itself.
 
@@ -89,12 +96,18 @@ def prefect_environment(env: dict[str, str] | os._Environ) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith("PREFECT_")}
 
 
+def _read_at_start(env: dict[str, str] | os._Environ) -> dict[str, str]:
+    """What Python and Prefect read from the environment when they start: ``PYTHON*``
+    (the path, warnings, encodings...) and ``HOME`` (Prefect's default home)."""
+    return {k: v for k, v in env.items() if k.startswith("PYTHON") or k == "HOME"}
+
+
 def _send_line(sock: socket.socket, obj: dict[str, Any]) -> None:
     sock.sendall(json.dumps(obj).encode() + b"\n")
 
 
 def _read_line(sock: socket.socket, first: bytes = b"") -> dict[str, Any] | None:
-    """One JSON line from ``sock`` (None when it closes first)."""
+    """The request: one JSON line from ``sock`` (None when it closes first)."""
     buf = first
     while b"\n" not in buf:
         chunk = sock.recv(65536)
@@ -124,36 +137,62 @@ def run_in_runner(words: list[str]) -> int | None:
     status; None when there is no runner or it declines (run it in this process then)."""
     if _in_runner or os.environ.get("PHOTO_ESCAPE_RUNNER", "").lower() in ("off", "0", "no", "false"):
         return None
-    try:
-        state = json.loads(state_path().read_text(encoding="utf-8"))
-        address = state["socket"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if _prefect_files_here():
+    from photo_escape import home
+
+    address = socket_path(home())
+    if not _ours(address.parent) or _prefect_files_here():
         return None
     from photo_escape.prefect_api import prefect_defaults
 
     prefect_defaults()  # as the run would have them when it imports Prefect
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(address)
+        sock.connect(str(address))
+        if _peer_uid(sock) != os.getuid():  # only ever hand the environment and terminal to our own runner
+            raise PermissionError("the runner's socket belongs to another user")
     except OSError:
         sock.close()
         return None
     request = {"argv0": sys.argv[0], "words": words, "cwd": os.getcwd(), "env": dict(os.environ),
-               "umask": _umask(), "executable": sys.executable}
+               "umask": _umask(), "executable": sys.executable, "code": _code_root()}
+    reader = sock.makefile("rb")
     try:
         data = json.dumps(request).encode() + b"\n"
         sent = socket.send_fds(sock, [data], [0, 1, 2])
         sock.sendall(data[sent:])
-        answer = _read_line(sock)
+        answer = _line(reader)
     except (OSError, ValueError):
-        sock.close()
-        return None
+        answer = None
     if not answer or "pid" not in answer:  # declined (answer["declined"] says why), or the runner went away
+        reader.close()
         sock.close()
         return None
-    return _wait_for_run(sock, int(answer["pid"]))
+    return _wait_for_run(sock, reader, int(answer["pid"]))
+
+
+def _ours(folder: Path) -> bool:
+    """The runner's socket folder: a real folder of this user's that no one else may open."""
+    import stat
+
+    try:
+        st = os.lstat(folder)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+
+
+def _code_root() -> str:
+    """Where this photo-escape's code is (a runner serves only its own checkout)."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def _line(reader) -> dict[str, Any] | None:
+    raw = reader.readline(MAX_REQUEST)
+    return json.loads(raw) if raw.endswith(b"\n") else None
 
 
 def _umask() -> int:
@@ -162,7 +201,7 @@ def _umask() -> int:
     return mask
 
 
-def _wait_for_run(sock: socket.socket, pid: int) -> int:
+def _wait_for_run(sock: socket.socket, reader, pid: int) -> int:
     """Forward signals to the run until its exit status arrives; mirror how it ended."""
     def forward(signum: int, _frame: Any) -> None:
         try:  # what a terminal sends goes to the run's whole group (its workers too), as it would
@@ -175,12 +214,11 @@ def _wait_for_run(sock: socket.socket, pid: int) -> int:
 
     for signum in FORWARDED:
         signal.signal(signum, forward)
-    while True:
-        try:
-            result = _read_line(sock)
-            break
-        except InterruptedError:  # a forwarded signal: keep waiting for the run to end
-            continue
+    try:
+        result = _line(reader)  # a forwarded signal does not interrupt this (PEP 475)
+    except (OSError, ValueError):
+        result = None
+    reader.close()
     sock.close()
     if result is None:
         print("photo-escape: lost the warm runner (photo-escape server) during the run; "
@@ -265,6 +303,7 @@ class Runner:
         gc.disable()
         prefect_defaults()
         self.prefect_env = prefect_environment(os.environ)
+        self.start_env = _read_at_start(os.environ)
         preload()
         self.stamp = code_stamp()
         gc.freeze()
@@ -300,6 +339,7 @@ class Runner:
     def serve(self) -> None:
         import selectors
 
+        self._reap()  # runs that ended while this image started (a restart): nothing woke us for them
         sel = selectors.DefaultSelector()
         sel.register(self.listener, selectors.EVENT_READ, "accept")
         sel.register(self.wake_r, selectors.EVENT_READ, "wake")
@@ -313,7 +353,11 @@ class Runner:
                             pass
                         self._reap()
                     elif not self.stopping:
-                        conn, _ = self.listener.accept()
+                        try:
+                            conn, _ = self.listener.accept()
+                        except OSError as exc:  # out of descriptors, say: the next command may do better
+                            _log(f"could not take a command: {exc}")
+                            continue
                         self._handle(conn)
         finally:
             self._leave()
@@ -352,8 +396,7 @@ class Runner:
         fds: list[int] = []
         try:
             conn.settimeout(10)
-            uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
-            if uid != os.getuid():
+            if _peer_uid(conn) != os.getuid():
                 raise PermissionError("another user")
             data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, 3)
             for fd in fds:  # the command's streams: never into a process this one executes
@@ -378,11 +421,14 @@ class Runner:
             pid = os.fork()
             if pid == 0:
                 self._child(conn, fds, request)  # never returns
-            self.children[pid] = conn
+            try:
+                os.setpgid(pid, pid)  # (the child does it too): its own group before anyone signals it
+            except OSError:
+                pass
+            self.children[pid] = conn  # the run tells its client its pid when it is ready for signals
             _log(f"run {pid}: {' '.join(request['words'][:2])}")
-            _send_line(conn, {"pid": pid})
-        except (OSError, ValueError, PermissionError) as exc:
-            _log(f"a command went unserved: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a bad request never ends the runner
+            _log(f"a command went unserved: {type(exc).__name__}: {exc}")
             conn.close()
         finally:
             for fd in fds:
@@ -391,8 +437,12 @@ class Runner:
     def _declines(self, request: dict[str, Any]) -> str:
         if request.get("executable") != sys.executable:
             return f"another Python ({request.get('executable')})"
+        if request.get("code") != _code_root():
+            return f"another photo-escape ({request.get('code')})"
         if prefect_environment(request.get("env") or {}) != self.prefect_env:
             return "other Prefect settings in the environment"
+        if _read_at_start(request.get("env") or {}) != self.start_env:
+            return "other Python settings or HOME in the environment"
         import threading
 
         if threading.active_count() != 1:
@@ -411,16 +461,12 @@ class Runner:
     def _child(self, conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
         """In the fork: become the command (its process group, descriptors, folder,
         environment, arguments), run it, and end with its status."""
-        import atexit
-
         global _in_runner
         code = 1
         try:
             _in_runner = True
-            ended: dict[str, int] = {}
-            atexit.register(_tell_client, conn, ended)  # after the run's own exit handlers
             signal.set_wakeup_fd(-1)
-            for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGCHLD, signal.SIGTERM):
                 signal.signal(signum, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             self.listener.close()
@@ -431,27 +477,35 @@ class Runner:
             os.setpgid(0, 0)
             for target, fd in zip((0, 1, 2), fds):
                 os.dup2(fd, target)
+            for fd in fds:
+                if fd > 2:
+                    os.close(fd)
             os.chdir(request["cwd"])
             os.umask(int(request["umask"]))
             os.environ.clear()
             os.environ.update(request["env"])
             time.tzset()
+            tempfile_reset()
             sys.argv = [request["argv0"], *request["words"]]
             sys.stdout.reconfigure(line_buffering=os.isatty(1))
+            _send_line(conn, {"pid": os.getpid()})  # ready: the client forwards signals from now on
             _watch_client(conn)
             from photo_escape import cli
 
             code = cli.main()
         except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if isinstance(exc.code, int) or exc.code is None:
+                code = exc.code or 0
+            else:  # as Python itself ends on SystemExit("message")
+                print(exc.code, file=sys.stderr)
+                code = 1
         except BaseException:  # noqa: BLE001 - as an uncaught exception ends a command
             import traceback
 
             traceback.print_exc()
             code = 1
         finally:
-            ended["exit"] = code
-            _end_child(code)
+            _end_child(conn, code)
 
 
 def _watch_client(conn: socket.socket) -> None:
@@ -470,40 +524,44 @@ def _watch_client(conn: socket.socket) -> None:
     threading.Thread(target=watch, name="runner-client", daemon=True).start()
 
 
-def _tell_client(conn: socket.socket, ended: dict[str, int]) -> None:
-    """Send the run's exit status, its output flushed first. The run says it itself, after
-    Prefect's exit handlers: the runner (which also says it, after reaping) may have
-    started again on changed code meanwhile."""
+def tempfile_reset() -> None:
+    """Let ``tempfile`` find the command's TMPDIR (it keeps the first one it found)."""
+    import tempfile
+
+    tempfile.tempdir = None
+
+
+def _end_child(conn: socket.socket, code: int) -> None:
+    """End as the command's own process would, then tell the client: first what Python's
+    own exit does (wait for the threads and run what they registered: Prefect's events
+    are drained there; then the exit handlers: Prefect's logs, the hashing workers), the
+    output flushed, then the status to the client (the run says it itself: the runner may
+    have started again on changed code meanwhile), then the end."""
     global _client_told
+    import atexit
+    import threading
+
     from photo_escape import cli
 
-    _client_told = True
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001
-            pass
-    status = cli._exit_status if cli._exit_status is not None else ended.get("exit", 1)
+    status = cli._exit_status if cli._exit_status is not None else code
     try:
-        _send_line(conn, {"exit": int(status)})
-    except OSError:
-        pass
-
-
-def _end_child(code: int) -> None:
-    """End as the command's own process would: its exit handlers (Prefect's queued logs and
-    events, photo-escape's quick exit), then the status."""
-    import atexit
-
-    try:
+        atexit.unregister(cli._end_without_finalization)  # this ends the process below, after telling
+        threading._shutdown()  # type: ignore[attr-defined]
         atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001 - the status still goes to the client
+        pass
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except Exception:  # noqa: BLE001
                 pass
-        os._exit(code)
+        _client_told = True
+        try:
+            _send_line(conn, {"exit": int(status)})
+        except (OSError, ValueError, TypeError):
+            pass
+        os._exit(int(status) if isinstance(status, int) else 1)
 
 
 def _become_subreaper() -> None:

@@ -92,10 +92,7 @@ _DCT8 = _dct_rows()
 def _bits_to_hex(bits: np.ndarray) -> str:
     """64 booleans (row-major, first is the most significant bit) as 16 hex digits,
     exactly as ``str(imagehash.ImageHash)`` prints them."""
-    value = 0
-    for b in bits.ravel():
-        value = (value << 1) | int(b)
-    return f"{value:016x}"
+    return np.packbits(np.asarray(bits, dtype=bool).ravel()).tobytes().hex()  # MSB first, as imagehash
 
 
 def phash_bits(gray32: np.ndarray) -> np.ndarray:

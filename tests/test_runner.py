@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -106,8 +107,25 @@ def test_a_run_is_served_with_the_commands_folder_environment_and_streams(warm, 
     assert len(warm.served()) == before + 1  # the runner ran it
     assert "job.yaml" in warm.served()[-1]
     assert UPLOAD_PASSWORD not in warm.log  # the environment it was handed is not logged
+    # the run's last events reached Prefect (they are sent while the run ends): no task run left running
+    api = _last_json(_cli(["server", "status", "--json"], warm.env).stdout)["api_url"]
+    flow_run = json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"{api}/flow_runs/filter", data=json.dumps({"sort": "START_TIME_DESC", "limit": 1}).encode(),
+        method="POST", headers={"Content-Type": "application/json"}), timeout=30).read())[0]
+    assert flow_run["state_type"] == "COMPLETED"
+
+    def task_states() -> list[str]:
+        body = {"flow_runs": {"id": {"any_": [flow_run["id"]]}}}
+        with urllib.request.urlopen(urllib.request.Request(
+                f"{api}/task_runs/filter", data=json.dumps(body).encode(), method="POST",
+                headers={"Content-Type": "application/json"}), timeout=30) as r:
+            return [t["state_type"] for t in json.loads(r.read())]
+
+    states = _until(lambda: (found := task_states()) and all(t == "COMPLETED" for t in found) and found,
+                    timeout=30, step=0.5)
+    assert len(states) >= 2  # fetch, examine-and-deliver
     pid = warm.runner_pid()
-    _until(lambda: all(state(c) not in ("Z", "") for c in children(pid)) or not children(pid), timeout=20)
+    _until(lambda: not [c for c in children(pid) if state(c) == "Z"], timeout=20)  # the run was reaped
 
     bad = tmp_path / "bad.yaml"  # a bad job spec: the same message and status as in the command's own process
     bad.write_text("name: x\nsource: {kind: nowhere}\n")
@@ -181,11 +199,22 @@ def test_a_killed_command_takes_its_run_with_it_and_a_rerun_finishes(warm, tmp_p
         _until(lambda: not Path(f"/proc/{run_pid}").exists(), timeout=30)
         assert f"run {run_pid} ended: {{'exit': {proc.returncode}}}" in warm.log
 
+        # the rerun, through the runner; while it runs the runner starts again on a changed
+        # profile (a second command on the same job is declined, then refused: the ledger is busy)
         before = len(warm.served())
-        rerun = _cli(["run", str(tmp_path / "job.yaml"), "--json"], warm.env)
-        assert rerun.returncode == 0, rerun.stderr[-3000:]
-        assert len(warm.served()) == before + 1
-        assert _last_json(rerun.stdout)["pending"] == 0
+        delivered = len(list((tmp_path / "archive").rglob("*.jpg")))
+        rerun, run_pid = start()
+        _until(lambda: len(list((tmp_path / "archive").rglob("*.jpg"))) > delivered, timeout=60, step=0.02)
+        profiles = Path(warm.env["PREFECT_HOME"]) / "profiles.toml"
+        profiles.parent.mkdir(parents=True, exist_ok=True)
+        profiles.write_text(f'active = "ephemeral"\n[profiles.ephemeral]\n# {time.time()}\n')
+        busy = _cli(["run", str(tmp_path / "job.yaml"), "--json"], warm.env)
+        assert busy.returncode == 3, busy.stderr[-3000:]
+        assert Path(f"/proc/{run_pid}").exists()  # the restart happened with the rerun under way
+        out, err = rerun.communicate(timeout=180)
+        assert rerun.returncode == 0, err[-3000:]
+        assert _last_json(out)["pending"] == 0  # its status and summary reached it across the restart
         assert len(list((tmp_path / "archive").rglob("*.jpg"))) == 120  # every photo once
+        _until(warm.ready, step=0.5)
     pid = warm.runner_pid()
-    assert not [c for c in children(pid) if state(c) == "Z"]  # nothing defunct under the runner
+    _until(lambda: not [c for c in children(pid) if state(c) == "Z"], timeout=20)  # nothing left defunct

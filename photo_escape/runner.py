@@ -259,6 +259,12 @@ def preload() -> None:
         except ImportError:
             pass
     run_command._import_what_the_run_needs_later()
+    try:  # S3's models, read once here rather than by every run's first client
+        from tasks.s3util import warm_up
+
+        warm_up()
+    except Exception:  # noqa: BLE001 - a run's own client reads them, as without the runner
+        pass
 
 
 def code_stamp() -> tuple:

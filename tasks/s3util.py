@@ -61,8 +61,9 @@ def credentials_from(ref: SecretRef | None) -> dict[str, str]:
     return out
 
 
-def make_client(conn: S3Connection, *, pool: int = 10) -> Any:
-    """A thread-safe boto3 S3 client for ``conn`` (retries in botocore's standard mode)."""
+def make_client(conn: S3Connection, *, pool: int = 10, keys: dict[str, str] | None = None) -> Any:
+    """A thread-safe boto3 S3 client for ``conn`` (retries in botocore's standard mode);
+    ``keys`` (session keyword arguments) instead of ``conn.credentials``, for :func:`warm_up`."""
     import boto3
     from botocore.config import Config
 
@@ -84,9 +85,16 @@ def make_client(conn: S3Connection, *, pool: int = 10) -> Any:
     core = botocore.session.get_session()
     core.register_component("data_loader", _shared_loader())  # the models read once per process, not per client
     session = boto3.session.Session(region_name=conn.region, botocore_session=core,
-                                    **credentials_from(conn.credentials))
+                                    **(keys if keys is not None else credentials_from(conn.credentials)))
     region = conn.region or session.region_name or "us-east-1"
     return session.client("s3", endpoint_url=conn.endpoint_url, region_name=region, config=cfg)
+
+
+def warm_up() -> None:
+    """Make one client, talking to no one, so that this process's shared loader holds S3's
+    models (the warm runner does this once for every run it forks)."""
+    make_client(S3Connection(bucket="warm-up", endpoint_url="http://127.0.0.1:9", region="us-east-1"),
+                keys={"aws_access_key_id": "warm-up", "aws_secret_access_key": "warm-up"})
 
 
 _LOADER: list[Any] = []

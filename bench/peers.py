@@ -149,10 +149,16 @@ class Race:
     phases: tuple[str, ...] = ("run",)
 
 
+def command_environment(extra: dict[str, str]) -> dict[str, str]:
+    """A contender's environment: this one's, plain-HTTP endpoints only, and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    env.update(extra)
+    return env
+
+
 def timed(cmd: Command, timeout: float) -> tuple[float, str]:
     """Wall seconds of a whole command (start-up included), and an error ('' if none)."""
-    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # plain-HTTP endpoints only
-    env.update(cmd.env)
+    env = command_environment(cmd.env)
     out = open(cmd.stdout, "wb") if cmd.stdout else subprocess.DEVNULL
     cmd.started = time.time()
     t = time.perf_counter()
@@ -569,10 +575,8 @@ class WarmServer:
         self.pe, self.env = pe, env
 
     def _cli(self, *words: str) -> dict:
-        full = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
-        full.update(self.env)
-        out = subprocess.run(self.pe + ["server", *words, "--json"], env=full, cwd=ROOT, capture_output=True,
-                             text=True, timeout=300)
+        out = subprocess.run(self.pe + ["server", *words, "--json"], env=command_environment(self.env), cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
         lines = out.stdout.strip().splitlines()
         return json.loads(lines[-1]) if lines else {"error": out.stderr[-2000:]}
 

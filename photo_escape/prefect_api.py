@@ -106,13 +106,29 @@ def _prefect_home() -> Path:
     return Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
 
 
+def profiles_path() -> Path:
+    """The Prefect profiles file (``PREFECT_PROFILES_PATH``, else ``$PREFECT_HOME/profiles.toml``)."""
+    return Path(os.environ.get("PREFECT_PROFILES_PATH") or _prefect_home() / "profiles.toml").expanduser()
+
+
+def prefect_files_here() -> bool:
+    """Whether the working folder has Prefect settings of its own (a ``prefect.toml``,
+    ``.env`` or ``pyproject.toml`` with ``[tool.prefect]``), which Prefect reads when it is
+    imported."""
+    if any(Path(name).exists() for name in ("prefect.toml", ".env")):
+        return True
+    try:
+        return "tool.prefect" in Path("pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _active_profile() -> dict[str, Any]:
     """The active Prefect profile's settings, read without importing Prefect."""
     import tomllib
 
-    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or _prefect_home() / "profiles.toml").expanduser()
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(profiles_path().read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     active = os.environ.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
@@ -125,16 +141,8 @@ def _default_database() -> Path | None:
     pyproject.toml here): then the server decides everything itself."""
     if any(k.startswith("PREFECT_") and "DATABASE" in k for k in os.environ):
         return None
-    if any("DATABASE" in str(k) for k in _active_profile()):
+    if any("DATABASE" in str(k) for k in _active_profile()) or prefect_files_here():
         return None
-    for name in ("prefect.toml", ".env"):
-        if Path(name).exists():
-            return None
-    try:
-        if "tool.prefect" in Path("pyproject.toml").read_text(encoding="utf-8"):
-            return None
-    except (OSError, UnicodeDecodeError):
-        pass
     return _prefect_home() / "prefect.db"
 
 

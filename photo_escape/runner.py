@@ -63,7 +63,6 @@ from typing import Any
 STATE_FILE = "runner.json"  # under $PHOTO_ESCAPE_HOME: {pid, socket, started}
 MAX_REQUEST = 4 << 20
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH)
-PREFECT_FILES = ("prefect.toml", ".env")  # Prefect settings files read from the working folder
 
 _in_runner = False  # True in a run the runner forked: it never hands itself on again
 _client_told = False  # the run has sent its exit status: its client may go now
@@ -90,6 +89,22 @@ def socket_path(home: Path) -> Path:
     folder = Path(tempfile.gettempdir()) / f"photo-escape-{os.getuid()}"
     digest = hashlib.sha256(os.fsencode(Path(home).resolve())).hexdigest()[:16]
     return folder / f"runner-{digest}.sock"
+
+
+def running_pid(home: Path | None = None) -> int | None:
+    """The pid of the runner its state file names, when that process is a runner still."""
+    try:
+        pid = int(json.loads(state_path(home).read_text(encoding="utf-8"))["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if is_runner(pid) else None
+
+
+def is_runner(pid: int) -> bool:
+    try:
+        return b"photo_escape.runner" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def prefect_environment(env: dict[str, str] | os._Environ) -> dict[str, str]:
@@ -123,26 +138,17 @@ def _read_line(sock: socket.socket, first: bytes = b"") -> dict[str, Any] | None
 # the client: `photo-escape run` (standard library only)
 # ----------------------------------------------------------------------------------------
 
-def _prefect_files_here() -> bool:
-    if any(Path(name).exists() for name in PREFECT_FILES):
-        return True
-    try:
-        return "tool.prefect" in Path("pyproject.toml").read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return False
-
-
 def run_in_runner(words: list[str]) -> int | None:
     """Run the command ``photo-escape WORDS`` in the warm runner and return its exit
     status; None when there is no runner or it declines (run it in this process then)."""
     if _in_runner or os.environ.get("PHOTO_ESCAPE_RUNNER", "").lower() in ("off", "0", "no", "false"):
         return None
     from photo_escape import home
+    from photo_escape.prefect_api import prefect_defaults, prefect_files_here
 
     address = socket_path(home())
-    if not _ours(address.parent) or _prefect_files_here():
+    if not _ours(address.parent) or prefect_files_here():
         return None
-    from photo_escape.prefect_api import prefect_defaults
 
     prefect_defaults()  # as the run would have them when it imports Prefect
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -274,17 +280,18 @@ def code_stamp() -> tuple:
     import site
     import sysconfig
 
-    root = Path(__file__).resolve().parent.parent
+    from photo_escape.prefect_api import profiles_path
+
+    root = _code_root()
     paths: set[str] = set()
     for mod in list(sys.modules.values()):
         f = getattr(mod, "__file__", None)
-        if f and f.startswith(str(root)):
+        if f and f.startswith(root):
             paths.add(f)
             paths.add(os.path.dirname(f))
     for d in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}:
         paths.add(d)
-    prefect_home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
-    paths.add(str(prefect_home / "profiles.toml"))
+    paths.add(str(profiles_path()))
     stamp = []
     for p in sorted(paths):
         try:
@@ -318,8 +325,8 @@ class Runner:
         path = socket_path(self.home)
         path.parent.mkdir(mode=0o700, exist_ok=True)
         os.chmod(path.parent, 0o700)
-        if path.parent.stat().st_uid != os.getuid():
-            raise SystemExit(f"{path.parent} belongs to another user")
+        if not _ours(path.parent):  # the check its clients make
+            raise SystemExit(f"{path.parent} is not a folder of this user's alone")
         path.unlink(missing_ok=True)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(path))

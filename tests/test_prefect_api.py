@@ -22,6 +22,8 @@ import yaml
 
 from photo_escape import prefect_api
 from sandbox import photos
+from tests.fixtures.fresh import cli as _cli
+from tests.fixtures.fresh import last_json as _last_json
 from tests.fixtures.jobs import local_job
 from tests.fixtures.procs import children
 
@@ -33,11 +35,6 @@ def _env(tmp_path: Path, **extra: str) -> dict:
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PHOTO_ESCAPE_HOME=str(tmp_path / "pe-home"),
                PYTHONPATH=str(ROOT), PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
     return env
-
-
-def _cli(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "photo_escape.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=ROOT)
 
 
 def _job_file(tmp_path: Path, count: int = 3) -> Path:
@@ -69,10 +66,6 @@ def _flow_runs(prefect_home: Path) -> int:
         return con.execute("SELECT count(*) FROM flow_run").fetchone()[0]
     finally:
         con.close()
-
-
-def _last_json(out: str) -> dict:
-    return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")

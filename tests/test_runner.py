@@ -22,21 +22,14 @@ import yaml
 
 from sandbox import photos
 from sandbox.numbered import NumberedHost
+from tests.fixtures.fresh import cli as _cli
+from tests.fixtures.fresh import last_json as _last_json
 from tests.fixtures.jobs import local_job
 from tests.fixtures.procs import children, state
 from tests.fixtures.upload import UPLOAD_PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir() or sys.platform != "linux", reason="Linux only")
-
-
-def _cli(args: list[str], env: dict, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "photo_escape.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=cwd)
-
-
-def _last_json(out: str) -> dict:
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def _until(what, timeout: float = 120.0, step: float = 0.1):

@@ -57,7 +57,9 @@ def status(args: argparse.Namespace) -> int:
     if state is None:
         _report(None, args.json, "no photo-escape Prefect server is running (start one: photo-escape server start)")
         return NOT_RUNNING
-    state["runner"] = _runner_ready(state)
+    from photo_escape.runner import running_pid
+
+    state["runner"] = running_pid() is not None  # up and taking commands
     _report(state, args.json, f"Prefect server running: UI at {state['ui_url']}, API at {state['api_url']} "
                               f"(pid {state['pid']}); warm runner "
                               f"{'ready' if state['runner'] else 'not ready (runs import for themselves)'}")
@@ -138,35 +140,12 @@ def _start_runner(env: dict[str, str], log: Path) -> int | None:
 
 def _stop_runner(state: dict) -> None:
     """Stop the warm runner (the one in ``state``, and the one its own state file names)."""
-    from photo_escape.runner import state_path as runner_state
+    from photo_escape.runner import is_runner, running_pid, state_path
 
-    pids = {state.get("runner_pid")}
-    try:
-        pids.add(json.loads(runner_state().read_text(encoding="utf-8"))["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    for pid in pids - {None}:
-        if _is_runner(int(pid)):
+    for pid in {state.get("runner_pid"), running_pid()} - {None}:
+        if is_runner(int(pid)):
             _end(int(pid))
-    runner_state().unlink(missing_ok=True)
-
-
-def _runner_ready(state: dict) -> bool:
-    """Whether the warm runner is up and taking commands."""
-    from photo_escape.runner import state_path as runner_state
-
-    try:
-        pid = int(json.loads(runner_state().read_text(encoding="utf-8"))["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return _is_runner(pid)
-
-
-def _is_runner(pid: int) -> bool:
-    try:
-        return b"photo_escape.runner" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+    state_path().unlink(missing_ok=True)
 
 
 def _end(pid: int, timeout: float = 15.0) -> None:

@@ -127,12 +127,13 @@ def test_replace_restore_verify(flickr_account, tmp_path):
     items = listed(worker)
     truth = acct.truth()
     prepared = worker.prepare(items)
-    acct.state.inject("flickr.photos.setDates", code=106, every=3)
-    acct.state.inject("replace", status=502, every=4)
+    expected = {iid for iid, t in truth.items() if t["expect"] == "date_verified"}
+    faults = [*acct.fail_some("flickr.photos.setDates", 3, among=expected, code=106),
+              *acct.fail_some("replace", 4, among=expected, status=502, times=2)]
     done = worker.replace_batch(prepared["ready"])
     worker.close()
     stages = by_stage(done["outcomes"])
-    expected = {iid for iid, t in truth.items() if t["expect"] == "date_verified"}
+    assert faults and all(f.fired for f in faults)
     assert set(stages) == expected
     for iid in expected:
         s = stages[iid]
@@ -207,12 +208,13 @@ def test_flow_replaces_what_it_should_and_a_rerun_replaces_nothing(prefect_harne
     from flows.replace_hires import replace_hires
 
     acct = flickr_account()
-    faults = [acct.state.inject("flickr.photos.getInfo", code=105, every=7),
-              acct.state.inject("flickr.photos.setDates", code=106, every=5),
-              acct.state.inject("replace", status=502, every=4),
+    truth = acct.truth()
+    verified = [iid for iid, t in truth.items() if t["expect"] == "date_verified"]
+    faults = [*acct.fail_some("flickr.photos.getInfo", 7, among=verified, code=105),
+              *acct.fail_some("flickr.photos.setDates", 5, among=verified, code=106),
+              *acct.fail_some("replace", 4, among=verified, status=502),
               acct.state.inject("flickr.people.getPhotos", code=105, times=1)]
     job = acct.job(tmp_path)
-    truth = acct.truth()
     want = expected_counts(truth)
     summary = replace_hires(job)
     assert {k: summary[k] for k in want} == want

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import heapq
+import itertools
 import os
 import re
 import threading
@@ -218,23 +220,58 @@ def network_reason(exc: BaseException) -> str:
 
 
 # -- politeness -------------------------------------------------------------------------
+class _Slots:
+    """A host's request slots, handed out lowest ``priority`` first (then first come): the
+    batch a flow started first keeps every slot it can use, and a later batch takes
+    only what the first leaves idle. So batches finish their downloads one after another
+    (the first is examined while the next downloads) instead of all together."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[float, int, Any]] = []
+        self._seq = itertools.count()
+
+    def acquire(self, priority: float) -> None:
+        with self._lock:
+            if self.used < self.limit and not self._waiting:
+                self.used += 1
+                return
+            baton = threading.Lock()
+            baton.acquire()
+            heapq.heappush(self._waiting, (priority, next(self._seq), baton))
+        baton.acquire()  # released by release(): the slot passes straight to us
+
+    def release(self) -> None:
+        with self._lock:
+            if self._waiting:
+                heapq.heappop(self._waiting)[2].release()
+            else:
+                self.used -= 1
+
+
 class HostGate:
-    """Per-host limits: a semaphore for requests in flight and a minimum spacing in time."""
+    """Per-host limits: slots for requests in flight and a minimum spacing in time."""
 
     def __init__(self, per_host: int, rate_per_host: float | None) -> None:
         self.per_host = per_host
         self.interval = 1.0 / rate_per_host if rate_per_host else 0.0
         self._lock = threading.Lock()
-        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._slots: dict[str, _Slots] = {}
         self._next: dict[str, float] = {}
 
     @contextmanager
-    def slot(self, url: str) -> Iterator[None]:
-        """Hold one of the host's request slots, after waiting for its rate allowance."""
+    def slot(self, url: str, priority: float = 0) -> Iterator[None]:
+        """Hold one of the host's request slots, after waiting for its rate allowance.
+        Lower ``priority`` goes first: pages (0, the default) before any batch's files."""
         host = urlsplit(url).netloc.lower()
         with self._lock:
-            sem = self._slots.setdefault(host, threading.BoundedSemaphore(self.per_host))
-        with sem:
+            slots = self._slots.get(host)
+            if slots is None:
+                slots = self._slots[host] = _Slots(self.per_host)
+        slots.acquire(priority)
+        try:
             if self.interval:
                 with self._lock:
                     now = time.monotonic()
@@ -243,9 +280,12 @@ class HostGate:
                 if at > now:
                     time.sleep(at - now)
             yield
+        finally:
+            slots.release()
 
 
 _GATES: dict[tuple[int, float | None], HostGate] = {}
+_MADE = itertools.count(1)  # downloaders in the order they were made (their gate priority)
 _GATES_LOCK = threading.Lock()
 
 
@@ -328,6 +368,9 @@ class Downloader:
         self.max_bytes = max_bytes
         self.session = session or make_session(self.settings, pool=concurrency, cookies=False)
         self.gate = shared_gate(self.settings.per_host or concurrency, self.settings.rate_per_host)
+        #: this downloader's files wait behind those of downloaders made before it (a flow
+        #: makes one per batch, so the earlier batch downloads first; see _Slots)
+        self.priority = next(_MADE)
         self.sleep = sleep
         self._expo = wait_exponential_jitter(multiplier=backoff_seconds, max=self.settings.backoff_max,
                                              jitter=backoff_seconds)
@@ -459,7 +502,7 @@ class Downloader:
         retried: list[str] = []
 
         def once() -> Fetched:
-            with self.gate.slot(url):  # held while the body streams, not just for the headers
+            with self.gate.slot(url, self.priority):  # held while the body streams, not just for the headers
                 resp = self.get(url, session=session, stream=True, gated=False)
                 with resp:
                     err = status_error(resp)

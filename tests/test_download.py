@@ -250,3 +250,49 @@ def test_a_server_trickling_bytes_is_a_timeout(numbered_host, tmp_path):
     assert (out["outcome"], out["reason"]) == ("failed", "timeout")
     assert "still arriving" in out["detail"]["error"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_batch_started_first_gets_the_slots_first():
+    """A flow fetches up to three batches at once through one gate: a freed slot goes to
+    the lowest priority waiting (pages at 0, then each batch's downloader by the time it
+    was made), first come among equals; so the first batch is not slowed by the next."""
+    import threading
+
+    from tasks.download import HostGate
+
+    gate = HostGate(per_host=1, rate_per_host=None)
+    url = "http://photos.example/gallery/full/1.jpg"
+    holding, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def hold() -> None:
+        with gate.slot(url, 5.0):
+            holding.set()
+            release.wait()
+
+    def take(name: str, priority: float) -> None:
+        with gate.slot(url, priority):
+            order.append(name)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    waiting = gate._slots["photos.example"]._waiting
+    threads = []
+    for name, priority in [("later batch", 3.0), ("first batch a", 2.0), ("page", 0.0), ("first batch b", 2.0)]:
+        threads.append(threading.Thread(target=take, args=(name, priority)))
+        threads[-1].start()
+        deadline = time.monotonic() + 10
+        while len(waiting) < len(threads) and time.monotonic() < deadline:  # queued behind the holder
+            time.sleep(0.001)
+    assert len(waiting) == 4
+    release.set()
+    for t in [holder, *threads]:
+        t.join(10)
+    assert order == ["page", "first batch a", "first batch b", "later batch"]
+    assert gate._slots["photos.example"].used == 0  # every slot given back
+
+
+def test_downloaders_made_later_wait_behind_earlier_ones():
+    first, second = downloader(), downloader()
+    assert first.gate is second.gate and first.priority < second.priority

@@ -93,6 +93,7 @@ class FaultPlan:
 
     def __init__(self, rules: Iterable[dict[str, Any]] = ()) -> None:
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when the last request in flight ends
         self.rules: list[Fault] = []
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
@@ -140,6 +141,14 @@ class FaultPlan:
         with self._lock:
             self._tick()
             self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until no request is being answered (a slow answer a client gave up on may
+        still be sleeping here); False if one still is after ``timeout`` seconds."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self.in_flight, timeout)
 
     def _tick(self) -> None:
         now = time.monotonic()

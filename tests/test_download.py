@@ -143,11 +143,13 @@ def test_a_batch_fetches_every_item_and_keeps_per_host_limits(numbered_host, tmp
 
 
 def test_rate_per_host_spaces_requests(numbered_host, tmp_path):
-    dl = downloader(concurrency=4, per_host=4, rate_per_host=20)
+    dl = downloader(concurrency=4, per_host=4, rate_per_host=10)
     dl.fetch_items([item(numbered_host, n) for n in (18, 19, 20, 21, 22)], tmp_path)
     times = sorted(r["at"] for r in numbered_host.faults.requests)
     assert len(times) == 5
-    assert times[-1] - times[0] >= 4 * 0.05 * 0.9
+    # 0.1 s apart at the client; the server sees them up to a connection's set-up later
+    # (the first one most), so a fixed allowance rather than a share; unspaced, about 0.01 s
+    assert times[-1] - times[0] >= 4 * 0.1 - 0.05
 
 
 def test_too_large_is_refused_without_keeping_anything(numbered_host, tmp_path):

@@ -178,8 +178,9 @@ def test_a_photo_replaced_by_a_run_that_died_is_not_replaced_again(flickr_accoun
 
 def test_call_budget_lives_across_batches(flickr_account, tmp_path):
     acct = flickr_account()
-    job = acct.job(tmp_path, flickr={"calls_per_hour": 3600, "burst": 5})
-    w1 = worker_for(acct, tmp_path, flickr={"calls_per_hour": 3600, "burst": 5})
+    budget = {"calls_per_hour": 360, "burst": 5}  # the bucket refills 0.1 call a second: the counts below stay exact
+    job = acct.job(tmp_path, flickr=budget)
+    w1 = worker_for(acct, tmp_path, flickr=budget)
     w1.list_page(1)
     w1.close()
     state = hires.load_hires_job(job).budget_path
@@ -188,7 +189,7 @@ def test_call_budget_lives_across_batches(flickr_account, tmp_path):
 
     left = json.loads(state.read_text())["tokens"]
     assert left == pytest.approx(4, abs=0.2)  # one call spent from the burst of five, seen by the next batch
-    w2 = worker_for(acct, tmp_path, flickr={"calls_per_hour": 3600, "burst": 5})
+    w2 = worker_for(acct, tmp_path, flickr=budget)
     w2.list_page(1)
     w2.close()
     assert json.loads(state.read_text())["tokens"] == pytest.approx(3, abs=0.2)

@@ -192,8 +192,9 @@ def test_a_batch_keeps_every_allowed_request_in_flight(numbered_host, tmp_path):
     plan = numbered_host.faults
     assert plan.peak_in_flight >= 7
     # the mean over the batch: more than the 4 the old per_host default allowed, and far more
-    # than rounds that wait for a slow answer (about 2.5 here)
-    assert plan.busy_seconds / seconds >= 5, (plan.busy_seconds, seconds)
+    # than rounds that wait for a slow answer (about 2.5 here); about 5.7 on a quiet machine,
+    # the slow answers' tail at the end keeps it from reaching 8 (and load from 5.7)
+    assert plan.busy_seconds / seconds >= 4.5, (plan.busy_seconds, seconds)
 
 
 def test_batches_fetched_at_once_keep_per_host_together(numbered_host, tmp_path):

@@ -163,9 +163,9 @@ def test_a_slow_answer_times_out_and_the_retry_makes_no_duplicate(tmp_path, uplo
     (o,) = destination(upload_api, tmp_path, timeout_seconds=0.5).deliver(
         make_items(tmp_path / "photos", n=1, with_undated=False))
     assert o["reason"] == "uploaded" and o["attempt"] == 2
-    time.sleep(1.2)  # let the slow request finish on the server
+    assert upload_api.faults.wait_idle(10)  # the slow request has finished on the server
     s = stats(upload_api)
-    assert s["stored"] == 1 and s["duplicates"] == 0
+    assert s["stored"] == 1 and s["duplicates"] == 0 and s["ignored_repeats"] == 1
 
 
 def test_5xx_that_does_not_stop_fails_with_its_reason(tmp_path, upload_api):

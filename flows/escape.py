@@ -35,6 +35,7 @@ from photo_escape.plugins import DestinationUnreadable, Unreadable, make_destina
 from photo_escape.secrets import scrubbed_exceptions
 from photo_escape.stories import load_job
 from tasks import fixity
+from tasks.files import inside
 from tasks.hashing import cached_assets, int_to_hex
 from tasks.ledger import new_run_id
 from tasks.stages import deliver_batch, examine_and_deliver_batch, fetch_batch, look_at_destination
@@ -330,10 +331,9 @@ def _steps(pipeline: tuple[str, ...]) -> tuple[str, ...]:
 
 def _remove_downloads(paths: list[str], workdir: str, log: Any) -> None:
     """Delete a finished batch's downloads, only ever inside the run's work folder."""
-    root = os.path.join(os.path.abspath(workdir), "")
     for path in paths:
-        p = os.path.abspath(path)  # our own download paths: no symlinks to resolve
-        if p.startswith(root):
+        p = os.path.abspath(path)
+        if inside(p, workdir):
             try:
                 os.unlink(p)
             except FileNotFoundError:

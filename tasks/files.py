@@ -58,6 +58,12 @@ _ISO_BRANDS = {
 IMAGE_FORMATS = frozenset(f for _, f in _SIGNATURES) | frozenset(_ISO_BRANDS.values()) | {"webp", "crw"}
 
 
+def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is in ``folder`` (or below it), by their absolute paths (our own
+    work folders: no symlinks to resolve)."""
+    return os.path.abspath(path).startswith(os.path.join(os.path.abspath(folder), ""))
+
+
 def sniff_image(head: bytes) -> str | None:
     """The image format a file's first bytes announce (one of IMAGE_FORMATS), or None when
     they announce no image (text, an HTML error page, a video...). 16 bytes are enough.

@@ -38,6 +38,7 @@ from typing import Any, Iterable
 from photo_escape.outcomes import outcome
 from photo_escape.plugins import Destination, DestinationUnreadable, Source
 from photo_escape.secrets import redact
+from tasks.files import inside
 
 __all__ = ["DestinationUnreadable", "FixityUnsupported", "compare", "look", "verify", "repair", "counts"]
 
@@ -290,10 +291,9 @@ def _redelivered(destination: Destination, going: list[tuple[dict, str, dict, st
 
 def _remove_downloads(fetched: Iterable[dict], workdir: os.PathLike | str) -> None:
     """Delete what the source downloaded for a repair, only ever inside its work folder."""
-    root = os.path.join(os.path.abspath(workdir), "")
     for rec in fetched:
         path = (rec.get("item") or {}).get("local_path")
-        if path and os.path.abspath(path).startswith(root):
+        if path and inside(path, workdir):
             try:
                 os.unlink(path)
             except OSError:

@@ -37,7 +37,7 @@ from pydantic import Field, field_validator
 from photo_escape.layout import check_template, render, safe_relpath, with_suffix
 from photo_escape.outcomes import Stopwatch, outcome
 from photo_escape.plugins import Destination, DestinationUnreadable, KindConfig
-from tasks.files import sha256_file
+from tasks.files import inside, sha256_file
 
 STAGING = ".photo-escape-staging"
 
@@ -267,7 +267,6 @@ class LocalDestination(Destination):
             except FileNotFoundError:
                 pass
 
-
     def _give(self, src: str | bytes, target: Path) -> bool | None:
         """Link a download of this run (a file in its work folder, no other name) into
         place after an fsync: the bytes that were hashed become the photo, with no second
@@ -277,8 +276,7 @@ class LocalDestination(Destination):
         1,000-photo harvest's CPU). True: linked; False: ``target`` exists; None: not
         ours, or no hard links here (the caller copies)."""
         path = os.fsdecode(src)
-        work = os.path.join(os.path.abspath(self.workdir), "")
-        if not os.path.abspath(path).startswith(work) or os.path.islink(path):
+        if not inside(path, self.workdir) or os.path.islink(path):
             return None  # the user's own file (a local source): always copied, never shared
         try:
             fd = os.open(path, os.O_RDONLY)

@@ -130,6 +130,18 @@ def examine(items: list[dict], hash_entries: list[dict], *, processes: int, max_
     return records, {e["item_id"]: t for e, t in zip(readable, times)}
 
 
+def warm_examine() -> None:
+    """Begin starting :func:`examine`'s worker processes now (one hasher, one tag reader:
+    what a first batch uses at once), for a caller with time to spare before its first
+    batch (``photo-escape run`` waiting for its temporary Prefect server)."""
+    from tasks.capture_time.read import READER_IMPORTS, read_tags
+    from tasks.hashing import hash_file
+    from tasks.isolation import warm
+
+    warm(hash_file)
+    warm(read_tags, preload=READER_IMPORTS)
+
+
 def still_pictures(items: list[dict], hash_entries: list[dict]) -> list[dict]:
     """The hash entries (``path``, ``sha256``) left once the videos are taken out: an item
     its source calls a video (``media: "video"``, a Takeout movie or the moving half of a

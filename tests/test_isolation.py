@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from tasks.isolation import idle_workers, isolated_map
+from tasks.isolation import idle_workers, isolated_map, warm
 
 
 def risky(item: str) -> tuple[str, int]:
@@ -46,3 +46,23 @@ def test_a_worker_that_died_while_idle_is_replaced():
         worker.proc.wait(timeout=10)
     out = isolated_map(risky, ["b", "c"], lost=lost, timeout=30.0)
     assert [o[0] for o in out] == ["b", "c"] and all(len(o) == 2 for o in out), out
+
+
+def whose(item: str) -> tuple[str, int]:
+    """The item and the pid of the worker process that saw it."""
+    return item, os.getpid()
+
+
+def test_workers_started_ahead_are_the_ones_the_first_call_uses():
+    warm(whose, n=2)
+    ahead = [w for w in idle_workers() if w.spec.endswith(":whose")]
+    assert len(ahead) == 2  # parked at once, still starting
+    for worker in ahead:
+        worker.settle()
+    assert all(w.alive() for w in ahead)
+    pids = {w.proc.pid for w in ahead}
+    out = isolated_map(whose, list("abcdef"), lost=lost, timeout=30.0, workers=2, chunk=1)
+    assert [o[0] for o in out] == list("abcdef")
+    assert {o[1] for o in out} <= pids  # no other worker was started
+    warm(whose, n=2)  # both idle again: nothing more starts
+    assert {w.proc.pid for w in idle_workers() if w.spec.endswith(":whose")} == pids

@@ -69,6 +69,41 @@ def _flow_runs(prefect_home: Path) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_the_temporary_servers_connections_send_without_delay():
+    """Every connection the temporary server accepts has Nagle's algorithm off. Left on
+    (uvicorn's ``fd=`` makes asyncio take the socket for a Unix one), each two-part
+    response waited for the client's delayed ACK: ~40 ms on every API call of a run."""
+    import asyncio
+    import socket
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # as TemporaryServer binds it
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    address = listener.getsockname()
+    sock = prefect_api.served_socket(os.dup(listener.fileno()))  # what the server process inherits
+    listener.close()
+    nodelay: list[int] = []
+
+    async def accept_one() -> None:
+        accepted = asyncio.Event()
+
+        class Note(asyncio.Protocol):
+            def connection_made(self, transport):
+                nodelay.append(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                accepted.set()
+
+        server = await asyncio.get_running_loop().create_server(Note, sock=sock)
+        _, writer = await asyncio.open_connection(*address)
+        await asyncio.wait_for(accepted.wait(), 30)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(accept_one())
+    assert sock.family == socket.AF_INET and sock.proto == socket.IPPROTO_TCP
+    assert len(nodelay) == 1 and nodelay[0] != 0
+
+
 def test_a_run_without_a_server_reports_to_a_temporary_one_and_leaves_no_process(tmp_path):
     """No PREFECT_API_URL: the run starts one temporary server, records its flow run in
     PREFECT_HOME's database, and once the command has returned nothing of its process

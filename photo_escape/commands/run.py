@@ -37,10 +37,12 @@ def run_flow(job, *, as_json: bool, **params) -> int:
 
     api = choose()  # a temporary server, if one is needed, starts now (``run`` did it earlier still)
     spec = load_job(job)
-    story_flow = story_of(spec.dump()).flow_for(spec)
+    story = story_of(spec.dump())
+    story_flow = story.flow_for(spec)
     if api.server is not None:  # a temporary server is still starting, most likely
         _import_what_the_run_needs_later()
         _survey_early(spec)  # after the imports: a thread importing beside them could deadlock on their locks
+        _start_workers_early(spec, story.name)
     _resume_gc()
     try:
         with connected(api):
@@ -87,6 +89,24 @@ def _survey_early(spec) -> None:
             pass
 
     threading.Thread(target=look, name="survey-early", daemon=True).start()
+
+
+def _start_workers_early(spec, story: str) -> None:
+    """Start the escape's first hashing and tag-reading processes while the temporary
+    server starts: each is a new interpreter and its imports (0.1-0.3 s) that the first
+    batch would otherwise wait for. Not with ``processes: 1`` (examined in this process)
+    or Dask (its workers examine)."""
+    options = getattr(spec, "options", None)
+    if story != "escape" or options is None:
+        return
+    if getattr(options, "processes", 0) == 1 or getattr(options, "task_runner", "threads") != "threads":
+        return
+    try:
+        from tasks.stages import warm_examine
+
+        warm_examine()
+    except Exception:  # noqa: BLE001 - the first batch starts them itself
+        pass
 
 
 def _import_what_the_run_needs_later() -> None:

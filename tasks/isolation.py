@@ -71,8 +71,8 @@ def serve(spec: str, preload: Sequence[str], read_fd: int, write_fd: int) -> Non
             request = recv_conn.recv()
         except (EOFError, OSError):
             return
-        if request is None:
-            return
+        if request is None:  # told to stop: nothing is left to flush (output goes nowhere), so
+            os._exit(0)  # without the interpreter's tear-down, which the caller would wait for
         items, kw = request
         for item in items:
             try:
@@ -221,14 +221,22 @@ class _Worker:
             return ""
         return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
-    def close(self) -> None:
-        """Ask the worker to stop, then make sure it did."""
+    def ask_to_stop(self) -> None:
+        """Tell the worker to stop (it ends at once); :meth:`close` then waits for it."""
         self.settle()
         if self.alive():
             try:
                 self.send_conn.send(None)
+            except Exception:  # noqa: BLE001 - its pipe is gone: close() kills it
+                pass
+
+    def close(self) -> None:
+        """Ask the worker to stop, then make sure it did."""
+        self.ask_to_stop()
+        if self.proc is not None:
+            try:
                 self.proc.wait(timeout=2)
-            except Exception:
+            except Exception:  # noqa: BLE001 - it did not stop: killed below
                 pass
         self.kill()
 
@@ -320,11 +328,14 @@ def close_workers() -> None:
     """Stop the idle worker processes (at exit, or when a caller wants them gone)."""
     with _CREWS_LOCK:
         crews = list(_CREWS.values())
+    idle: list[_Worker] = []
     for crew in crews:
         with crew.turn:
-            idle, crew.idle = crew.idle, []
-        for worker in idle:
-            worker.close()
+            idle, crew.idle = idle + crew.idle, []
+    for worker in idle:  # all told first, so they end together, not one after the other
+        worker.ask_to_stop()
+    for worker in idle:
+        worker.close()
 
 
 def isolated_map(fn: Callable[..., Any], items: Sequence[Any], *, lost: Callable[[Any, str, str], Any],

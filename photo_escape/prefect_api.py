@@ -18,9 +18,11 @@ process then never imports Prefect's server code. What the server skips compared
 Prefect's own temporary server: registering the block types of installed collections at
 each start (``PREFECT_SERVER_REGISTER_BLOCKS_ON_START``; a block type is registered when
 a block of it is saved), a garbage collection it runs only to reclaim memory, the
-garbage collector during its imports, and Prefect's database migrations when this
+garbage collector during its imports, Prefect's database migrations when this
 Prefect's migrations already brought the database to the revision it is at (recorded in
-``$PREFECT_HOME/photo-escape-migrated.json``; only for the default SQLite database).
+``$PREFECT_HOME/photo-escape-migrated.json``), and the trimming of old events when a
+temporary server trimmed them less than a day ago (``photo-escape-vacuumed.json``: the
+trim raced the run's first writes); the last two only for the default SQLite database.
 
 The server dies with the process that started it (``PR_SET_PDEATHSIG``): a run killed
 with SIGKILL leaves no server behind. Processes the run starts (Dask workers) inherit
@@ -192,15 +194,42 @@ def _record_migrated(db: Path | None) -> None:
     if db is None:
         return
     state = _migration_state(db)
-    if state is None:
-        return
-    path = _prefect_home() / MIGRATED_FILE
+    if state is not None:
+        _record(MIGRATED_FILE, state)
+
+
+def _record(name: str, state: dict[str, Any]) -> None:
+    """Write a small record under PREFECT_HOME, whole or not at all."""
+    path = _prefect_home() / name
     try:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(state), encoding="utf-8")
         os.replace(tmp, path)
     except OSError:
         pass
+
+
+VACUUMED_FILE = "photo-escape-vacuumed.json"  # under PREFECT_HOME: when a temporary server last trimmed old events
+VACUUM_EVERY = 24 * 3600.0  # seconds: Prefect's own servers trim events hourly, and keep them for 7 days
+VACUUM_SETTING = "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"
+
+
+def _vacuumed_lately(db: Path | None) -> bool:
+    """Whether a temporary server trimmed ``db``'s old events less than a day ago.
+
+    Prefect's server deletes events past their retention period as it starts (its
+    ``db_vacuum`` service), every time. In a temporary server that is every run, and the
+    deletes, while the run writes its flow run, made SQLite refuse that write ("database
+    is locked"): the server answers 503, the client waits 2 s and tries again. That was
+    one run in 10 to 15, two seconds longer. A day between trims keeps the database
+    bounded just the same (events are kept 7 days)."""
+    if db is None:
+        return False
+    try:
+        recorded = json.loads((_prefect_home() / VACUUMED_FILE).read_text(encoding="utf-8"))
+        return recorded["database"] == str(db) and 0 <= time.time() - float(recorded["at"]) < VACUUM_EVERY
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 class TemporaryServer:
@@ -216,6 +245,7 @@ class TemporaryServer:
         self.proc: subprocess.Popen | None = None
         self._ready = False
         self._database: Path | None = None  # the default database, when this server migrates it
+        self._vacuums: Path | None = None  # the default database, when this server trims its old events
 
     def start(self) -> "TemporaryServer":
         env = dict(os.environ, PREFECT__SERVER_EPHEMERAL="1", PREFECT_UI_ENABLED="0")
@@ -229,6 +259,11 @@ class TemporaryServer:
             env["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] = "false"
         else:
             self._database = database  # recorded as migrated once the server answers
+        if VACUUM_SETTING not in env and not any("VACUUM" in str(k) for k in _active_profile()):
+            if _vacuumed_lately(database):
+                env[VACUUM_SETTING] = "[]"  # no trim of old events this time (an empty set of kinds)
+            else:
+                self._vacuums = database  # recorded as trimmed once the server answers
         fd = self.sock.fileno()
         # the death signal follows the thread that starts the server: only the main thread lasts
         parent = os.getpid() if threading.current_thread() is threading.main_thread() else 0
@@ -261,6 +296,8 @@ class TemporaryServer:
             if answers(self.api_url, timeout=1.0):
                 self._ready = True
                 _record_migrated(self._database)  # it answers after its migrations: at head now
+                if self._vacuums is not None:
+                    _record(VACUUMED_FILE, {"database": str(self._vacuums), "at": time.time()})
                 return self.api_url
             time.sleep(0.05)
         self.stop()

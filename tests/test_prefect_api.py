@@ -245,26 +245,32 @@ def _environ(pid: int) -> bytes:
 def test_a_temporary_server_migrates_the_database_once_per_prefect_version(tmp_path, monkeypatch):
     """The first temporary server on a PREFECT_HOME runs Prefect's migrations and records the
     revision they left; the next skips them (the database is at that revision) and still
-    records its flow run. A database at another revision is migrated again."""
+    records its flow run. A database at another revision is migrated again. Old events
+    are trimmed the same way: by the first server, then not again for a day (a trim as
+    the run writes its flow run made SQLite refuse the write, and the run wait 2 s)."""
     job = _job_file(tmp_path, count=1)
     env = _env(tmp_path)
     home = tmp_path / "prefect-home"
-    skipped = []
+    skipped, trims = [], []
     for _ in range(2):
         run = subprocess.Popen([sys.executable, "-m", "photo_escape.cli", "run", str(job), "--json"], env=env,
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         seen: set[bool] = set()
+        trimmed: set[bool] = set()
         while run.poll() is None:
             for child in children(run.pid):
                 environ = _environ(child)
                 if b"PREFECT__SERVER_EPHEMERAL=1" in environ:
                     seen.add(b"PREFECT_SERVER_DATABASE_MIGRATE_ON_START=false" in environ)
+                    trimmed.add(f"{prefect_api.VACUUM_SETTING}=[]".encode() not in environ)
             time.sleep(0.02)
         out, err = run.communicate()
         assert run.returncode == 0, err[-3000:]
         skipped.append(seen)
+        trims.append(trimmed)
         marker = json.loads((home / prefect_api.MIGRATED_FILE).read_text())
     assert skipped == [{False}, {True}]
+    assert trims == [{True}, {False}]
     assert _flow_runs(home) == 2
     con = sqlite3.connect(home / "prefect.db")
     try:
@@ -280,5 +286,13 @@ def test_a_temporary_server_migrates_the_database_once_per_prefect_version(tmp_p
     (home / prefect_api.MIGRATED_FILE).write_text(json.dumps(dict(marker, revision="an-older-one")))
     assert not prefect_api._migrated_already(home / "prefect.db")
     assert prefect_api._default_database() == home / "prefect.db"
+    assert prefect_api._vacuumed_lately(home / "prefect.db")
+    trim = json.loads((home / prefect_api.VACUUMED_FILE).read_text())
+    (home / prefect_api.VACUUMED_FILE).write_text(json.dumps(dict(trim, at=time.time() - prefect_api.VACUUM_EVERY - 1)))
+    assert not prefect_api._vacuumed_lately(home / "prefect.db")  # a day later: trimmed again
+    from prefect.settings.models.root import Settings
+
+    monkeypatch.setenv(prefect_api.VACUUM_SETTING, "[]")
+    assert Settings().server.services.db_vacuum.enabled_vacuum_types == set()  # how Prefect reads "no trim"
     monkeypatch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{tmp_path}/other.db")
     assert prefect_api._default_database() is None  # another database: the server decides

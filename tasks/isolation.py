@@ -270,6 +270,8 @@ class _Crew:
 
     def warm(self, n: int) -> None:
         """Begin starting workers until ``n`` wait idle (started or starting)."""
+        import multiprocessing.connection  # noqa: F401 - what a start imports: here, not in its thread
+
         with self.turn:
             for _ in range(min(n, MAX_IDLE) - len(self.idle)):
                 worker = _Worker(self.spec, self.preload)

@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 
 from sandbox.numbered import NumberedHost
-from tests.fixtures.prefect_server import ROOT, prefect_cli as _cli, start_worker, wait_for as _wait
+from tests.fixtures.prefect_server import ROOT, prefect_cli as _cli, start_worker, stop_worker, wait_for as _wait
 
 
 def _api(env, ask) -> Any:
@@ -99,8 +99,7 @@ def test_deploy_trigger_fail_retry(tmp_path, deployed):
                       240, "the retried run")
         assert state.is_completed(), state
     finally:
-        os.killpg(worker.pid, 15)
-        worker.wait(timeout=30)
+        stop_worker(worker)
         host.stop()
 
     con = duckdb.connect(job["ledger"], read_only=True)
@@ -219,9 +218,7 @@ def test_a_killed_run_is_marked_crashed_and_its_retry_finishes_the_job(tmp_path,
                       240, "the retried run")
         assert state.is_completed(), state
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=30)
+        stop_worker(worker)
         host.stop()
         _cli(env, "--no-prompt", "automation", "delete", quick["name"])
 

@@ -34,7 +34,7 @@ import pytest
 import requests
 import yaml
 
-from tests.fixtures.prefect_server import ROOT, start_worker, ui_url, wait_for
+from tests.fixtures.prefect_server import ROOT, start_worker, stop_worker, ui_url, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -311,8 +311,7 @@ def test_run_rerun_and_read_it_from_the_prefect_ui(deployed, gallery, browser_pa
         ).to_be_visible()
         shot("run-completed")
     finally:
-        os.killpg(worker.pid, 15)
-        worker.wait(timeout=30)
+        stop_worker(worker)
 
     fetched = sorted(r["target"] for r in gallery.cdn_faults.requests if "~a~" in r["target"])
     assert fetched == sorted("/" + u.rsplit("/", 1)[1] for u in failing)

@@ -41,8 +41,8 @@ def run_flow(job, *, as_json: bool, **params) -> int:
     story_flow = story.flow_for(spec)
     if api.server is not None:  # a temporary server is still starting, most likely
         _import_what_the_run_needs_later()
+        _start_workers_early(spec, story.name)  # its imports here too, before the survey's thread starts
         _survey_early(spec)  # after the imports: a thread importing beside them could deadlock on their locks
-        _start_workers_early(spec, story.name)
     _resume_gc()
     try:
         with connected(api):

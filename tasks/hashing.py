@@ -329,9 +329,13 @@ def hash_files(paths: Iterable[str | os.PathLike], *, processes: int = 0, chunk:
     paths = [str(p) for p in paths]
     if processes == 1:
         return [hash_file(p, **kw) for p in paths]
-    workers = min(processes or os.cpu_count() or 1, max(1, len(paths) // 2))
     return isolated_map(hash_file, paths, lost=functools.partial(_lost, timeout_s=timeout_s), timeout=timeout_s,
-                        workers=workers, chunk=chunk, kw=kw)
+                        workers=hashers_for(len(paths), processes), chunk=chunk, kw=kw)
+
+
+def hashers_for(count: int, processes: int = 0) -> int:
+    """How many worker processes :func:`hash_files` uses for ``count`` files."""
+    return min(processes or os.cpu_count() or 1, max(1, count // 2))
 
 
 def image_files(paths: Iterable[str | os.PathLike]) -> list[str]:

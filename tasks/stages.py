@@ -130,16 +130,17 @@ def examine(items: list[dict], hash_entries: list[dict], *, processes: int, max_
     return records, {e["item_id"]: t for e, t in zip(readable, times)}
 
 
-def warm_examine() -> None:
-    """Begin starting :func:`examine`'s worker processes now (one hasher, one tag reader:
-    what a first batch uses at once), for a caller with time to spare before its first
-    batch (``photo-escape run`` waiting for its temporary Prefect server)."""
-    from tasks.capture_time.read import READER_IMPORTS, read_tags
-    from tasks.hashing import hash_file
+def warm_examine(count: int = 1, processes: int = 0) -> None:
+    """Begin starting the worker processes :func:`examine` will use for a batch of
+    ``count`` photos (its hashers and its tag readers, at once rather than one after the
+    other), for a caller with time to spare before that batch: ``photo-escape run``
+    waiting for its temporary Prefect server, the flow while its first batch downloads."""
+    from tasks.capture_time.read import READER_IMPORTS, read_tags, readers_for
+    from tasks.hashing import hash_file, hashers_for
     from tasks.isolation import warm
 
-    warm(hash_file)
-    warm(read_tags, preload=READER_IMPORTS)
+    warm(hash_file, n=hashers_for(count, processes))
+    warm(read_tags, n=readers_for(count), preload=READER_IMPORTS)
 
 
 def still_pictures(items: list[dict], hash_entries: list[dict]) -> list[dict]:

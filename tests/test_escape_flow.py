@@ -203,3 +203,25 @@ def test_task_runs_are_two_per_batch_and_say_their_size(tmp_path, camera):
     ledger = state.result()["ledger"]
     stages = dict(_events(ledger, "SELECT stage, count(*) FROM events WHERE stage <> 'list' GROUP BY ALL"))
     assert stages == {"fetch": 12, "hash": 12, "capture_time": 9, "deliver": 9}, stages
+
+
+def test_a_rerun_with_nothing_to_download_starts_no_worker_process(tmp_path):
+    """The hashing and tag-reading processes start as the first batch starts downloading
+    (not one after the other when it is examined); a rerun that downloads nothing starts
+    none of them."""
+    from flows.escape import escape
+    from tasks.isolation import close_workers, idle_workers
+
+    photos.make_collection(tmp_path / "camera", count=6, bad=False)
+    job = local_job(tmp_path, "examiners", {"batch_size": 20, "processes": 0})
+    close_workers()  # none kept from earlier tests
+    first = escape(job)
+    assert first["done"] == first["listed"] > 0 and first["failed"] == 0
+    kinds = {w.spec.rsplit(":", 1)[1] for w in idle_workers()}
+    assert kinds == {"hash_file", "read_tags"}  # examined in worker processes, kept for the next batch
+    close_workers()
+    second = escape(job)
+    assert second["listed"] == second["done"] == first["listed"] and second["failed"] == 0
+    worked = _events(first["ledger"], f"SELECT count(*) FROM events WHERE run_id = '{second['run_id']}' AND stage <> 'list'")
+    assert worked == [(0,)]  # nothing downloaded, examined or delivered again
+    assert idle_workers() == []

@@ -471,7 +471,11 @@ def _unread(path: str, why: str, detail: str) -> dict[str, Any]:
 
 def read_all_tags(paths: list[str], *, timeout: float = 10.0, workers: int | None = None) -> list[dict[str, Any]]:
     """:func:`read_tags` for many files, in order, each in a reader process limited to ``timeout`` seconds."""
-    # a second reader pays off only when there is enough to share (each costs ~0.1 s to start)
-    n = workers or (min(2, os.cpu_count() or 1) if len(paths) >= 4 * READ_CHUNK * 2 else 1)
-    return isolated_map(read_tags, paths, lost=_unread, timeout=timeout, workers=n, chunk=READ_CHUNK,
-                        preload=READER_IMPORTS)
+    return isolated_map(read_tags, paths, lost=_unread, timeout=timeout, workers=workers or readers_for(len(paths)),
+                        chunk=READ_CHUNK, preload=READER_IMPORTS)
+
+
+def readers_for(count: int) -> int:
+    """How many reader processes :func:`read_all_tags` uses for ``count`` files: a second
+    pays off only when there is enough to share (each costs ~0.1 s to start)."""
+    return min(2, os.cpu_count() or 1) if count >= 4 * READ_CHUNK * 2 else 1

@@ -21,8 +21,8 @@ a block of it is saved), a garbage collection it runs only to reclaim memory, th
 garbage collector during its imports, Prefect's database migrations when this
 Prefect's migrations already brought the database to the revision it is at (recorded in
 ``$PREFECT_HOME/photo-escape-migrated.json``), and the trimming of old events when a
-temporary server trimmed them less than a day ago (``photo-escape-vacuumed.json``: the
-trim raced the run's first writes); the last two only for the default SQLite database.
+temporary server trimmed them less than a day ago or the database is new
+(``photo-escape-vacuumed.json``: the trim raced the run's first writes); the last two only for the default SQLite database.
 
 The server dies with the process that started it (``PR_SET_PDEATHSIG``): a run killed
 with SIGKILL leaves no server behind. Processes the run starts (Dask workers) inherit
@@ -248,22 +248,7 @@ class TemporaryServer:
         self._vacuums: Path | None = None  # the default database, when this server trims its old events
 
     def start(self) -> "TemporaryServer":
-        env = dict(os.environ, PREFECT__SERVER_EPHEMERAL="1", PREFECT_UI_ENABLED="0")
-        env.pop("PREFECT_API_URL", None)
-        env.pop("PREFECT__SERVER_FINAL", None)  # its only effect here (FastAPI >= 0.137): a gc.collect()
-        _default(env, ("PREFECT_SERVER_REGISTER_BLOCKS_ON_START", "PREFECT_API_BLOCKS_REGISTER_ON_START"), "false")
-        _default(env, ("PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION", "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION"),
-                 "false")  # else the memo would say "registered" to a later `prefect server start`
-        database = _default_database()
-        if _migrated_already(database):
-            env["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] = "false"
-        else:
-            self._database = database  # recorded as migrated once the server answers
-        if VACUUM_SETTING not in env and not any("VACUUM" in str(k) for k in _active_profile()):
-            if _vacuumed_lately(database):
-                env[VACUUM_SETTING] = "[]"  # no trim of old events this time (an empty set of kinds)
-            else:
-                self._vacuums = database  # recorded as trimmed once the server answers
+        env = self.environment()
         fd = self.sock.fileno()
         # the death signal follows the thread that starts the server: only the main thread lasts
         parent = os.getpid() if threading.current_thread() is threading.main_thread() else 0
@@ -278,6 +263,28 @@ class TemporaryServer:
         self.sock.close()  # the server holds the listening socket now
         atexit.register(self.stop)  # after Prefect's own exit handlers have sent what they queued
         return self
+
+    def environment(self) -> dict[str, str]:
+        """The server process's environment: this one's, with the temporary server's
+        settings (see the module's docstring); notes what to record once it answers."""
+        env = dict(os.environ, PREFECT__SERVER_EPHEMERAL="1", PREFECT_UI_ENABLED="0")
+        env.pop("PREFECT_API_URL", None)
+        env.pop("PREFECT__SERVER_FINAL", None)  # its only effect here (FastAPI >= 0.137): a gc.collect()
+        _default(env, ("PREFECT_SERVER_REGISTER_BLOCKS_ON_START", "PREFECT_API_BLOCKS_REGISTER_ON_START"), "false")
+        _default(env, ("PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION", "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION"),
+                 "false")  # else the memo would say "registered" to a later `prefect server start`
+        database = _default_database()
+        if _migrated_already(database):
+            env["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] = "false"
+        else:
+            self._database = database  # recorded as migrated once the server answers
+        if VACUUM_SETTING not in env and not any("VACUUM" in str(k) for k in _active_profile()):
+            lately = _vacuumed_lately(database)
+            if lately or (database is not None and not database.exists()):
+                env[VACUUM_SETTING] = "[]"  # trimmed less than a day ago, or a new database: nothing old in it
+            if not lately:
+                self._vacuums = database  # recorded as trimmed (a new one: as of now) once the server answers
+        return env
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

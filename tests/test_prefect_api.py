@@ -246,8 +246,8 @@ def test_a_temporary_server_migrates_the_database_once_per_prefect_version(tmp_p
     """The first temporary server on a PREFECT_HOME runs Prefect's migrations and records the
     revision they left; the next skips them (the database is at that revision) and still
     records its flow run. A database at another revision is migrated again. Old events
-    are trimmed the same way: by the first server, then not again for a day (a trim as
-    the run writes its flow run made SQLite refuse the write, and the run wait 2 s)."""
+    are trimmed at most once a day, and not in a new database (a trim as the run writes
+    its flow run made SQLite refuse the write, and the run wait 2 s)."""
     job = _job_file(tmp_path, count=1)
     env = _env(tmp_path)
     home = tmp_path / "prefect-home"
@@ -270,7 +270,7 @@ def test_a_temporary_server_migrates_the_database_once_per_prefect_version(tmp_p
         trims.append(trimmed)
         marker = json.loads((home / prefect_api.MIGRATED_FILE).read_text())
     assert skipped == [{False}, {True}]
-    assert trims == [{True}, {False}]
+    assert trims == [{False}, {False}]  # a new database, then one trimmed (as new) less than a day ago
     assert _flow_runs(home) == 2
     con = sqlite3.connect(home / "prefect.db")
     try:
@@ -289,7 +289,19 @@ def test_a_temporary_server_migrates_the_database_once_per_prefect_version(tmp_p
     assert prefect_api._vacuumed_lately(home / "prefect.db")
     trim = json.loads((home / prefect_api.VACUUMED_FILE).read_text())
     (home / prefect_api.VACUUMED_FILE).write_text(json.dumps(dict(trim, at=time.time() - prefect_api.VACUUM_EVERY - 1)))
-    assert not prefect_api._vacuumed_lately(home / "prefect.db")  # a day later: trimmed again
+    assert not prefect_api._vacuumed_lately(home / "prefect.db")
+
+    def trims_old_events() -> bool:
+        server = prefect_api.TemporaryServer()
+        try:
+            return prefect_api.VACUUM_SETTING not in server.environment()
+        finally:
+            server.sock.close()
+
+    assert trims_old_events()  # a day later, in a database with a past: trimmed again
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "another-home"))
+    assert not trims_old_events()  # a new database has nothing old in it
+    monkeypatch.setenv("PREFECT_HOME", str(home))
     from prefect.settings.models.root import Settings
 
     monkeypatch.setenv(prefect_api.VACUUM_SETTING, "[]")

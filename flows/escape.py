@@ -283,11 +283,9 @@ class EscapeRun:
         if self._examiners_started or EXAMINE_AND_DELIVER not in self.steps:
             return
         self._examiners_started = True
-        if self.opts.task_runner != "threads" or self._processes() == 1:
-            return  # Dask's workers examine; processes: 1 examines in this process
         from tasks.stages import warm_examine
 
-        warm_examine(count, self._processes())
+        warm_examine(self.opts, count)
 
     def _processes(self) -> int:
         if self.opts.task_runner == "dask":

@@ -130,16 +130,20 @@ def examine(items: list[dict], hash_entries: list[dict], *, processes: int, max_
     return records, {e["item_id"]: t for e, t in zip(readable, times)}
 
 
-def warm_examine(count: int = 1, processes: int = 0) -> None:
+def warm_examine(options: Any, count: int = 1) -> None:
     """Begin starting the worker processes :func:`examine` will use for a batch of
     ``count`` photos (its hashers and its tag readers, at once rather than one after the
     other), for a caller with time to spare before that batch: ``photo-escape run``
-    waiting for its temporary Prefect server, the flow while its first batch downloads."""
+    waiting for its temporary Prefect server, the flow while its first batch downloads.
+    None with the job's ``options`` saying Dask (its workers examine) or ``processes: 1``
+    (examined in the calling process)."""
+    if options.task_runner != "threads" or options.processes == 1:
+        return
     from tasks.capture_time.read import READER_IMPORTS, read_tags, readers_for
     from tasks.hashing import hash_file, hashers_for
     from tasks.isolation import warm
 
-    warm(hash_file, n=hashers_for(count, processes))
+    warm(hash_file, n=hashers_for(count, options.processes))
     warm(read_tags, n=readers_for(count), preload=READER_IMPORTS)
 
 

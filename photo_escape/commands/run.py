@@ -94,17 +94,13 @@ def _survey_early(spec) -> None:
 def _start_workers_early(spec, story: str) -> None:
     """Start the escape's first hashing and tag-reading processes while the temporary
     server starts: each is a new interpreter and its imports (0.1-0.3 s) that the first
-    batch would otherwise wait for. Not with ``processes: 1`` (examined in this process)
-    or Dask (its workers examine)."""
-    options = getattr(spec, "options", None)
-    if story != "escape" or options is None:
-        return
-    if getattr(options, "processes", 0) == 1 or getattr(options, "task_runner", "threads") != "threads":
+    batch would otherwise wait for (:func:`tasks.stages.warm_examine`)."""
+    if story != "escape":
         return
     try:
         from tasks.stages import warm_examine
 
-        warm_examine()
+        warm_examine(spec.options)
     except Exception:  # noqa: BLE001 - the first batch starts them itself
         pass
 
